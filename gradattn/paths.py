@@ -1,0 +1,50 @@
+"""Where each stage reads and writes, relative to the project root (as in dvc.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS = Path("configs")
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS = Path("metrics")
+PREDICTIONS = Path("predictions")
+RESUME = Path("checkpoints")
+PLOTS = Path("plots")
+
+
+def source_config(dataset: str) -> Path:
+    return CONFIGS / dataset / "source.json"
+
+
+def prepare_config(dataset: str) -> Path:
+    return CONFIGS / dataset / "prepare.json"
+
+
+def run_config(dataset: str, model: str) -> Path:
+    return CONFIGS / dataset / f"{model}.json"
+
+
+def model_file(dataset: str, model: str) -> Path:
+    return MODELS_DIR / dataset / f"{model}.pt"
+
+
+def resume_file(dataset: str, model: str) -> Path:
+    return RESUME / dataset / f"{model}.resume.pt"
+
+
+def history_file(dataset: str, model: str) -> Path:
+    return METRICS / dataset / f"{model}.history.json"
+
+
+def metrics_file(dataset: str, model: str) -> Path:
+    return METRICS / dataset / f"{model}.json"
+
+
+def gradients_file(dataset: str, model: str) -> Path:
+    return METRICS / dataset / f"{model}.gradients.json"
+
+
+def predictions_file(dataset: str, model: str) -> Path:
+    return PREDICTIONS / dataset / f"{model}.npz"

@@ -1,0 +1,83 @@
+"""One training run's artefacts: building its model and data, saving and loading the result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gradattn import paths
+from gradattn.config import TrainConfig
+from gradattn.data import get_spec, load_meta, load_split
+from gradattn.data.batches import Batches
+from gradattn.errors import GradattnError
+from gradattn.io import atomic_path, read_json
+from gradattn.models import build_model
+
+
+def load_run_config(dataset: str, model: str) -> dict:
+    path = paths.run_config(dataset, model)
+    if not path.exists():
+        raise GradattnError(f"{path} not found: run `dvc repro configure` (or `dvc repro`) first")
+    return read_json(path)
+
+
+def run_id(run_config: dict, meta: dict) -> str:
+    """Identifies a run's configuration and data, so a checkpoint is only resumed by its own run."""
+    blob = json.dumps({"config": run_config, "data": meta}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def make_batches(dataset: str, split: str, meta: dict, *, batch_size: int, device,
+                 train: bool = False, legacy: bool = False,
+                 root: Path = paths.PREPARED) -> Batches:
+    images, labels = load_split(dataset, split, root)
+    augment = meta.get("augment", "none") if train else "none"
+    return Batches(images, labels, meta, batch_size=batch_size, device=device, shuffle=train,
+                   augment=augment, legacy_defect=train and legacy)
+
+
+def uses_legacy_defect(run_config: dict) -> bool:
+    if not run_config.get("legacy_preprocessing"):
+        return False
+    return get_spec(run_config["dataset"]).notebook_defect if run_config["dataset"] else False
+
+
+def new_model(run_config: dict, meta: dict) -> nn.Module:
+    torch.manual_seed(TrainConfig(**run_config["train"]).seed)
+    return build_model(run_config["model"], num_classes=meta["num_classes"],
+                       in_channels=meta["channels"], **run_config["model_options"])
+
+
+def save_trained(path: Path, model: nn.Module, run_config: dict, meta: dict, **extra) -> None:
+    state = {
+        "model": run_config["model"],
+        "options": run_config["model_options"],
+        "num_classes": meta["num_classes"],
+        "in_channels": meta["channels"],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "run_config": run_config,
+        "dataset_meta": meta,
+        **extra,
+    }
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)
+
+
+def load_trained(dataset: str, model: str, device="cpu") -> tuple[nn.Module, dict]:
+    """The trained model (eval mode) and its saved record."""
+    path = paths.model_file(dataset, model)
+    if not path.exists():
+        raise GradattnError(f"{path} not found: run `dvc repro train@{dataset}-{model}` first")
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    net = build_model(record["model"], num_classes=record["num_classes"],
+                      in_channels=record["in_channels"], **record["options"])
+    net.load_state_dict(record["state_dict"])
+    return net.to(device).eval(), record
+
+
+def dataset_meta(dataset: str) -> dict:
+    return load_meta(dataset, paths.PREPARED)

@@ -1,0 +1,195 @@
+"""The paper's training protocol: Adam, plateau schedule and early stopping on validation
+accuracy, best weights restored; a checkpoint every epoch so a killed run resumes exactly."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gradattn.config import TrainConfig
+from gradattn.data.batches import Batches
+from gradattn.errors import GradattnError
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise GradattnError("train.device = 'cuda' but no CUDA GPU is visible: "
+                            "use train.device=auto or cpu")
+    return torch.device(name)
+
+
+def make_deterministic(seed: int, device: torch.device) -> None:
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Shuffling, augmentation and dropout of an epoch depend only on (seed, epoch), so a
+    resumed run replays exactly what an uninterrupted one would have."""
+    return seed * 100_003 + epoch
+
+
+class EarlyStopping:
+    """Stops after `patience` epochs without a strictly better validation accuracy."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = float("-inf")
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch; True when it is the best so far."""
+        if value > self.best:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = (
+            state["best"], state["best_epoch"], state["bad_epochs"])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in batches.epoch():
+        logits.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(labels)
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    best_val_accuracy: float
+    resumed_from: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
+        checkpoint: Path | None = None, run_id: str = "",
+        grad_probe: Callable[[nn.Module], dict] | None = None,
+        log: Callable[[str], None] = tqdm.write, progress: bool = True) -> FitResult:
+    """Train `model` in place and leave it holding the best epoch's weights."""
+    device = train.device
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+        min_lr=cfg.min_lr)
+    stopper = EarlyStopping(cfg.early_stopping_patience)
+    best_state = copy.deepcopy(model.state_dict())
+    history: list[dict] = []
+    start_epoch = 1
+
+    if checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            stopper.load_state_dict(state["early_stopping"])
+            best_state, history = state["best_model"], state["history"]
+            start_epoch = state["epoch"] + 1
+            log(f"resuming from epoch {start_epoch}: epochs 1-{state['epoch']} restored "
+                f"from {checkpoint}")
+        else:
+            log(f"ignoring {checkpoint}: it belongs to a different configuration")
+    resumed_from = start_epoch - 1
+
+    started = time.perf_counter()
+    epochs = tqdm(range(start_epoch, cfg.max_epochs + 1), desc="epochs", unit="epoch",
+                  initial=start_epoch - 1, total=cfg.max_epochs, disable=None if progress else True)
+    if stopper.should_stop:
+        epochs = []
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        torch.manual_seed(epoch_seed(cfg.seed, epoch))
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for x, y in tqdm(train.epoch(epoch_seed(cfg.seed, epoch)), total=len(train),
+                         desc=f"epoch {epoch}", unit="batch", leave=False,
+                         disable=None if progress else True):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+        grad_norms = grad_probe(model) if grad_probe else None
+
+        val_logits, val_labels = predict(model, val)
+        val_loss = F.cross_entropy(val_logits, val_labels).item()
+        val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
+        lr = optimizer.param_groups[0]["lr"]
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / train.num_images,
+            "train_accuracy": correct.item() / train.num_images,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lr,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        if grad_norms is not None:
+            row["grad_norms"] = grad_norms
+        history.append(row)
+        if stopper.update(val_acc, epoch):
+            best_state = copy.deepcopy(model.state_dict())
+        scheduler.step(val_acc)
+        log(f"epoch {epoch}/{cfg.max_epochs}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
+            f"lr {lr:.2e} | {row['seconds']:.1f}s")
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "run_id": run_id, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "early_stopping": stopper.state_dict(), "best_model": best_state,
+                "history": history,
+            })
+        if stopper.should_stop:
+            log(f"early stopping after epoch {epoch}: no better val accuracy for "
+                f"{stopper.patience} epochs")
+            break
+
+    model.load_state_dict(best_state)
+    return FitResult(history=history, best_epoch=stopper.best_epoch,
+                     best_val_accuracy=stopper.best, resumed_from=resumed_from,
+                     stopped_early=stopper.should_stop,
+                     seconds=time.perf_counter() - started)
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    from gradattn.io import atomic_path
+
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save(state, tmp)

@@ -1,0 +1,41 @@
+"""Train one (dataset, model) pair with the paper's protocol; resume from a checkpoint if killed."""
+
+import sys
+
+from gradattn import paths
+from gradattn.config import TrainConfig
+from gradattn.io import write_json
+from gradattn.models import count_parameters
+from gradattn.runs import (dataset_meta, load_run_config, make_batches, new_model, run_id,
+                           save_trained, uses_legacy_defect)
+from gradattn.stage import run
+from gradattn.train import fit, make_deterministic, resolve_device
+
+
+def main() -> None:
+    dataset, model_name = sys.argv[1], sys.argv[2]
+    cfg = load_run_config(dataset, model_name)
+    train_cfg = TrainConfig(**cfg["train"])
+    meta = dataset_meta(dataset)
+    device = resolve_device(train_cfg.device)
+    make_deterministic(train_cfg.seed, device)
+    model = new_model(cfg, meta)
+    train = make_batches(dataset, "train", meta, batch_size=train_cfg.batch_size, device=device,
+                         train=True, legacy=uses_legacy_defect(cfg))
+    val = make_batches(dataset, "val", meta, batch_size=max(train_cfg.batch_size, 256),
+                       device=device)
+    print(f"train {dataset}/{model_name}: {train.num_images:,} train / {val.num_images:,} val "
+          f"images on {device}, {count_parameters(model):,} parameters")
+    resume = paths.resume_file(dataset, model_name)
+    result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta))
+    write_json(paths.history_file(dataset, model_name), result.history)
+    save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
+                 best_epoch=result.best_epoch, epochs=len(result.history))
+    resume.unlink(missing_ok=True)
+    resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    print(f"train {dataset}/{model_name}: best val accuracy {result.best_val_accuracy:.4f} at "
+          f"epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f}s{resumed})")
+
+
+if __name__ == "__main__":
+    run(main)
