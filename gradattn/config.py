@@ -19,6 +19,7 @@ SPLITS = ("official", "pooled")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 FAST_MODES = ("auto", "off", "on")
+MEDMNIST_SIZES = (28, 64, 128, 224)
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -50,6 +51,12 @@ def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _choice_int(key: str, value: Any, choices: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or value not in choices:
+        raise _fail(key, value, "choose one of: " + ", ".join(map(str, choices)))
+    return int(value)
+
+
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise _fail(key, value, "must be true or false")
@@ -75,6 +82,7 @@ class DataConfig:
     legacy_preprocessing: bool = False
     sources: dict[str, str] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
+    medmnist_size: int = 28  # MedMNIST image size: 28, or MedMNIST+'s 64 | 128 | 224
 
     @classmethod
     def parse(cls, raw: dict) -> DataConfig:
@@ -107,7 +115,16 @@ class DataConfig:
                                        raw.get("legacy_preprocessing", cls.legacy_preprocessing)),
             sources={k: str(v) for k, v in sources.items()},
             custom=custom,
+            medmnist_size=_choice_int("data.medmnist_size",
+                                      raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES),
         )
+
+    def dataset_options(self, name: str) -> dict[str, Any]:
+        """The data.* values that change `name`'s files (only those its spec declares), for
+        get_spec(name, custom, options) and for the configs/ files its stages depend on."""
+        from gradattn.data.registry import get_spec
+
+        return {key: getattr(self, key) for key in get_spec(name, self.custom).options}
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import nn
 
 from gradattn import paths
 from gradattn.config import TrainConfig
-from gradattn.data import get_spec, load_meta, load_split
+from gradattn.data import get_spec, known_datasets, load_meta, load_split
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
 from gradattn.io import atomic_path, read_json
@@ -43,7 +43,8 @@ def make_batches(dataset: str, split: str, meta: dict, *, batch_size: int, devic
 def uses_legacy_defect(run_config: dict) -> bool:
     if not run_config.get("legacy_preprocessing"):
         return False
-    return get_spec(run_config["dataset"]).notebook_defect if run_config["dataset"] else False
+    dataset = run_config["dataset"]
+    return dataset in known_datasets() and get_spec(dataset).notebook_defect
 
 
 def new_model(run_config: dict, meta: dict) -> nn.Module:

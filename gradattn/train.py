@@ -1,5 +1,6 @@
 """The paper's training protocol: Adam, plateau schedule and early stopping on validation
-accuracy, best weights restored; a checkpoint every epoch so a killed run resumes exactly."""
+accuracy, best weights restored; a checkpoint every epoch so a killed run resumes exactly
+(on the fast GPU path of gradattn.fast, at most every FAST_CHECKPOINT_INTERVAL_S)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ from tqdm import tqdm
 from gradattn.config import TrainConfig
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
+from gradattn.fast import (
+    TensorLR,
+    Trainer,
+    autocast,
+    current_lr,
+    make_optimizer,
+    resolve_plan,
+    settle_loaded_optimizer,
+)
+
+# On the fast path a checkpoint is written at most this often (and after the last epoch).
+FAST_CHECKPOINT_INTERVAL_S = 30.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,10 +110,19 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         checkpoint: Path | None = None, run_id: str = "",
         grad_probe: Callable[[nn.Module], dict] | None = None,
         log: Callable[[str], None] = tqdm.write, progress: bool = True) -> FitResult:
-    """Train `model` in place and leave it holding the best epoch's weights."""
+    """Train `model` in place and leave it holding the best epoch's weights.
+
+    `cfg.fast` and `cfg.precision` choose how the steps run (gradattn.fast): eager, or the
+    whole step as one CUDA graph; the protocol, the history rows and the checkpoints are
+    the same either way.
+    """
     device = train.device
+    plan = resolve_plan(cfg, device)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, plan)
+    lr_tensor = TensorLR(optimizer) if plan.fast else None
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
         min_lr=cfg.min_lr)
@@ -114,6 +136,7 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         if state.get("run_id") == run_id:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            settle_loaded_optimizer(optimizer, plan, lr_tensor)
             scheduler.load_state_dict(state["scheduler"])
             stopper.load_state_dict(state["early_stopping"])
             best_state, history = state["best_model"], state["history"]
@@ -124,7 +147,17 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
             log(f"ignoring {checkpoint}: it belongs to a different configuration")
     resumed_from = start_epoch - 1
 
+    trainer = Trainer(model, optimizer, plan)
+    extras: dict = {"plan": plan.describe()}
+    if plan.fast and not stopper.should_stop and start_epoch <= cfg.max_epochs:
+        t0 = time.perf_counter()
+        trainer.prepare(train, val)
+        extras["plan"] = trainer.describe()
+        extras["setup_seconds"] = round(time.perf_counter() - t0, 3)
+        log(f"{trainer.describe()} (set up in {extras['setup_seconds']:.1f}s)")
+
     started = time.perf_counter()
+    last_saved = started
     epochs = tqdm(range(start_epoch, cfg.max_epochs + 1), desc="epochs", unit="epoch",
                   initial=start_epoch - 1, total=cfg.max_epochs, disable=None if progress else True)
     if stopper.should_stop:
@@ -133,28 +166,24 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         t0 = time.perf_counter()
         torch.manual_seed(epoch_seed(cfg.seed, epoch))
         model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for x, y in tqdm(train.epoch(epoch_seed(cfg.seed, epoch)), total=len(train),
-                         desc=f"epoch {epoch}", unit="batch", leave=False,
-                         disable=None if progress else True):
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(1) == y).sum()
+        loss_sum, correct, _seen = trainer.train_epoch(
+            tqdm(train.epoch(epoch_seed(cfg.seed, epoch)), total=len(train),
+                 desc=f"epoch {epoch}", unit="batch", leave=False,
+                 disable=None if progress else True))
         grad_norms = grad_probe(model) if grad_probe else None
 
-        val_logits, val_labels = predict(model, val)
-        val_loss = F.cross_entropy(val_logits, val_labels).item()
-        val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
-        lr = optimizer.param_groups[0]["lr"]
+        if plan.fast:
+            val_loss, val_acc = trainer.validate(val)
+        else:
+            with autocast(plan):
+                val_logits, val_labels = predict(model, val)
+            val_loss = F.cross_entropy(val_logits, val_labels).item()
+            val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
+        lr = current_lr(optimizer)
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum.item() / train.num_images,
-            "train_accuracy": correct.item() / train.num_images,
+            "train_loss": loss_sum / train.num_images,
+            "train_accuracy": correct / train.num_images,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "lr": lr,
@@ -166,26 +195,37 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         if stopper.update(val_acc, epoch):
             best_state = copy.deepcopy(model.state_dict())
         scheduler.step(val_acc)
+        if lr_tensor is not None:
+            lr_tensor.sync()
         log(f"epoch {epoch}/{cfg.max_epochs}: train loss {row['train_loss']:.4f} "
             f"acc {row['train_accuracy']:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
             f"lr {lr:.2e} | {row['seconds']:.1f}s")
-        if checkpoint is not None:
+        last = stopper.should_stop or epoch == cfg.max_epochs
+        # Eager: every epoch. Fast: epochs take a second or two and a checkpoint a good part
+        # of that, so at most every FAST_CHECKPOINT_INTERVAL_S (and after the last epoch); a
+        # killed run redoes at most that much, exactly as before (epochs are seeded).
+        due = (not plan.fast or last
+               or time.perf_counter() - last_saved >= FAST_CHECKPOINT_INTERVAL_S)
+        if checkpoint is not None and due:
             _save_checkpoint(checkpoint, {
                 "run_id": run_id, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "early_stopping": stopper.state_dict(), "best_model": best_state,
                 "history": history,
             })
+            last_saved = time.perf_counter()
         if stopper.should_stop:
             log(f"early stopping after epoch {epoch}: no better val accuracy for "
                 f"{stopper.patience} epochs")
             break
 
     model.load_state_dict(best_state)
+    if plan.channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return FitResult(history=history, best_epoch=stopper.best_epoch,
                      best_val_accuracy=stopper.best, resumed_from=resumed_from,
                      stopped_early=stopper.should_stop,
-                     seconds=time.perf_counter() - started)
+                     seconds=time.perf_counter() - started, extras=extras)
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

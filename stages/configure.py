@@ -16,17 +16,20 @@ def main() -> None:
     params = load_params()
     data = params.data
     for dataset in data.datasets:
-        spec = get_spec(dataset, data.custom)
+        options = data.dataset_options(dataset)
+        spec = get_spec(dataset, data.custom, options)
         write_json(paths.source_config(dataset), {
             "dataset": dataset,
             "source": data.sources.get(dataset),
             "custom": data.custom.get(dataset),
+            "options": options,
         })
         write_json(paths.prepare_config(dataset), {
             "dataset": dataset,
             "split": data.split,
             "split_seed": data.split_seed,
             "custom": data.custom.get(dataset),
+            "options": options,
             "augment": spec.augment,
         })
         for model in params.models:

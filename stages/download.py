@@ -1,6 +1,5 @@
 """Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from data.sources)."""
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -14,16 +13,14 @@ from gradattn.stage import run
 def main() -> None:
     dataset = sys.argv[1]
     cfg = read_json(paths.source_config(dataset))
-    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None)
+    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None,
+                    cfg.get("options"))
     raw = paths.RAW / dataset
     source = Path(cfg["source"]) if cfg["source"] else None
     t0 = time.perf_counter()
-    try:
-        spec.download(raw, source)
-    except BaseException:
-        # A half-fetched folder must not pass for a finished download.
-        shutil.rmtree(raw, ignore_errors=True)
-        raise
+    # Files land under their final names only once verified, so a failed run keeps the
+    # good ones (raw/ persists across runs) and the next run fetches only what is missing.
+    spec.download(raw, source)
     size = sum(f.stat().st_size for f in raw.rglob("*") if f.is_file())
     print(f"download {dataset}: {size / 1e6:.1f} MB in {raw} "
           f"({'from ' + str(source) if source else 'from ' + (spec.url or 'the package')}, "

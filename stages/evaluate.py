@@ -11,15 +11,17 @@ from gradattn.metrics import classification_metrics, train_val_gap
 from gradattn.models import count_parameters
 from gradattn.runs import dataset_meta, load_trained, make_batches
 from gradattn.stage import run
-from gradattn.train import predict
+from gradattn.train import predict, resolve_device
 
 
 def main() -> None:
     dataset, model_name = sys.argv[1], sys.argv[2]
     cfg = load_params().evaluate
     model, record = load_trained(dataset, model_name)
+    device = resolve_device(record["run_config"]["train"]["device"])
+    model.to(device)
     meta = dataset_meta(dataset)
-    test = make_batches(dataset, "test", meta, batch_size=cfg.batch_size, device="cpu")
+    test = make_batches(dataset, "test", meta, batch_size=cfg.batch_size, device=device)
     logits, labels = predict(model, test)
     history = read_json(paths.history_file(dataset, model_name))
     best = record["best_epoch"]
@@ -33,7 +35,9 @@ def main() -> None:
         "test_images": len(labels),
     })
     write_with(paths.predictions_file(dataset, model_name),
-               lambda tmp: np.savez_compressed(tmp, logits=logits.numpy(), labels=labels.numpy()), suffix=".npz")
+               lambda tmp: np.savez_compressed(tmp, logits=logits.numpy(),
+                                               labels=labels.numpy()),
+               suffix=".npz")
     write_json(paths.metrics_file(dataset, model_name), metrics)
     print(f"evaluate {dataset}/{model_name}: top-1 {metrics['top1']:.4f}, "
           f"F1 (macro) {metrics['f1_macro']:.4f}, ECE {metrics['ece']:.4f} "

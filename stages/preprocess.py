@@ -12,7 +12,8 @@ from gradattn.stage import run
 def main() -> None:
     dataset = sys.argv[1]
     cfg = read_json(paths.prepare_config(dataset))
-    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None)
+    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None,
+                    cfg.get("options"))
     t0 = time.perf_counter()
     notes = {"split": cfg["split"], "split_seed": cfg["split_seed"], "augment": spec.augment,
              "split_note": spec.splits}

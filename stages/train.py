@@ -4,6 +4,7 @@ import sys
 
 from gradattn import paths
 from gradattn.config import TrainConfig
+from gradattn.gradients import grad_history_file, parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
 from gradattn.runs import (dataset_meta, load_run_config, make_batches, new_model, run_id,
@@ -27,8 +28,12 @@ def main() -> None:
     print(f"train {dataset}/{model_name}: {train.num_images:,} train / {val.num_images:,} val "
           f"images on {device}, {count_parameters(model):,} parameters")
     resume = paths.resume_file(dataset, model_name)
-    result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta))
-    write_json(paths.history_file(dataset, model_name), result.history)
+    result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta),
+                 grad_probe=parameter_grad_norms)
+    # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
+    history, grad_history = split_grad_history(result.history)
+    write_json(grad_history_file(dataset, model_name), grad_history)
+    write_json(paths.history_file(dataset, model_name), history)
     save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
                  best_epoch=result.best_epoch, epochs=len(result.history))
     resume.unlink(missing_ok=True)

@@ -6,6 +6,8 @@ torchvision transforms (applied there one PIL image at a time):
   crop_flip  RandomCrop(size, padding=4) + RandomHorizontalFlip   (CIFAR-10 and friends)
   rotate10   RandomRotation(10), nearest, fill 0                  (Fashion-MNIST)
   flip       RandomHorizontalFlip
+  rotate_flip_jitter  RandomRotation(10) + RandomHorizontalFlip + ColorJitter(brightness=0.1,
+             contrast=0.1)                                        (the MedMNIST notebooks)
 """
 
 from __future__ import annotations
@@ -54,8 +56,36 @@ def rotate10(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return random_rotation(x, gen, 10.0)
 
 
+def color_jitter(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.1,
+                 contrast: float = 0.1) -> torch.Tensor:
+    """ColorJitter(brightness, contrast): per-image factors, the two applied in random order."""
+    b = x.shape[0]
+    f_b = _uniform(b, 1 - brightness, 1 + brightness, gen, x.device).to(x.dtype).view(b, 1, 1, 1)
+    f_c = _uniform(b, 1 - contrast, 1 + contrast, gen, x.device).to(x.dtype).view(b, 1, 1, 1)
+    brightness_first = (torch.rand(b, generator=gen, device=x.device) < 0.5).view(b, 1, 1, 1)
+
+    def bright(t: torch.Tensor) -> torch.Tensor:
+        return (t * f_b).clamp(0, 1)
+
+    def contr(t: torch.Tensor) -> torch.Tensor:
+        # blend with the mean grey level, as torchvision's adjust_contrast
+        if t.shape[1] == 1:
+            grey = t
+        else:
+            grey = (0.2989 * t[:, 0] + 0.587 * t[:, 1] + 0.114 * t[:, 2])[:, None]
+        mean = grey.mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+        return (f_c * t + (1 - f_c) * mean).clamp(0, 1)
+
+    return torch.where(brightness_first, contr(bright(x)), bright(contr(x)))
+
+
+def rotate_flip_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return color_jitter(hflip(random_rotation(x, gen, 10.0), gen), gen)
+
+
 def identity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-AUGMENTATIONS = {"none": identity, "flip": hflip, "crop_flip": crop_flip, "rotate10": rotate10}
+AUGMENTATIONS = {"none": identity, "flip": hflip, "crop_flip": crop_flip, "rotate10": rotate10,
+                 "rotate_flip_jitter": rotate_flip_jitter}

@@ -30,6 +30,10 @@ class DatasetSpec:
     # The notebooks' double-normalisation defect hit this dataset's training images
     # (data.legacy_preprocessing reproduces it).
     notebook_defect: bool = False
+    # data.* keys that change this dataset's files (e.g. "medmnist_size"), and the function
+    # that returns the spec for given values of them: variant(medmnist_size=64).
+    options: tuple[str, ...] = ()
+    variant: Callable[..., DatasetSpec] | None = None
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -42,7 +46,14 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 def _load_builtin() -> None:
     # Importing the source modules registers their datasets.
-    from gradattn.data import bundled  # noqa: F401
+    from gradattn.data import (  # noqa: F401
+        bundled,
+        medmnist_sets,
+        padufes,
+        pcam,
+        tinyimagenet,
+        torchvision_sets,
+    )
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -50,7 +61,9 @@ def known_datasets() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def get_spec(name: str, custom: dict | None = None) -> DatasetSpec:
+def get_spec(name: str, custom: dict | None = None, options: dict | None = None) -> DatasetSpec:
+    """The spec of `name`; `options` gives values for the keys in its `options` (others are
+    ignored), as DataConfig.dataset_options(name) returns them."""
     _load_builtin()
     if custom and name in custom:
         from gradattn.data.custom import custom_spec
@@ -60,4 +73,6 @@ def get_spec(name: str, custom: dict | None = None) -> DatasetSpec:
         allowed = sorted(set(_REGISTRY) | set(custom or {}))
         raise GradattnError(f"unknown dataset {name!r}: choose one of {', '.join(allowed)}, "
                             "or describe your own under data.custom")
-    return _REGISTRY[name]
+    spec = _REGISTRY[name]
+    values = {k: v for k, v in (options or {}).items() if k in spec.options}
+    return spec.variant(**values) if values and spec.variant else spec

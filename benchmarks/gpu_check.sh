@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# The GPU check of issue 6, in one command on a machine with one CUDA GPU (an H100):
+#
+#     bash benchmarks/gpu_check.sh          # from the repository root; results under $OUT
+#
+# What it needs there (that machine has no network and no copy of this repo's venv):
+#   - a python3 with torch (and numpy, pyyaml, tqdm, pytest) — the device image has them;
+#     nothing is installed: the repo is imported from its own tree via PYTHONPATH=. (no
+#     `pip install -e .`). Set PYTHON=... to use another interpreter.
+#   - full Fashion-MNIST's four .gz files in .device-data/fashion-mnist/ (an ignored folder,
+#     carried with the call), copied beforehand on this machine:
+#         mkdir -p .device-data && cp -r /usr/share/datasets/fashion-mnist .device-data/
+#         echo /.device-data/ >> .git/info/exclude
+#     or FASHION_MNIST_DIR=<folder holding them>.
+#
+# Steps, each under its own timeout, all within GPU_CHECK_BUDGET_S (default 540 s; about 6-7
+# minutes expected on an H100, estimated from the issue's numbers, not measured here yet):
+#   1. the fast-path tests (CPU logic + the CUDA-only ones)            ~1 min
+#   2. prepare full Fashion-MNIST: 70,000 images pooled, 70/15/15       ~10 s
+#   3. throughput at 32 px, ResNet-18 and GradAttn, eager fp32 vs fast  ~1 min
+#      targets: fast >= 45k img/s ResNet-18, >= 30k GradAttn, >= 4x eager fp32
+#   4. train to early stopping on full Fashion-MNIST (28 px, the paper's protocol, at most
+#      GPU_CHECK_MAX_EPOCHS epochs): ResNet-18 and GradAttn on the fast path, ResNet-18 on
+#      the eager fp32 path; wall times, best val and test accuracy       ~4-5 min
+# Everything lands in $OUT (default ./gpu-check-out): gpu_check.log, throughput.json,
+# train.json and gpu_check.json (the summary, with pass/fail against the targets).
+#
+# GPU_CHECK_CPU=1 is a dry run of the script's plumbing on a CPU (a 1,000-image subset,
+# one epoch, quick throughput): it proves the script runs, not that the GPU path is fast.
+
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+OUT=${OUT:-$PWD/gpu-check-out}
+SRC=${FASHION_MNIST_DIR:-.device-data/fashion-mnist}
+CPU_DRY_RUN=${GPU_CHECK_CPU:-0}
+suffix=""; if [ "$CPU_DRY_RUN" = 1 ]; then suffix="-dry"; fi
+WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/gradattn-gpu-check$suffix}
+MAX_EPOCHS=${GPU_CHECK_MAX_EPOCHS:-30}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export OUT WORK SRC CPU_DRY_RUN MAX_EPOCHS
+mkdir -p "$OUT" "$WORK"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+
+default_budget=540; if [ "$CPU_DRY_RUN" = 1 ]; then default_budget=3600; fi
+BUDGET=${GPU_CHECK_BUDGET_S:-$default_budget}  # the whole script; the summary always runs
+started=$(date +%s)
+step() { echo; echo "=== $* ($(( $(date +%s) - started ))s)"; }
+# A step's time limit: its own cap, or what is left of the budget (less 20 s for the summary).
+limit() {
+    local left=$(( BUDGET - ($(date +%s) - started) - 20 ))
+    if [ "$left" -lt 10 ]; then left=10; fi
+    if [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
+}
+
+step "environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" - <<'EOF'
+import os, sys
+import torch
+print(f"python {sys.version.split()[0]}, torch {torch.__version__}, "
+      f"cuda {torch.version.cuda}, available {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    print("device:", torch.cuda.get_device_name(0))
+elif os.environ["CPU_DRY_RUN"] != "1":
+    sys.exit("no CUDA GPU visible: this check is for a GPU machine (GPU_CHECK_CPU=1 for a dry run)")
+EOF
+
+step "1. tests (tests/test_fast.py, tests/test_train.py)"
+tests_rc=0
+timeout "$(limit 240)" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_train.py \
+    -rs --durations=5 || tests_rc=$?
+echo "tests exit code: $tests_rc"
+echo "$tests_rc" > "$WORK/tests_rc"
+
+step "2. prepare full Fashion-MNIST from $SRC"
+if timeout "$(limit 120)" "$PY" - <<'EOF'
+import gzip, json, os
+from pathlib import Path
+import numpy as np
+from gradattn.data.prepared import PreparedWriter
+
+src, root = Path(os.environ["SRC"]), Path(os.environ["WORK"]) / "prepared"
+name = "fashionmnist"
+if (root / name / "meta.json").exists():
+    print(f"already prepared: {root / name}")
+    raise SystemExit(0)
+
+def idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+files = {k: src / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz" for k in
+         ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+missing = [str(p) for p in files.values() if not p.exists()]
+if missing:
+    raise SystemExit(f"missing {missing}: copy /usr/share/datasets/fashion-mnist/*.gz to "
+                     ".device-data/fashion-mnist/ (and carry .device-data)")
+images = np.concatenate([idx(files["train-images"]), idx(files["t10k-images"])])[..., None]
+labels = np.concatenate([idx(files["train-labels"]), idx(files["t10k-labels"])]).astype(np.int64)
+assert images.shape == (70000, 28, 28, 1), images.shape
+# The notebooks' split: train and test pooled, shuffled, cut 70/15/15.
+order = np.random.default_rng(0).permutation(len(labels))
+if os.environ["CPU_DRY_RUN"] == "1":
+    order = order[:1000]
+n_train, n_val = round(0.70 * len(order)), round(0.15 * len(order))
+parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
+         "test": order[n_train + n_val:]}
+classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+           "Sneaker", "Bag", "Ankle boot"]
+notes = {"split": "pooled", "split_seed": 0, "augment": "rotate10",
+         "split_note": "Fashion-MNIST train+test pooled, random 70/15/15 (gpu_check)"}
+with PreparedWriter(name, classes, root=root, notes=notes) as writer:
+    for split, rows in parts.items():
+        rows = np.sort(rows)
+        writer.write_split(split, images[rows], labels[rows])
+    meta = writer.commit()
+print(f"prepared {root / name}: {json.dumps(meta['counts'])}")
+EOF
+then :; else echo "preparing Fashion-MNIST failed: $?"; fi
+
+step "3. throughput at 32 px"
+if [ "$CPU_DRY_RUN" = 1 ]; then tp_args=(--quick --sizes 32); else tp_args=(--sizes 32 --min-seconds 3); fi
+timeout "$(limit 150)" "$PY" benchmarks/throughput.py --root "$WORK/prepared" --dataset fashionmnist \
+    "${tp_args[@]}" --out "$OUT/throughput.json" || echo "throughput failed: $?"
+
+step "4. train to early stopping on full Fashion-MNIST"
+timeout "$(limit 400)" "$PY" - <<'EOF' || echo "training failed or timed out: $?"
+import json, os, time
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from gradattn.config import TrainConfig
+from gradattn.data.batches import Batches
+from gradattn.data.prepared import load_meta, load_split
+from gradattn.models import build_model
+from gradattn.train import fit, make_deterministic, predict, resolve_device
+
+root, out = Path(os.environ["WORK"]) / "prepared", Path(os.environ["OUT"]) / "train.json"
+dry = os.environ["CPU_DRY_RUN"] == "1"
+max_epochs = 1 if dry else int(os.environ["MAX_EPOCHS"])
+meta = load_meta("fashionmnist", root)
+runs = [("resnet18", "on", "auto"), ("gradattn", "on", "auto"), ("resnet18", "off", "fp32")]
+results = []
+for model_name, fast, precision in runs:
+    cfg = TrainConfig(max_epochs=max_epochs, fast=fast, precision=precision)
+    device = resolve_device(cfg.device)
+    make_deterministic(cfg.seed, device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, num_classes=meta["num_classes"], in_channels=meta["channels"])
+    train = Batches(*load_split("fashionmnist", "train", root), meta, device=device,
+                    batch_size=cfg.batch_size, shuffle=True, augment=meta["augment"])
+    val, test = (Batches(*load_split("fashionmnist", split, root), meta, device=device,
+                         batch_size=256) for split in ("val", "test"))
+    print(f"--- {model_name}, fast={fast}, precision={precision}: {train.num_images:,} train "
+          f"images on {device}", flush=True)
+    t0 = time.perf_counter()
+    r = fit(model, train, val, cfg, progress=False, log=lambda s: print(s, flush=True))
+    wall = time.perf_counter() - t0
+    logits, labels = predict(model, test)
+    test_acc = (logits.argmax(1) == labels).float().mean().item()
+    epoch_s = [h["seconds"] for h in r.history]
+    results.append({
+        "model": model_name, "fast": fast, "precision": precision, "plan": r.extras["plan"],
+        "setup_s": r.extras.get("setup_seconds", 0.0), "wall_s": round(wall, 1),
+        "epochs": len(r.history), "stopped_early": r.stopped_early, "best_epoch": r.best_epoch,
+        "best_val_accuracy": r.best_val_accuracy, "test_accuracy": test_acc,
+        "test_loss": F.cross_entropy(logits, labels).item(),
+        "median_epoch_s": sorted(epoch_s)[len(epoch_s) // 2],
+        "train_images_per_s": train.num_images * len(epoch_s) / sum(epoch_s),
+        "history": r.history,
+    })
+    print(f"=> {model_name} ({r.extras['plan']}): {len(r.history)} epochs in {wall:.0f}s, "
+          f"best val {r.best_val_accuracy:.4f} at epoch {r.best_epoch}, test {test_acc:.4f}",
+          flush=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")  # after each run: a timeout keeps it
+    del model, train, val, test
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+EOF
+
+step "summary"
+"$PY" - <<'EOF'
+import json, os
+from pathlib import Path
+
+out, work = Path(os.environ["OUT"]), Path(os.environ["WORK"])
+def load(name):
+    p = out / name
+    return json.loads(p.read_text()) if p.exists() else None
+
+tp, train = load("throughput.json"), load("train.json") or []
+summary = {"tests_exit_code": int((work / "tests_rc").read_text()), "cpu_dry_run":
+           os.environ["CPU_DRY_RUN"] == "1", "throughput": {}, "training": [], "checks": {}}
+targets = {"resnet18": 45_000, "gradattn": 30_000}
+if tp:
+    summary["device_name"] = tp["device_name"]
+    for row in tp["results"]:
+        key = f"{row['model']}@{row['size']}px"
+        fast, eager = row["fast"]["images_per_s"], row["eager_fp32"]["images_per_s"]
+        summary["throughput"][key] = {"fast": round(fast), "eager_fp32": round(eager),
+                                      "ratio": round(row["ratio"], 2),
+                                      "setup_s": row["fast"]["setup_s"]}
+        summary["checks"][f"{key} fast >= {targets[row['model']]:,} img/s"] = fast >= targets[row["model"]]
+        summary["checks"][f"{key} fast >= 4x eager fp32"] = row["ratio"] >= 4
+for r in train:
+    summary["training"].append({k: v for k, v in r.items() if k != "history"})
+by = {(r["model"], r["fast"]): r for r in train}
+if ("resnet18", "on") in by and ("resnet18", "off") in by:
+    diff = by["resnet18", "on"]["test_accuracy"] - by["resnet18", "off"]["test_accuracy"]
+    summary["resnet18_fast_minus_eager_test_accuracy"] = round(diff, 4)
+    # One seed each: Fashion-MNIST ResNet-18 runs differ by a few tenths of a point.
+    summary["checks"]["resnet18 fast vs eager test accuracy within 1 point"] = abs(diff) <= 0.01
+summary["checks"]["tests pass"] = summary["tests_exit_code"] == 0
+(out / "gpu_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(f"\n{'run':38s} {'epochs':>6s} {'wall s':>7s} {'val':>7s} {'test':>7s} {'img/s':>8s}")
+for r in summary["training"]:
+    print(f"{r['model'] + ' ' + r['plan'][:28]:38s} {r['epochs']:6d} {r['wall_s']:7.0f} "
+          f"{r['best_val_accuracy']:7.4f} {r['test_accuracy']:7.4f} {r['train_images_per_s']:8,.0f}")
+print()
+for k, v in summary["throughput"].items():
+    print(f"throughput {k}: fast {v['fast']:,} img/s, eager fp32 {v['eager_fp32']:,}, "
+          f"x{v['ratio']}, capture {v['setup_s']}s")
+for k, ok in summary["checks"].items():
+    print(f"[{'PASS' if ok else 'FAIL'}] {k}")
+print(f"wrote {out / 'gpu_check.json'}")
+EOF
+echo "total $(( $(date +%s) - started ))s"

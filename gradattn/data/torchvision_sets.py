@@ -1,0 +1,266 @@
+"""Fashion-MNIST, CIFAR-10 and SVHN: the files torchvision's dataset classes download.
+
+URLs, file names and md5 sums are read from torchvision's classes (so they stay those
+torchvision checks); the files are read here in their own formats (IDX, pickled batches,
+MATLAB .mat), straight into uint8 arrays.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from torchvision.datasets import CIFAR10, SVHN, FashionMNIST
+
+from gradattn.data.fetch import (
+    check_source,
+    fetch,
+    find_file,
+    get_files,
+    install,
+    manual_hint,
+    md5sum,
+)
+from gradattn.data.prepared import PreparedWriter
+from gradattn.data.registry import DatasetSpec, register
+from gradattn.data.streaming import write_splits
+from gradattn.errors import GradattnError
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX .gz files)
+
+FASHION_URL = FashionMNIST.mirrors[0]
+FASHION_MD5 = dict(FashionMNIST.resources)  # md5 of each .gz, as published upstream
+# md5 of each file's decompressed bytes: accepted when a copy was re-compressed (Debian's
+# dataset-fashion-mnist package ships the same IDX data in re-compressed .gz files).
+FASHION_CONTENT_MD5 = {
+    "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+    "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+    "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+}
+FASHION_CLASSES = tuple(FashionMNIST.classes)
+
+
+def _gunzip_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with gzip.open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (.gz) of unsigned bytes: images (N, H, W) or labels (N,)."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08":
+        raise GradattnError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise GradattnError(f"{path}: header says {dims}, file holds {arr.size} bytes")
+    return arr.reshape(dims)
+
+
+def fashion_download(raw_dir: Path, source: Path | None) -> None:
+    files = [(name, FASHION_URL + name, md5) for name, md5 in FASHION_MD5.items()]
+    accept = {name: (lambda p, m=m: _gunzip_md5(p) == m) for name, m in FASHION_CONTENT_MD5.items()}
+    get_files("fashionmnist", raw_dir, source, files, accept=accept)
+
+
+def fashion_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+    parts = {}
+    for part, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
+        labels = read_idx(raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+        parts[part] = (images, labels)
+    write_splits(writer, parts, split, split_seed)
+
+
+register(
+    DatasetSpec(
+        name="fashionmnist",
+        classes=FASHION_CLASSES,
+        channels=1,
+        size=28,
+        augment="rotate10",
+        download=fashion_download,
+        prepare=fashion_prepare,
+        splits="official 60,000 train / 10,000 test; val = a stratified 10% of train",
+        url=FASHION_URL,
+        notebook_defect=True,
+    )
+)
+
+# ---------------------------------------------------------------- CIFAR-10 (pickled batches)
+
+CIFAR_URL, CIFAR_ARCHIVE, CIFAR_ARCHIVE_MD5 = CIFAR10.url, CIFAR10.filename, CIFAR10.tgz_md5
+CIFAR_FOLDER = CIFAR10.base_folder  # cifar-10-batches-py
+CIFAR_MD5 = {name: md5 for name, md5 in CIFAR10.train_list + CIFAR10.test_list}
+CIFAR_MD5[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
+CIFAR_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def _cifar_complete(folder: Path) -> bool:
+    return all((folder / n).is_file() and md5sum(folder / n) == m for n, m in CIFAR_MD5.items())
+
+
+def _extract_cifar(archive: Path, raw_dir: Path) -> None:
+    """Unpack the batches from the archive into raw_dir/cifar-10-batches-py, atomically."""
+    tmp = Path(tempfile.mkdtemp(dir=raw_dir, prefix=".extract-"))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for name in CIFAR_MD5:
+                member = tar.getmember(f"{CIFAR_FOLDER}/{name}")
+                with tar.extractfile(member) as fin, open(tmp / name, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+        for name, md5 in CIFAR_MD5.items():
+            if md5sum(tmp / name) != md5:
+                raise GradattnError(f"cifar10: {name} in {archive} does not match its md5 {md5}")
+        final = raw_dir / CIFAR_FOLDER
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except KeyError as err:
+        raise GradattnError(
+            f"cifar10: {archive} lacks {err}: not the CIFAR-10 python archive"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cifar_download(raw_dir: Path, source: Path | None) -> None:
+    folder = raw_dir / CIFAR_FOLDER
+    expected = f"{CIFAR_ARCHIVE} (or its extracted {CIFAR_FOLDER}/ folder)"
+    if source is not None:
+        source = check_source("cifar10", source)
+        found = {name: find_file(source, name) for name in CIFAR_MD5}
+        if all(found.values()):  # the extracted batches
+            for name, path in found.items():
+                install(path, folder / name, dataset="cifar10", md5=CIFAR_MD5[name])
+            return
+        archive = find_file(source, CIFAR_ARCHIVE)
+        if archive is None:
+            raise GradattnError(
+                f"data.sources.cifar10 = {str(source)!r} holds neither "
+                f"{CIFAR_ARCHIVE} nor the batches {', '.join(CIFAR_MD5)}"
+            )
+        if md5sum(archive) != CIFAR_ARCHIVE_MD5:
+            raise GradattnError(
+                f"cifar10: {archive} does not match the published md5 {CIFAR_ARCHIVE_MD5}"
+            )
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        _extract_cifar(archive, raw_dir)
+        return
+    if _cifar_complete(folder):
+        print("cifar10: batches already downloaded and verified")
+        return
+    archive = fetch(
+        CIFAR_URL,
+        raw_dir / CIFAR_ARCHIVE,
+        dataset="cifar10",
+        md5=CIFAR_ARCHIVE_MD5,
+        hint=manual_hint("cifar10", expected),
+    )
+    _extract_cifar(archive, raw_dir)
+    archive.unlink()  # the verified batches are kept; the archive would only double the space
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def cifar_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+    folder = raw_dir / CIFAR_FOLDER
+    names = _unpickle(folder / CIFAR10.meta["filename"])[CIFAR10.meta["key"]]
+    if tuple(names) != CIFAR_CLASSES:
+        raise GradattnError(
+            f"cifar10: {folder}/batches.meta names classes {names}, expected {list(CIFAR_CLASSES)}"
+        )
+    parts = {}
+    for part, batches in (("train", CIFAR10.train_list), ("test", CIFAR10.test_list)):
+        entries = [_unpickle(folder / name) for name, _ in batches]
+        data = np.concatenate([np.asarray(e["data"], dtype=np.uint8) for e in entries])
+        labels = np.concatenate([np.asarray(e["labels"], dtype=np.int64) for e in entries])
+        parts[part] = (data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels)  # (N, H, W, C)
+    write_splits(writer, parts, split, split_seed)
+
+
+register(
+    DatasetSpec(
+        name="cifar10",
+        classes=CIFAR_CLASSES,
+        channels=3,
+        size=32,
+        augment="crop_flip",
+        download=cifar_download,
+        prepare=cifar_prepare,
+        splits="official 50,000 train / 10,000 test; val = a stratified 10% of train",
+        url=CIFAR_URL,
+        notebook_defect=True,
+    )
+)
+
+# ---------------------------------------------------------------- SVHN (MATLAB .mat files)
+
+# The cropped-digits format; `extra` (531k easier images) is not used, as in the paper.
+SVHN_FILES = [
+    (SVHN.split_list[s][1], SVHN.split_list[s][0], SVHN.split_list[s][2]) for s in ("train", "test")
+]
+SVHN_CLASSES = tuple(str(d) for d in range(10))
+
+
+def svhn_download(raw_dir: Path, source: Path | None) -> None:
+    get_files("svhn", raw_dir, source, SVHN_FILES)
+
+
+def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.io import loadmat
+
+    mat = loadmat(path, variable_names=["X", "y"])
+    images = np.transpose(mat["X"], (3, 0, 1, 2))  # (32, 32, 3, N) → (N, 32, 32, 3)
+    labels = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN labels the digit 0 as 10
+    return images, labels
+
+
+def svhn_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+    parts = {
+        part: read_svhn(raw_dir / name)
+        for part, (name, _, _) in zip(("train", "test"), SVHN_FILES, strict=True)
+    }
+    write_splits(writer, parts, split, split_seed)
+
+
+register(
+    DatasetSpec(
+        name="svhn",
+        classes=SVHN_CLASSES,
+        channels=3,
+        size=32,
+        augment="none",  # the SVHN notebook trains without augmentation (and digits must not flip)
+        download=svhn_download,
+        prepare=svhn_prepare,
+        splits="official 73,257 train / 26,032 test (no extra); val = a stratified 10% of train",
+        url=SVHN.split_list["train"][0],
+    )
+)

@@ -1,0 +1,280 @@
+"""Per-layer gradient norms and the paper's Gradient Health Score (GHS, §4.4, Table 5).
+
+A *layer* is every conv, linear and transformer-encoder layer (ours and torch's), named by
+its module path (`conv1`, `layer3.0.conv2`, `encoder.layers.1`, `head`, ...), in module
+order, as the notebooks hook them. Encoder layers are analysed as a whole *and* through the
+linear layers inside them, again as the notebooks do.
+
+Two norms per layer, each the mean over the analysed batches of one batch's L2 (Frobenius)
+norm of the gradient of the mean cross-entropy:
+  output     w.r.t. the layer's output (the notebooks' choice);
+  parameter  w.r.t. the layer's parameters (all of them, for an encoder layer).
+GHS = healthy / analysed layers, with the notebooks' strict tests: vanishing when
+norm < low, exploding when norm > high, healthy when low < norm < high. (A norm exactly on
+a bound is unhealthy but neither, as in the notebooks; a NaN norm likewise.)
+
+`analyse_gradients` runs in train mode (batch-norm batch statistics, dropout on), as the
+notebooks do, and leaves the model exactly as it found it: weights, buffers (batch-norm
+running statistics), `.grad`, each module's train/eval mode, hooks and torch's global RNG.
+`parameter_grad_norms` is the cheap train-time probe for `fit(grad_probe=...)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from gradattn import paths
+from gradattn.models.gradattn import EncoderLayer
+
+NORM_KINDS = ("output", "parameter")
+ENCODER_TYPES = (EncoderLayer, nn.TransformerEncoderLayer)
+
+
+def grad_history_file(dataset: str, model: str) -> Path:
+    """Per-epoch parameter-gradient norms written by the train stage (rows epoch/layer/norm)."""
+    return paths.METRICS / dataset / f"{model}.grad_history.json"
+
+
+def layer_type(module: nn.Module) -> str | None:
+    """'conv', 'linear' or 'encoder' for an analysed layer, None for anything else."""
+    if isinstance(module, ENCODER_TYPES):
+        return "encoder"
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return None
+
+
+def analysed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every conv, linear and encoder layer, in module order."""
+    return [(name, m) for name, m in model.named_modules() if layer_type(m) is not None]
+
+
+def _norm_of(tensors: list[Tensor]) -> Tensor:
+    """L2 norm of several tensors taken together, as one float32 scalar."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float())
+                                                 for t in tensors]))
+
+
+def parameter_grad_norms(model: nn.Module) -> dict[str, float]:
+    """Per-layer L2 norm of the `.grad` already present (the last backward's); layers with
+    no gradient are left out. One device sync in all, so it is cheap enough for every epoch."""
+    names, norms = [], []
+    for name, module in analysed_layers(model):
+        grads = [p.grad for p in module.parameters() if p.grad is not None]
+        if grads:
+            names.append(name)
+            norms.append(_norm_of(grads))
+    values = torch.stack(norms).tolist() if norms else []
+    return dict(zip(names, values, strict=True))
+
+
+def split_grad_history(history: list[dict]) -> tuple[list[dict], list[dict]]:
+    """History rows without their "grad_norms", and those norms as flat rows
+    {epoch, layer, norm} (DVC plots and pandas want flat rows)."""
+    rows, grads = [], []
+    for row in history:
+        row = dict(row)
+        for layer, norm in (row.pop("grad_norms", None) or {}).items():
+            grads.append({"epoch": row["epoch"], "layer": layer, "norm": norm})
+        rows.append(row)
+    return rows, grads
+
+
+# --- Gradient Health Score ---------------------------------------------------------------
+
+def layer_status(norm: float, low: float, high: float) -> str:
+    """The notebooks' strict tests; 'unhealthy' for a norm on a bound or NaN."""
+    if norm < low:
+        return "vanishing"
+    if norm > high:
+        return "exploding"
+    if low < norm < high:
+        return "healthy"
+    return "unhealthy"
+
+
+def gradient_health(norms: dict[str, float], low: float, high: float) -> dict:
+    """GHS, counts and the statistics of Table 5 over per-layer norms."""
+    values = list(norms.values())
+    status = [layer_status(v, low, high) for v in values]
+    n = len(values)
+    mean = sum(values) / n if n else math.nan
+    return {
+        "ghs": status.count("healthy") / n if n else math.nan,
+        "vanishing": status.count("vanishing"),
+        "exploding": status.count("exploding"),
+        "layers": n,
+        "norm_mean": mean,
+        "norm_min": min(values) if n else math.nan,
+        "norm_max": max(values) if n else math.nan,
+        # Population std (numpy's default), as the notebooks' np.std.
+        "norm_std": math.sqrt(sum((v - mean) ** 2 for v in values) / n) if n else math.nan,
+    }
+
+
+# --- Measuring ----------------------------------------------------------------------------
+
+def _first_tensor(output) -> Tensor | None:
+    """The tensor a layer hands on: itself, or the first tensor of a tuple (our encoder
+    layers return (x, attention weights))."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, Tensor)), None)
+    return None
+
+
+@contextmanager
+def _preserved(model: nn.Module):
+    """Restore buffers, per-module train/eval mode and torch's RNG on exit. Parameters and
+    .grad need no saving: the analysis never steps and uses autograd.grad, not backward."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
+    devices = [d for d in {b.device for b in model.parameters()} if d.type == "cuda"]
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buf, saved in buffers:
+                    buf.copy_(saved)
+            for module, training in modes:
+                module.training = training
+
+
+def measure_gradient_norms(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    num_batches: int,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Mean per-batch output- and parameter-gradient norms of every analysed layer.
+
+    Returns {"layers": [(name, type)], "output": {name: norm}, "parameter": {name: norm},
+    "batches": number analysed}. Output gradients come from tensor hooks that forward hooks
+    put on each layer's output (registered before any later in-place op, so they see the
+    layer's own output); parameter gradients from torch.autograd.grad, which leaves .grad
+    alone. A layer called more than once per batch contributes every call, as the notebooks'.
+    """
+    layers = analysed_layers(model)
+    out_sums = {name: 0.0 for name, _ in layers}
+    out_counts = {name: 0 for name, _ in layers}
+    param_sums = {name: 0.0 for name, _ in layers}
+    seen: set[str] = set()
+    calls: dict[str, int] = {}  # this batch's calls per layer
+    batch_norms: dict[str, list[Tensor]] = {}
+
+    def forward_hook(name: str):
+        def hook(_module, _inputs, output):
+            seen.add(name)
+            calls[name] = calls.get(name, 0) + 1
+            t = _first_tensor(output)
+            if t is not None and t.requires_grad:
+                t.register_hook(lambda g: batch_norms.setdefault(name, []).append(
+                    torch.linalg.vector_norm(g.detach().float())))
+        return hook
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    index = {id(p): i for i, p in enumerate(params)}
+    layer_params = {name: [index[id(p)] for p in m.parameters() if id(p) in index]
+                    for name, m in layers}
+    handles = [m.register_forward_hook(forward_hook(name)) for name, m in layers]
+    done = 0
+    try:
+        with _preserved(model), torch.enable_grad():
+            torch.manual_seed(seed)  # dropout masks: the same every time
+            model.train()
+            bar = tqdm(total=num_batches, desc="gradient norms", unit="batch", leave=False,
+                       disable=None if progress else True)
+            for x, y in batches:
+                if done >= num_batches:
+                    break
+                batch_norms.clear()
+                calls.clear()
+                loss = loss_fn(model(x), y)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                per_layer = {}
+                for name, idx in layer_params.items():
+                    present = [grads[i] for i in idx if grads[i] is not None]
+                    per_layer[name] = _norm_of(present) if present else torch.zeros(())
+                # One transfer per batch for all the norms.
+                names = list(per_layer)
+                values = torch.stack([per_layer[n].to(loss.device) for n in names]).tolist()
+                for name, value in zip(names, values, strict=True):
+                    param_sums[name] += value
+                for name, norms in batch_norms.items():
+                    out_sums[name] += sum(torch.stack(norms).tolist())
+                # A call whose output no gradient reached counts as norm 0.
+                for name, n in calls.items():
+                    out_counts[name] += n
+                done += 1
+                bar.update()
+            bar.close()
+    finally:
+        for handle in handles:
+            handle.remove()
+    if done == 0:
+        raise ValueError("no batches to analyse gradients on")
+    # A layer the forward pass never called has no gradient to speak of: left out.
+    used = [(name, layer_type(m)) for name, m in layers if name in seen]
+    return {
+        "layers": used,
+        "output": {name: out_sums[name] / max(out_counts[name], 1) for name, _ in used},
+        "parameter": {name: param_sums[name] / done for name, _ in used},
+        "batches": done,
+        "unused": [name for name, _ in layers if name not in seen],
+    }
+
+
+def analyse_gradients(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    *,
+    num_batches: int,
+    low: float,
+    high: float,
+    norm: str = "output",
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """The gradients JSON: GHS and Table 5's statistics from the `norm` kind of norm, the
+    same for the other kind under its name, and every layer's two norms and status."""
+    if norm not in NORM_KINDS:
+        raise ValueError(f"norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
+    measured = measure_gradient_norms(model, batches, num_batches, loss_fn=loss_fn, seed=seed,
+                                      progress=progress)
+    health = {kind: gradient_health(measured[kind], low, high) for kind in NORM_KINDS}
+    chosen = measured[norm]
+    return {
+        **health[norm],
+        "ghs_norm": norm,
+        "bounds": [low, high],
+        "batches": measured["batches"],
+        # Both kinds' summaries, so either can be compared (DVC shows them as output.ghs ...).
+        **{kind: health[kind] for kind in NORM_KINDS},
+        "per_layer": [
+            {
+                "layer": name,
+                "type": kind,
+                "output_norm": measured["output"][name],
+                "parameter_norm": measured["parameter"][name],
+                "status": layer_status(chosen[name], low, high),
+            }
+            for name, kind in measured["layers"]
+        ],
+        "unused_layers": measured["unused"],
+    }

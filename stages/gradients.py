@@ -1,0 +1,45 @@
+"""Gradient flow of one trained (dataset, model) pair: per-layer gradient norms and the
+Gradient Health Score (paper §4.4, Table 5) -> metrics/<dataset>/<model>.gradients.json."""
+
+import sys
+
+from gradattn import paths
+from gradattn.config import TrainConfig, load_params
+from gradattn.data import load_split
+from gradattn.data.batches import Batches
+from gradattn.gradients import analyse_gradients
+from gradattn.io import write_json
+from gradattn.runs import dataset_meta, load_run_config, load_trained
+from gradattn.stage import run
+from gradattn.train import resolve_device
+
+
+def main() -> None:
+    dataset, model_name = sys.argv[1], sys.argv[2]
+    cfg = load_params().gradients
+    train_cfg = TrainConfig(**load_run_config(dataset, model_name)["train"])
+    device = resolve_device(train_cfg.device)
+    model, _ = load_trained(dataset, model_name, device=device)
+    meta = dataset_meta(dataset)
+    images, labels = load_split(dataset, "train", paths.PREPARED)
+    # Training images at the training batch size, in a seeded random order, without
+    # augmentation (so the numbers depend only on the model, the data and the seed).
+    batches = Batches(images, labels, meta, batch_size=train_cfg.batch_size, device=device,
+                      shuffle=True, augment="none")
+    result = analyse_gradients(model, batches.epoch(train_cfg.seed), num_batches=cfg.batches,
+                               low=cfg.low, high=cfg.high, norm=cfg.norm, seed=train_cfg.seed)
+    # Where the numbers come from, before the long per-layer list.
+    per_layer = {k: result.pop(k) for k in ("per_layer", "unused_layers")}
+    result["data"] = (f"train split, first {result['batches']} batches of {train_cfg.batch_size} "
+                      f"in a random order (seed {train_cfg.seed}), no augmentation")
+    result["mode"] = "train mode (batch-norm batch statistics, dropout on), as the notebooks"
+    result.update(per_layer)
+    write_json(paths.gradients_file(dataset, model_name), result)
+    print(f"gradients {dataset}/{model_name}: GHS {result['ghs']:.3f} ({cfg.norm} norm), "
+          f"{result['vanishing']} vanishing / {result['exploding']} exploding of "
+          f"{result['layers']} layers, norms {result['norm_min']:.2e}-{result['norm_max']:.2e} "
+          f"(mean {result['norm_mean']:.2e}) over {result['batches']} batches")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,105 @@
+"""gradattn compare --rev: params, metric deltas and changed plots against a git revision, in
+a temporary git+DVC repo whose files are written by hand (compare only reads revisions)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradattn.cli import main
+
+DVC_YAML = """\
+stages:
+  train:
+    cmd: python train.py
+    params:
+      - train.lr
+    metrics:
+      - metrics.json:
+          cache: false
+    plots:
+      - history.json:
+          cache: false
+          x: epoch
+          y: val_accuracy
+      - timing.json:
+          cache: false
+          x: epoch
+          y: val_accuracy
+plots:
+  - figure.png
+"""
+
+
+def _write(repo: Path, lr: float, top1: float, val: float, seconds: float, png: bytes) -> None:
+    (repo / "params.yaml").write_text(f"train:\n  lr: {lr}\n  seed: 42\n")
+    (repo / "metrics.json").write_text(json.dumps({"top1": top1, "loss": 1.25}))
+    (repo / "history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": val}]))
+    # Only its wall-clock column changes: not a changed plot.
+    (repo / "timing.json").write_text(
+        json.dumps([{"epoch": 1, "val_accuracy": 0.3, "seconds": seconds}]))
+    (repo / "figure.png").write_bytes(png)
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    _write(repo, lr=0.001, top1=0.5, val=0.4, seconds=10.0, png=b"\x89PNG base")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "base")
+    _git(repo, "branch", "base")
+    # The change under review: a param, one metric, one plot's data and one image.
+    _write(repo, lr=0.01, top1=0.55, val=0.45, seconds=12.5, png=b"\x89PNG new")
+    return repo
+
+
+def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, capsys):
+    images = tmp_path / "images"
+    out = tmp_path / "report.md"
+    assert main(["compare", "--rev", "base", "--repo", str(repo), "--images", str(images),
+                 "--out", str(out)]) == 0
+    report = out.read_text()
+
+    assert report.startswith("# Changes against `base`")
+    lines = [line.replace(" ", "") for line in report.splitlines()]
+    assert "|params.yaml|train.lr|0.001|0.01|" in lines
+    assert "|metrics.json|top1|0.5|0.55|0.05|" in lines  # base, workspace, delta
+    assert not any("|loss|" in line for line in lines)  # unchanged metrics are left out
+    assert "- `history.json`: changed" in report
+    assert "- `figure.png`: changed" in report
+    assert "timing.json" not in report
+    shown = sorted(p.name for p in images.iterdir())
+    assert shown == ["base.figure.png", "workspace.figure.png"]
+    assert (images / "workspace.figure.png").read_bytes() == b"\x89PNG new"
+    assert f"![workspace]({images.as_posix()}/workspace.figure.png)" in report
+    assert capsys.readouterr().out == ""  # with --out, nothing on stdout
+
+
+def test_compare_with_nothing_changed(repo, capsys):
+    """(Without --out the report goes to stdout.)"""
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "change")
+    assert main(["compare", "--rev", "HEAD", "--repo", str(repo)]) == 0
+    report = capsys.readouterr().out
+    assert "No params changed." in report
+    assert "No metric changed." in report
+    assert "No plot changed." in report
+
+
+def test_compare_unknown_revision_is_one_line_error(repo, capsys):
+    assert main(["compare", "--rev", "no-such-branch", "--repo", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: `dvc params diff no-such-branch --md` failed")

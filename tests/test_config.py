@@ -1,0 +1,97 @@
+"""params.yaml validation: every bad value fails once, naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gradattn.config import load_params, parse_params
+from gradattn.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def with_change(section: str, key: str | None, value) -> dict:
+    params = copy.deepcopy(DEFAULTS)
+    if key is None:
+        params[section] = value
+    else:
+        params[section][key] = value
+    return params
+
+
+def test_defaults_are_the_papers_protocol():
+    p = load_params(ROOT / "params.yaml")
+    assert (p.train.lr, p.train.weight_decay, p.train.batch_size) == (1e-3, 1e-4, 128)
+    assert (p.train.plateau_factor, p.train.plateau_patience, p.train.min_lr) == (0.2, 3, 1e-7)
+    assert (p.train.early_stopping_patience, p.train.seed) == (7, 42)
+    assert p.models == ("resnet18", "gradattn")
+    assert p.data.datasets == ("fashionmnist-mini",)
+    assert p.model_options("gradattn")["pe"] == "learnable"
+
+
+@pytest.mark.parametrize("section, key, value, expect", [
+    ("data", "datasets", ["imagenet22k"], r"data\.datasets = 'imagenet22k'.*fashionmnist-mini"),
+    ("models", None, ["resnet19"], r"models = 'resnet19'.*resnet18, .*gradattn"),
+    ("model", "pe", "alibi", r"pe 'alibi'.*none, learnable, rope"),
+    ("model", "heads", 7, r"dim 256 is not divisible by heads 7"),
+    ("train", "lr", 0, r"train\.lr = 0 .*> 0"),
+    ("train", "lr", -0.1, r"train\.lr = -0\.1 .*> 0"),
+    ("train", "batch_size", 0, r"train\.batch_size = 0 .*integer >= 1"),
+    ("train", "batch_size", 12.5, r"train\.batch_size = 12\.5 .*integer"),
+    ("train", "device", "tpu", r"train\.device = 'tpu'.*auto, cpu, cuda"),
+    ("train", "lrr", 0.1, r"train\.lrr = 0\.1 .*unknown key.*lr"),
+    ("data", "split", "random", r"data\.split = 'random'.*official, pooled"),
+    ("gradients", "high", 1e-9, r"gradients\.high .*> 1e-06"),
+])
+def test_bad_values_name_key_value_and_allowed(section, key, value, expect):
+    with pytest.raises(ConfigError, match=expect) as err:
+        parse_params(with_change(section, key, value))
+    assert "\n" not in str(err.value)
+
+
+def test_rope_needs_an_even_head_size():
+    params = with_change("model", "pe", "rope")
+    params["model"].update(dim=24, heads=8)
+    with pytest.raises(ConfigError, match=r"even head size.*none, learnable"):
+        parse_params(params)
+
+
+def test_run_config_holds_only_the_models_own_options():
+    params = parse_params(DEFAULTS)
+    assert params.run_config("fashionmnist-mini", "resnet18")["model_options"] == {"stem": "imagenet"}
+    rope = with_change("model", "pe", "rope")
+    # A GradAttn-only change leaves ResNet-18's resolved config byte for byte the same.
+    assert (parse_params(rope).run_config("fashionmnist-mini", "resnet18")
+            == params.run_config("fashionmnist-mini", "resnet18"))
+    assert (parse_params(rope).run_config("fashionmnist-mini", "gradattn")
+            != params.run_config("fashionmnist-mini", "gradattn"))
+
+
+def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
+    params = with_change("train", "lr", -1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: train.lr = -1"), proc.stderr
+    assert not (tmp_path / "configs").exists()
+
+
+def test_train_stage_without_prepared_data_fails_cleanly(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path, check=True,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "fashionmnist-mini",
+                           "resnet18"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "preprocess@fashionmnist-mini" in lines[0], proc.stderr
+    assert not (tmp_path / "models").exists()

@@ -1,0 +1,208 @@
+"""Tests of gradattn.gradients: GHS on a network whose gradient norms are known by
+construction, output-gradient norms against a hand computation, the train-time probe, and
+that the analysis leaves the model exactly as it found it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradattn.gradients import (
+    analyse_gradients,
+    analysed_layers,
+    gradient_health,
+    layer_status,
+    measure_gradient_norms,
+    parameter_grad_norms,
+    split_grad_history,
+)
+from gradattn.models import build_model
+
+LOW, HIGH = 1e-6, 10.0
+
+
+def sum_loss(out: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
+    """loss = sum of outputs, so dL/d(output) is all ones."""
+    return out.sum()
+
+
+class Branches(nn.Module):
+    """Three linear branches summed, scaled by 1, 1e-9 and 1e9: with loss = sum(output) the
+    gradient w.r.t. each branch's output is its scale times ones, whatever the weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.healthy = nn.Linear(2, 1)
+        self.vanish = nn.Linear(2, 1)
+        self.explode = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.healthy(x) + 1e-9 * self.vanish(x) + 1e9 * self.explode(x)
+
+
+def ones_batches(n: int, batch: int = 4, features: int = 2):
+    return [(torch.ones(batch, features), torch.zeros(batch, dtype=torch.long))] * n
+
+
+def test_ghs_and_counts_on_forced_vanishing_and_exploding_layers():
+    model = Branches()
+    result = analyse_gradients(model, ones_batches(3), num_batches=3, low=LOW, high=HIGH,
+                               loss_fn=sum_loss, progress=False)
+    # Output gradient of a branch = scale * ones(4, 1): norm = scale * 2.
+    per = {r["layer"]: r for r in result["per_layer"]}
+    assert per["healthy"]["output_norm"] == pytest.approx(2.0)
+    assert per["vanish"]["output_norm"] == pytest.approx(2e-9)
+    assert per["explode"]["output_norm"] == pytest.approx(2e9)
+    assert [per[n]["status"] for n in ("healthy", "vanish", "explode")] == [
+        "healthy", "vanishing", "exploding"]
+    assert result["ghs"] == pytest.approx(1 / 3)
+    assert (result["vanishing"], result["exploding"], result["layers"]) == (1, 1, 3)
+    assert result["ghs_norm"] == "output" and result["bounds"] == [LOW, HIGH]
+    assert result["batches"] == 3
+    norms = [2.0, 2e-9, 2e9]
+    assert result["norm_mean"] == pytest.approx(sum(norms) / 3)
+    assert result["norm_min"] == pytest.approx(2e-9)
+    assert result["norm_max"] == pytest.approx(2e9)
+    mean = sum(norms) / 3
+    assert result["norm_std"] == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in norms) / 3))
+    # Parameter gradients: d/dW = scale * sum_b x_b = scale * [4, 4], d/db = scale * 4.
+    assert per["healthy"]["parameter_norm"] == pytest.approx(4 * math.sqrt(3))
+    assert per["explode"]["parameter_norm"] == pytest.approx(4e9 * math.sqrt(3))
+    assert result["parameter"]["ghs"] == pytest.approx(1 / 3)
+    # GHS from the parameter norm when asked: same verdicts here, other statistics.
+    by_param = analyse_gradients(model, ones_batches(1), num_batches=1, low=LOW, high=HIGH,
+                                 norm="parameter", loss_fn=sum_loss, progress=False)
+    assert by_param["ghs_norm"] == "parameter"
+    assert by_param["norm_max"] == pytest.approx(4e9 * math.sqrt(3))
+
+
+def test_bounds_are_strict_as_in_the_notebooks():
+    assert layer_status(LOW, LOW, HIGH) == "unhealthy"  # on a bound: neither healthy nor ...
+    assert layer_status(HIGH, LOW, HIGH) == "unhealthy"
+    assert layer_status(LOW * 0.999, LOW, HIGH) == "vanishing"
+    assert layer_status(HIGH * 1.001, LOW, HIGH) == "exploding"
+    assert layer_status(float("nan"), LOW, HIGH) == "unhealthy"
+    health = gradient_health({"a": LOW, "b": 1.0}, LOW, HIGH)
+    assert health["ghs"] == 0.5 and health["vanishing"] == 0 and health["exploding"] == 0
+
+
+def test_output_norm_of_a_linear_layer_matches_hand_computation():
+    # loss = sum(W x + b) => dL/dy = ones(B, out); two batches of different size.
+    layer = nn.Linear(3, 4)
+    batches = [(torch.randn(3, 3), torch.zeros(3)), (torch.randn(5, 3), torch.zeros(5))]
+    got = measure_gradient_norms(layer, batches, 2, loss_fn=sum_loss, progress=False)
+    assert got["output"][""] == pytest.approx((math.sqrt(12) + math.sqrt(20)) / 2)
+    # And dL/dW = ones(out, 1) @ sum_b x_b^T, dL/db = B * ones.
+    expected = [torch.cat([torch.ones(4, 1) @ x.sum(0, keepdim=True),
+                           torch.full((4, 1), float(len(x)))], 1).norm().item()
+                for x, _ in batches]
+    assert got["parameter"][""] == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def test_output_norm_with_cross_entropy_matches_autograd_by_hand():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3)
+    x, y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    got = measure_gradient_norms(layer, [(x, y)], 1, progress=False)["output"][""]
+    # dCE/dlogits = (softmax - onehot) / B for the mean cross-entropy.
+    logits = layer(x).detach()
+    expected = ((logits.softmax(1) - F.one_hot(y, 3)) / len(y)).norm().item()
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def _small_gradattn() -> nn.Module:
+    torch.manual_seed(0)
+    return build_model("gradattn", num_classes=3, in_channels=1, dim=16, heads=2, ff_dim=32,
+                       depth=1, pe="learnable")
+
+
+def _hooks(model: nn.Module) -> list[int]:
+    return [len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+            + len(m._backward_pre_hooks) for m in model.modules()]
+
+
+def test_analysis_leaves_the_model_as_it_found_it():
+    model = _small_gradattn()
+    x, y = torch.randn(3, 1, 16, 16), torch.tensor([0, 1, 2])
+    F.cross_entropy(model(x), y).backward()  # some .grad to keep
+    model.eval()
+    model.encoder.train()  # a mixed state must come back as it was
+    weights = {k: v.clone() for k, v in model.state_dict().items()}  # incl. BN running stats
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    modes = [m.training for m in model.modules()]
+    hooks = _hooks(model)
+    rng = torch.get_rng_state()
+
+    result = analyse_gradients(model, [(x, y)] * 2, num_batches=2, low=LOW, high=HIGH,
+                               progress=False)
+
+    assert result["batches"] == 2 and result["layers"] == len(analysed_layers(model))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    for n, p in model.named_parameters():
+        assert (p.grad is None) == (n not in grads)
+        if p.grad is not None:
+            assert torch.equal(p.grad, grads[n]), n
+    assert [m.training for m in model.modules()] == modes
+    assert _hooks(model) == hooks
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_analysed_layers_cover_conv_linear_and_encoder_layers():
+    model = _small_gradattn()
+    batch = (torch.randn(3, 1, 16, 16), torch.tensor([0, 1, 2]))
+    result = analyse_gradients(model, [batch], num_batches=5, low=LOW, high=HIGH, progress=False)
+    types = {r["layer"]: r["type"] for r in result["per_layer"]}
+    assert types["conv1"] == "conv" and types["layer4.1.conv2"] == "conv"
+    assert types["proj.0"] == "linear" and types["head"] == "linear"
+    assert types["encoder.layers.0"] == "encoder"
+    assert types["encoder.layers.0.self_attn.in_proj"] == "linear"
+    assert result["batches"] == 1  # fewer batches than asked: all there are
+    assert all(r["output_norm"] > 0 and r["parameter_norm"] > 0 for r in result["per_layer"])
+    # Deterministic: the same seed gives the same dropout masks, hence the same norms.
+    again = analyse_gradients(model, [batch], num_batches=1, low=LOW, high=HIGH, progress=False)
+    assert again["per_layer"] == result["per_layer"]
+
+
+def test_unused_layers_are_left_out():
+    class WithSpare(Branches):
+        def __init__(self):
+            super().__init__()
+            self.spare = nn.Linear(2, 2)
+
+    result = analyse_gradients(WithSpare(), ones_batches(1), num_batches=1, low=LOW, high=HIGH,
+                               loss_fn=sum_loss, progress=False)
+    assert result["layers"] == 3 and result["unused_layers"] == ["spare"]
+
+
+def test_parameter_grad_norms_reads_existing_grads():
+    model = Branches()
+    assert parameter_grad_norms(model) == {}
+    sum_loss(model(torch.ones(4, 2)), None).backward()
+    norms = parameter_grad_norms(model)
+    assert set(norms) == {"healthy", "vanish", "explode"}
+    assert norms["healthy"] == pytest.approx(4 * math.sqrt(3))
+    assert norms["explode"] == pytest.approx(4e9 * math.sqrt(3), rel=1e-5)
+
+
+def test_split_grad_history_flattens_rows():
+    history = [{"epoch": 1, "val_accuracy": 0.5, "grad_norms": {"a": 1.0, "b": 2.0}},
+               {"epoch": 2, "val_accuracy": 0.6, "grad_norms": {"a": 0.5, "b": 1.5}},
+               {"epoch": 3, "val_accuracy": 0.7}]
+    rows, grads = split_grad_history(history)
+    assert rows == [{"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.6},
+                    {"epoch": 3, "val_accuracy": 0.7}]
+    assert grads[:2] == [{"epoch": 1, "layer": "a", "norm": 1.0},
+                         {"epoch": 1, "layer": "b", "norm": 2.0}]
+    assert len(grads) == 4
+    assert "grad_norms" in history[0]  # the input is not modified
+
+
+def test_bad_norm_kind_is_refused():
+    with pytest.raises(ValueError, match="norm must be one of"):
+        analyse_gradients(Branches(), ones_batches(1), num_batches=1, low=LOW, high=HIGH,
+                          norm="weights", progress=False)

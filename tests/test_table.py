@@ -1,0 +1,263 @@
+"""gradattn table: pooling over seeds, the paired-by-seed interval, de-duplication, missing
+cells (synthetic runs, no DVC), and one slow test on real DVC experiments."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from gradattn import table
+from gradattn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
+
+
+def params(pe="learnable", seed=42, **train) -> dict:
+    return {"data": {"datasets": ["d1"]}, "models": ["resnet18", "gradattn"],
+            "model": {"pe": pe, "dim": 16}, "train": {"seed": seed, "max_epochs": 1, **train}}
+
+
+def runs(source, p, metrics: dict[str, dict], grads: dict[str, dict] | None = None):
+    """Runs of one fake revision; metrics maps 'dataset/model' to its metrics dict."""
+    files = {f"metrics/{k}.json": v for k, v in metrics.items()}
+    files |= {f"metrics/{k}.gradients.json": v for k, v in (grads or {}).items()}
+    return table.runs_of(source, p, files.get)
+
+
+def csv_frame(study, tables=(1,)) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(table.csv(study, tables)))
+
+
+def test_identify_splits_variant_setting_and_seed():
+    opts_r, set_r, seed_r = table.identify(params("rope", 7), "d1", "resnet18")
+    opts_g, set_g, _ = table.identify(params("rope", 7), "d1", "gradattn")
+    assert opts_r == {"stem": "imagenet"}  # ResNet-18 does not take pe: same run for any pe
+    assert opts_g["pe"] == "rope" and opts_g["dim"] == 16
+    assert seed_r == 7 and "train.seed" not in set_r and set_r == set_g
+    # A missing key equals its default spelled out.
+    explicit = params("rope", 7, precision="auto")
+    assert table.identify(explicit, "d1", "resnet18")[1] == set_r
+
+
+def test_pooling_mean_std_n_and_paired_interval():
+    base = {1: 0.50, 2: 0.52, 3: 0.54}
+    attn = {1: 0.51, 2: 0.54, 3: 0.57}  # per-seed differences 0.01, 0.02, 0.03
+    rs = []
+    for seed in base:
+        m = {"d1/resnet18": {"top1": base[seed]}, "d1/gradattn": {"top1": attn[seed]}}
+        rs += runs(f"exp s{seed}", params("none", seed), m)
+    study = table.Study(rs)
+    df = csv_frame(study).set_index("variant")
+
+    r, g = df.loc["ResNet-18"], df.loc["GradAttn (no PE)"]
+    assert r["n"] == 3 and r["mean"] == pytest.approx(0.52)
+    assert r["std"] == pytest.approx(0.02)  # sample std (ddof=1): sqrt((.02²+0+.02²)/2)
+    assert g["mean"] == pytest.approx(np.mean(list(attn.values())))
+    assert g["std"] == pytest.approx(np.std(list(attn.values()), ddof=1))
+    # Paired t-interval by hand: mean 0.02, sd 0.01, half-width t·sd/√3.
+    half = T_975_2 * 0.01 / math.sqrt(3)
+    assert g["diff_n"] == 3 and g["diff_mean"] == pytest.approx(0.02)
+    assert g["diff_low"] == pytest.approx(0.02 - half)
+    assert g["diff_high"] == pytest.approx(0.02 + half)
+    assert math.isnan(r["diff_mean"])  # the baseline is not compared with itself
+
+    md = table.markdown(study, [1])
+    assert "| d1 | 52.00 ± 2.00 (n=3) | 54.00 ± 3.00 (n=3); Δ +2.00 pp [-0.48, +4.48] |" in md
+
+
+def test_paired_difference_uses_common_seeds_only():
+    d = table.paired_difference({1: 0.6, 2: 0.7, 3: 0.9, 9: 0.1}, {1: 0.5, 2: 0.5, 3: 0.6})
+    diffs = [0.1, 0.2, 0.3]
+    assert d.n == 3 and d.mean == pytest.approx(0.2)
+    half = T_975_2 * np.std(diffs, ddof=1) / math.sqrt(3)
+    assert (d.low, d.high) == pytest.approx((0.2 - half, 0.2 + half))
+    one = table.paired_difference({1: 0.6}, {1: 0.5})
+    assert one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
+
+
+def test_no_interval_below_three_paired_seeds():
+    rs = []
+    for seed in (1, 2):
+        rs += runs(f"exp {seed}", params("none", seed),
+                   {"d1/resnet18": {"top1": 0.5 + seed / 100},
+                    "d1/gradattn": {"top1": 0.6 + seed / 100}})
+    md = table.markdown(table.Study(rs), [1])
+    assert "Δ" not in md.split("Cells:")[0]  # n=2: mean ± std only
+    assert "61.50 ± 0.71 (n=2)" in md
+
+
+def test_identical_runs_count_once_and_conflicts_warn():
+    same = {"d1/resnet18": {"top1": 0.5}, "d1/gradattn": {"top1": 0.6}}
+    rs = runs("exp a", params("none"), same)
+    # Another experiment that only changed pe: ResNet-18 restored from the run cache.
+    rs += runs("exp b", params("rope"), {"d1/resnet18": {"top1": 0.5},
+                                          "d1/gradattn": {"top1": 0.7}})
+    rs += runs("workspace", params("none"), same)  # the workspace holds exp a's results
+    study = table.Study(rs)
+    df = csv_frame(study).set_index("variant")
+    assert df.loc["ResNet-18", "n"] == 1
+    assert df.loc["GradAttn (no PE)", "n"] == 1 and df.loc["GradAttn (RoPE)", "n"] == 1
+    assert study.warnings == []
+
+    clash = table.Study(rs + runs("rev old", params("none"), {"d1/resnet18": {"top1": 0.4}}))
+    assert len(clash.warnings) == 1 and "rev old" in clash.warnings[0]
+    assert csv_frame(clash).set_index("variant").loc["ResNet-18", "mean"] == 0.5
+
+
+def test_missing_cells_are_marked_not_dropped():
+    rs = runs("w", params("learnable"), {"d1/resnet18": {"top1": 0.5, "top3": 0.8},
+                                         "d1/gradattn": {"top1": 0.6, "top3": 0.9}})
+    p2 = params("learnable") | {"data": {"datasets": ["d2"]}, "models": ["resnet18"]}
+    rs += runs("w2", p2, {"d2/resnet18": {"top1": 0.4}})
+    study = table.Study(rs)
+    md = table.markdown(study, [1, 2])
+    header = ("| Dataset | ResNet-18 | GradAttn (no PE) | GradAttn (learnable PE) | "
+              "GradAttn (RoPE) |")
+    assert header in md
+    assert "| d1 | 50.00 | – | 60.00 | – |" in md
+    assert "| d2 | 40.00 | – | – | – |" in md
+    assert "| d2 | GradAttn (RoPE) | – | – | – | – |" in md  # a long table keeps the row too
+    df = csv_frame(study, (1,))
+    assert len(df) == 8  # 2 datasets × 4 columns, none dropped
+    assert df.loc[(df.dataset == "d2") & (df.pe == "learnable"), "n"].item() == 0
+
+
+def test_settings_are_not_pooled_and_variants_are_told_apart():
+    rs = runs("a", params("none", 1), {"d1/gradattn": {"top1": 0.5}})
+    rs += runs("b", params("none", 1, max_epochs=5), {"d1/gradattn": {"top1": 0.7}})
+    wide = params("none", 1)
+    wide["model"]["dim"] = 32
+    rs += runs("c", wide, {"d1/gradattn": {"top1": 0.6}})
+    study = table.Study(rs)
+    md = table.markdown(study, [1])
+    assert "# Setting 1: train.max_epochs=1" in md and "# Setting 2: train.max_epochs=5" in md
+    assert "GradAttn (no PE) [dim=16]" in md and "GradAttn (no PE) [dim=32]" in md
+    assert set(csv_frame(study).query("n > 0")["mean"]) == {0.5, 0.6, 0.7}
+
+
+def test_table5_from_gradient_files_and_csv_fractions():
+    m = {"d1/resnet18": {"top1": 0.5}, "d1/gradattn": {"top1": 0.25}}
+    g = {"d1/resnet18": {"ghs": 1.0, "vanishing": 0, "exploding": 0, "layers": 21,
+                         "norm_mean": 0.1, "norm_min": 0.01, "norm_max": 1.0, "norm_std": 0.2,
+                         "ghs_norm": "output", "bounds": [1e-6, 10], "batches": 2}}
+    study = table.Study(runs("w", params(), m, g))
+    md = table.markdown(study, [5])
+    assert ("| d1 | ResNet-18 | 1.000 | none | 1.00e-01 | 1.00e-02 – 1.00e+00 | 2.00e-01 | 21 |"
+            in md)
+    assert "| d1 | GradAttn (learnable PE) | – |" in md
+    df = csv_frame(study, (1,))
+    assert df.loc[df.pe == "learnable", "mean"].item() == 0.25  # raw fraction, not %
+    assert "No gradient files" in table.markdown(table.Study(runs("w", params(), m)), [5])
+
+
+def test_named_revisions_are_read_from_git(tmp_path, capsys):
+    """--rev reads params.yaml and metrics files of git revisions (no DVC involved)."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for seed, top1 in ((1, 0.25), (2, 0.75)):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params("rope", seed)))
+        (tmp_path / "metrics/d1").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "metrics/d1/gradattn.json").write_text(json.dumps({"top1": top1}))
+        subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+        subprocess.run([*git, "commit", "-qm", f"seed {seed}"], cwd=tmp_path, check=True)
+        subprocess.run(["git", "tag", f"seed{seed}"], cwd=tmp_path, check=True)
+    assert main(["table", "--repo", str(tmp_path), "--no-exps", "--no-workspace",
+                 "--rev", "seed1", "--rev", "HEAD", "--table", "1"]) == 0
+    assert "| d1 | – | – | – | 50.00 ± 35.36 (n=2) |" in capsys.readouterr().out
+    assert main(["table", "--repo", str(tmp_path), "--no-exps", "--rev", "nope"]) == 2
+    assert "--rev nope: neither a git revision nor a DVC experiment" in capsys.readouterr().err
+
+
+# --- real DVC experiments --------------------------------------------------------------------
+
+def _run(cmd, cwd):
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def experiments(tmp_path_factory):
+    """A copy of the project in a fresh git+DVC repo, a tiny config, and four experiments
+    (pe none/learnable × seed 1/2) run one after the other with `dvc exp run -S`."""
+    repo = tmp_path_factory.mktemp("exps")
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, repo / name)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for name in ("stages", "gradattn"):  # gradattn/: dvc.yaml's deps (imports use the install)
+        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
+    # 350 images of the bundled set as a custom npz dataset: ~10x faster than the whole set.
+    bundled = np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz")
+    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
+                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
+                                    for k in ("images", "labels")})
+    p = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p["data"].update(datasets=["tiny"], custom={"tiny": {"format": "npz", "path": "tiny.npz"}})
+    p["models"] = ["resnet18", "gradattn"]
+    p["model"].update(dim=16, heads=2, ff_dim=32, depth=1)
+    p["train"].update(max_epochs=1)
+    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    _run(["git", "init", "-q"], repo)
+    _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run([*git, "commit", "-qm", "tiny"], repo)
+    names = {}
+    for pe in ("none", "learnable"):
+        for seed in (1, 2):
+            name = f"{pe}-{seed}"
+            # Target `evaluate`: train + evaluate only (no gradients, figures or report).
+            _run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "-n", name,
+                  "-S", f"model.pe={pe}", "-S", f"train.seed={seed}"], repo)
+            names[name] = (pe, seed)
+    return repo, names
+
+
+@pytest.mark.slow
+def test_table_equals_experiment_metrics(experiments, capsys):
+    repo, names = experiments
+    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo))
+    files = {r["name"]: r["data"]["metrics"]
+             for b in shown for e in (b.get("experiments") or []) for r in e["revs"]}
+    assert set(files) >= set(names)
+    expected: dict[tuple[str, str], dict[int, float]] = {}
+    for name, (pe, seed) in names.items():
+        for model in ("resnet18", "gradattn"):
+            value = files[name][f"metrics/tiny/{model}.json"]["data"]["top1"]
+            variant = "ResNet-18" if model == "resnet18" else f"gradattn/{pe}"
+            if model == "resnet18" and seed in expected.get((variant, ""), {}):
+                # Same ResNet-18 run in both pe experiments (DVC's run cache): same numbers.
+                assert expected[(variant, "")][seed] == value
+            expected.setdefault((variant, ""), {})[seed] = value
+
+    assert main(["table", "--repo", str(repo), "--format", "csv", "--table", "1"]) == 0
+    df = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("variant")
+    cols = {"ResNet-18": "ResNet-18", "gradattn/none": "GradAttn (no PE)",
+            "gradattn/learnable": "GradAttn (learnable PE)"}
+    for (variant, _), by_seed in expected.items():
+        row = df.loc[cols[variant]]
+        values = [by_seed[s] for s in sorted(by_seed)]
+        assert row["n"] == 2 == len(values)  # ResNet-18: 4 experiments, 2 distinct runs
+        assert row["seeds"] == "1 2"
+        assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
+        assert row["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
+    assert df.loc["GradAttn (RoPE)", "n"] == 0
+
+    assert main(["table", "--repo", str(repo), "--table", "1"]) == 0
+    md = capsys.readouterr().out
+    r = expected[("ResNet-18", "")]
+    cell = f"{100 * np.mean(list(r.values())):.2f} ± {100 * np.std(list(r.values()), ddof=1):.2f}"
+    assert f"| tiny | {cell} (n=2) |" in md
+    print(md)  # shown with -s: an example for the docs

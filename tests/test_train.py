@@ -1,0 +1,249 @@
+"""Tests of gradattn.train.fit's protocol (eager path, CPU): Adam and the plateau schedule as
+the paper sets them, early stopping, best-weight restore, checkpoints and determinism.
+
+Tiny models on a few 8x8 images keep every test well under a second of compute."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from gradattn.config import TrainConfig
+from gradattn.data.batches import Batches
+from gradattn.train import EarlyStopping, epoch_seed, fit
+
+META = {"mean": [0.5], "std": [0.25]}
+CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def data(n_train: int = 20, n_val: int = 10, *, batch_size: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n_train + n_val, 8, 8, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, n_train + n_val)
+    train = Batches(images[:n_train], labels[:n_train], META, batch_size=batch_size,
+                    shuffle=True, augment="rotate10")
+    val = Batches(images[n_train:], labels[n_train:], META, batch_size=16)
+    return train, val
+
+
+def tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+
+
+class Scripted(nn.Module):
+    """Trains like `tiny`, but validates to a scripted accuracy: epoch e (set by the probe)
+    predicts class 0 for the first round(script[e-1] * batch) images, class 1 for the rest
+    (the validation labels are all 0)."""
+
+    def __init__(self, script: list[float]):
+        super().__init__()
+        self.net = tiny()
+        self.script = script
+        self.epoch = 1
+
+    def forward(self, x):
+        logits = self.net(x)
+        if self.training:
+            return logits
+        right = round(self.script[min(self.epoch, len(self.script)) - 1] * len(x))
+        pred = (torch.arange(len(x)) >= right).long()
+        return nn.functional.one_hot(pred, 3).float() * 5.0
+
+
+def scripted_data():
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
+    train = Batches(images[:20], rng.integers(0, 3, 20), META, batch_size=8, shuffle=True)
+    val = Batches(images[20:], np.zeros(10, dtype=np.int64), META, batch_size=10)
+    return train, val
+
+
+class Snapshots:
+    """A grad_probe that sets the scripted epoch and keeps each epoch's trained weights."""
+
+    def __init__(self):
+        self.weights: list[dict] = []
+
+    def __call__(self, model):
+        self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        if isinstance(model, Scripted):
+            model.epoch = len(self.weights)
+        return None
+
+
+def rows(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+# --- EarlyStopping --------------------------------------------------------------------------
+def test_early_stopping_counts_bad_epochs_and_needs_strict_improvement():
+    s = EarlyStopping(patience=2)
+    assert s.update(0.5, 1) and s.best == 0.5 and s.best_epoch == 1
+    assert not s.update(0.5, 2)  # equal is not better
+    assert s.bad_epochs == 1 and not s.should_stop
+    assert s.update(0.6, 3) and s.bad_epochs == 0 and s.best_epoch == 3
+    assert not s.update(0.1, 4) and not s.update(0.2, 5)
+    assert s.should_stop and s.best == 0.6 and s.best_epoch == 3
+
+
+def test_early_stopping_state_round_trips():
+    s = EarlyStopping(patience=3)
+    s.update(0.4, 1)
+    s.update(0.3, 2)
+    t = EarlyStopping(patience=3)
+    t.load_state_dict(s.state_dict())
+    assert t.state_dict() == {"best": 0.4, "best_epoch": 1, "bad_epochs": 1}
+
+
+def test_epoch_seed_depends_on_seed_and_epoch():
+    seeds = {epoch_seed(s, e) for s in (0, 1, 42) for e in range(1, 50)}
+    assert len(seeds) == 3 * 49
+
+
+# --- the protocol ---------------------------------------------------------------------------
+def test_adam_and_plateau_schedule_use_the_papers_settings(tmp_path):
+    cfg = dataclasses.replace(CFG, max_epochs=1, lr=2e-3, weight_decay=3e-4,
+                              plateau_factor=0.3, plateau_patience=2, min_lr=1e-6)
+    train, val = data()
+    ckpt = tmp_path / "run.pt"
+    fit(tiny(), train, val, cfg, checkpoint=ckpt, run_id="r", log=quiet, progress=False)
+    state = torch.load(ckpt, weights_only=False)
+    group = state["optimizer"]["param_groups"][0]
+    assert group["lr"] == 2e-3 and group["weight_decay"] == 3e-4
+    assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
+    assert not group["amsgrad"] and not group.get("decoupled_weight_decay", False)
+    sched = state["scheduler"]
+    assert sched["mode"] == "max" and sched["factor"] == 0.3 and sched["patience"] == 2
+    assert sched["min_lrs"] == [1e-6]
+    assert set(state) >= {"run_id", "epoch", "model", "optimizer", "scheduler",
+                          "early_stopping", "best_model", "history"}
+
+
+def test_history_rows_have_the_documented_keys():
+    train, val = data()
+    result = fit(tiny(), train, val, dataclasses.replace(CFG, max_epochs=2), log=quiet,
+                 progress=False)
+    assert [r["epoch"] for r in result.history] == [1, 2]
+    for r in result.history:
+        assert set(r) == {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                          "lr", "seconds"}
+        assert all(isinstance(r[k], float) for k in ("train_loss", "val_loss", "lr"))
+        assert 0 <= r["train_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1
+
+
+def test_plateau_schedule_follows_val_accuracy_in_max_mode():
+    # Accuracy rises, then stalls: no reduction while it rises, then one after
+    # plateau_patience + 1 epochs without a better value.
+    model = Scripted([0.1, 0.2, 0.3, 0.3, 0.3, 0.3])
+    train, val = scripted_data()
+    cfg = dataclasses.replace(CFG, max_epochs=6, plateau_patience=1, plateau_factor=0.5,
+                              early_stopping_patience=10)
+    result = fit(model, train, val, cfg, grad_probe=Snapshots(), log=quiet, progress=False)
+    assert [r["lr"] for r in result.history] == pytest.approx(
+        [1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 5e-4])
+
+
+def test_early_stopping_restores_the_best_weights():
+    model = Scripted([0.2, 0.5, 0.4, 0.5, 0.3, 0.9])
+    train, val = scripted_data()
+    probe = Snapshots()
+    cfg = dataclasses.replace(CFG, max_epochs=10, early_stopping_patience=3)
+    result = fit(model, train, val, cfg, grad_probe=probe, log=quiet, progress=False)
+    assert len(result.history) == 5 and result.stopped_early  # epochs 3-5 not better
+    assert result.best_epoch == 2 and result.best_val_accuracy == pytest.approx(0.5)
+    best = probe.weights[1]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(probe.weights[-1]["net.5.weight"], best["net.5.weight"])
+
+
+def test_a_checkpoint_of_another_run_is_ignored(tmp_path):
+    train, val = data()
+    ckpt = tmp_path / "run.pt"
+    fit(tiny(), train, val, dataclasses.replace(CFG, max_epochs=2), checkpoint=ckpt,
+        run_id="old", log=quiet, progress=False)
+    lines: list[str] = []
+    result = fit(tiny(), train, val, dataclasses.replace(CFG, max_epochs=2), checkpoint=ckpt,
+                 run_id="new", log=lines.append, progress=False)
+    assert any(line.startswith("ignoring") for line in lines)
+    assert result.resumed_from == 0 and [r["epoch"] for r in result.history] == [1, 2]
+    assert torch.load(ckpt, weights_only=False)["run_id"] == "new"
+
+
+def test_same_seed_same_history_and_weights():
+    results = []
+    for _ in range(2):
+        train, val = data()
+        model = tiny()
+        r = fit(model, train, val, CFG, log=quiet, progress=False)
+        results.append((rows(r.history), model.state_dict()))
+    (h1, w1), (h2, w2) = results
+    assert h1 == h2
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_another_seed_another_run():
+    train, val = data()
+    a = fit(tiny(), train, val, CFG, log=quiet, progress=False)
+    b = fit(tiny(), train, val, dataclasses.replace(CFG, seed=7), log=quiet, progress=False)
+    assert rows(a.history) != rows(b.history)
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_result(tmp_path):
+    cfg = dataclasses.replace(CFG, max_epochs=4)
+    train, val = data()
+    whole = tiny()
+    ref = fit(whole, train, val, cfg, log=quiet, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(model):
+        if kill_at_3.calls == 2:
+            raise Killed
+        kill_at_3.calls += 1
+
+    kill_at_3.calls = 0
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(Killed):
+        fit(tiny(), train, val, cfg, checkpoint=ckpt, run_id="r", grad_probe=kill_at_3,
+            log=quiet, progress=False)
+    lines: list[str] = []
+    model = tiny()
+    result = fit(model, train, val, cfg, checkpoint=ckpt, run_id="r", log=lines.append,
+                 progress=False)
+    assert result.resumed_from == 2 and lines[0].startswith("resuming from epoch 3")
+    assert rows(result.history) == rows(ref.history)
+    ref_state = whole.state_dict()
+    assert all(torch.equal(v, ref_state[k]) for k, v in model.state_dict().items())
+
+
+def test_a_finished_run_resumes_to_nothing(tmp_path):
+    model = Scripted([0.5, 0.1, 0.1])
+    train, val = scripted_data()
+    cfg = dataclasses.replace(CFG, max_epochs=10, early_stopping_patience=2)
+    ckpt = tmp_path / "run.pt"
+    first = fit(model, train, val, cfg, checkpoint=ckpt, run_id="r", grad_probe=Snapshots(),
+                log=quiet, progress=False)
+    again = fit(Scripted([0.5, 0.1, 0.1]), train, val, cfg, checkpoint=ckpt, run_id="r",
+                log=quiet, progress=False)
+    assert first.stopped_early and again.stopped_early
+    assert rows(again.history) == rows(first.history) and again.best_epoch == 1
