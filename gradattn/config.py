@@ -28,8 +28,16 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     )
 
 
-def _number(key: str, value: Any, *, integer: bool = False, gt: float | None = None,
-            ge: float | None = None, le: float | None = None, lt: float | None = None):
+def _number(
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+):
     kind = "an integer" if integer else "a number"
     bounds = " and ".join(
         f"{op} {b:g}" for op, b in ((">", gt), (">=", ge), ("<=", le), ("<", lt)) if b is not None
@@ -39,8 +47,12 @@ def _number(key: str, value: Any, *, integer: bool = False, gt: float | None = N
         raise _fail(key, value, allowed)
     if integer and int(value) != value:
         raise _fail(key, value, allowed)
-    if ((gt is not None and not value > gt) or (ge is not None and not value >= ge)
-            or (le is not None and not value <= le) or (lt is not None and not value < lt)):
+    if (
+        (gt is not None and not value > gt)
+        or (ge is not None and not value >= ge)
+        or (le is not None and not value <= le)
+        or (lt is not None and not value < lt)
+    ):
         raise _fail(key, value, allowed)
     return int(value) if integer else float(value)
 
@@ -70,7 +82,9 @@ def _section(params: dict, name: str, cls: type) -> dict:
     allowed = {f.name for f in fields(cls)}
     for key in raw:
         if key not in allowed:
-            raise _fail(f"{name}.{key}", raw[key], "unknown key; known keys: " + ", ".join(sorted(allowed)))
+            raise _fail(
+                f"{name}.{key}", raw[key], "unknown key; known keys: " + ", ".join(sorted(allowed))
+            )
     return raw
 
 
@@ -109,14 +123,18 @@ class DataConfig:
         return cls(
             datasets=tuple(datasets),
             split=_choice("data.split", raw.get("split", cls.split), SPLITS),
-            split_seed=_number("data.split_seed", raw.get("split_seed", cls.split_seed),
-                               integer=True, ge=0),
-            legacy_preprocessing=_bool("data.legacy_preprocessing",
-                                       raw.get("legacy_preprocessing", cls.legacy_preprocessing)),
+            split_seed=_number(
+                "data.split_seed", raw.get("split_seed", cls.split_seed), integer=True, ge=0
+            ),
+            legacy_preprocessing=_bool(
+                "data.legacy_preprocessing",
+                raw.get("legacy_preprocessing", cls.legacy_preprocessing),
+            ),
             sources={k: str(v) for k, v in sources.items()},
             custom=custom,
-            medmnist_size=_choice_int("data.medmnist_size",
-                                      raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES),
+            medmnist_size=_choice_int(
+                "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
+            ),
         )
 
     def dataset_options(self, name: str) -> dict[str, Any]:
@@ -152,11 +170,13 @@ class TrainConfig:
             batch_size=_number("train.batch_size", get("batch_size"), integer=True, ge=1),
             max_epochs=_number("train.max_epochs", get("max_epochs"), integer=True, ge=1),
             plateau_factor=_number("train.plateau_factor", get("plateau_factor"), gt=0, lt=1),
-            plateau_patience=_number("train.plateau_patience", get("plateau_patience"),
-                                     integer=True, ge=0),
+            plateau_patience=_number(
+                "train.plateau_patience", get("plateau_patience"), integer=True, ge=0
+            ),
             min_lr=_number("train.min_lr", get("min_lr"), ge=0),
-            early_stopping_patience=_number("train.early_stopping_patience",
-                                            get("early_stopping_patience"), integer=True, ge=1),
+            early_stopping_patience=_number(
+                "train.early_stopping_patience", get("early_stopping_patience"), integer=True, ge=1
+            ),
             seed=_number("train.seed", get("seed"), integer=True, ge=0),
             device=_choice("train.device", get("device"), DEVICES),
             precision=_choice("train.precision", get("precision"), PRECISIONS),
@@ -173,10 +193,12 @@ class EvaluateConfig:
     @classmethod
     def parse(cls, raw: dict) -> EvaluateConfig:
         return cls(
-            ece_bins=_number("evaluate.ece_bins", raw.get("ece_bins", cls.ece_bins),
-                             integer=True, ge=1),
-            batch_size=_number("evaluate.batch_size", raw.get("batch_size", cls.batch_size),
-                               integer=True, ge=1),
+            ece_bins=_number(
+                "evaluate.ece_bins", raw.get("ece_bins", cls.ece_bins), integer=True, ge=1
+            ),
+            batch_size=_number(
+                "evaluate.batch_size", raw.get("batch_size", cls.batch_size), integer=True, ge=1
+            ),
         )
 
 
@@ -192,8 +214,9 @@ class GradientsConfig:
         low = _number("gradients.low", raw.get("low", cls.low), gt=0)
         high = _number("gradients.high", raw.get("high", cls.high), gt=low)
         return cls(
-            batches=_number("gradients.batches", raw.get("batches", cls.batches),
-                            integer=True, ge=1),
+            batches=_number(
+                "gradients.batches", raw.get("batches", cls.batches), integer=True, ge=1
+            ),
             low=low,
             high=high,
             norm=_choice("gradients.norm", raw.get("norm", cls.norm), ("output", "parameter")),
@@ -256,7 +279,9 @@ def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
             with _meta_device():
                 build_model(name, num_classes=10, in_channels=3, **opts)
         except ValueError as err:
-            raise ConfigError(f"model (for {name}): {err} (fix it in params.yaml or with -S)") from None
+            raise ConfigError(
+                f"model (for {name}): {err} (fix it in params.yaml or with -S)"
+            ) from None
     return tuple(names), dict(options)
 
 

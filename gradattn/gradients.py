@@ -264,8 +264,9 @@ def analyse_gradients(
         "ghs_norm": norm,
         "bounds": [low, high],
         "batches": measured["batches"],
-        # Both kinds' summaries, so either can be compared (DVC shows them as output.ghs ...).
-        **{kind: health[kind] for kind in NORM_KINDS},
+        # The other kind's summary under its name (DVC shows e.g. parameter.ghs); the chosen
+        # kind's is the top level.
+        **{kind: health[kind] for kind in NORM_KINDS if kind != norm},
         "per_layer": [
             {
                 "layer": name,

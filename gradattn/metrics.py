@@ -6,8 +6,9 @@ import torch
 import torchmetrics.functional.classification as tmc
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, *,
-                           ece_bins: int = 15) -> dict[str, float | None]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, *, ece_bins: int = 15
+) -> dict[str, float | None]:
     """Top-1/3/5, macro and weighted precision/recall/F1, and ECE (equal-width bins).
 
     Fractions in [0, 1]. Top-k with k ≥ the number of classes is always 1, so it is
@@ -19,14 +20,19 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor, *,
     for top in (1, 3, 5):
         out[f"top{top}"] = (
             tmc.multiclass_accuracy(probs, labels, num_classes=k, top_k=top, average="micro").item()
-            if top == 1 or top < k else None
+            if top == 1 or top < k
+            else None
         )
-    for name, fn in (("precision", tmc.multiclass_precision), ("recall", tmc.multiclass_recall),
-                     ("f1", tmc.multiclass_f1_score)):
+    for name, fn in (
+        ("precision", tmc.multiclass_precision),
+        ("recall", tmc.multiclass_recall),
+        ("f1", tmc.multiclass_f1_score),
+    ):
         for average in ("macro", "weighted"):
             out[f"{name}_{average}"] = fn(probs, labels, num_classes=k, average=average).item()
-    out["ece"] = tmc.multiclass_calibration_error(probs, labels, num_classes=k, n_bins=ece_bins,
-                                                  norm="l1").item()
+    out["ece"] = tmc.multiclass_calibration_error(
+        probs, labels, num_classes=k, n_bins=ece_bins, norm="l1"
+    ).item()
     out["ece_bins"] = ece_bins
     out["loss"] = torch.nn.functional.cross_entropy(logits.float(), labels).item()
     return out
@@ -42,11 +48,15 @@ def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, bins: int = 15)
         lo, hi = edges[i].item(), edges[i + 1].item()
         mask = (conf > lo) & (conf <= hi) if i else (conf >= lo) & (conf <= hi)
         n = int(mask.sum())
-        rows.append({
-            "bin_low": round(lo, 4), "bin_high": round(hi, 4), "count": n,
-            "confidence": conf[mask].mean().item() if n else None,
-            "accuracy": correct[mask].mean().item() if n else None,
-        })
+        rows.append(
+            {
+                "bin_low": round(lo, 4),
+                "bin_high": round(hi, 4),
+                "count": n,
+                "confidence": conf[mask].mean().item() if n else None,
+                "accuracy": correct[mask].mean().item() if n else None,
+            }
+        )
     return rows
 
 

@@ -129,7 +129,8 @@ def plot_comparison(histories: dict[str, dict[str, list[dict]]],
             ax = axes[f"c{i}"]
             _draw_accuracy(ax, histories[dataset], colours)
             ax.set_title(dataset)
-        _curve_legend(axes["c0"], colours, loc="lower right")
+        if len(datasets) == 1:  # with several panels the bars' legend names the models
+            _curve_legend(axes["c0"], colours, loc="lower right")
         ax = axes["bars"]
         width = 0.8 / max(len(labels), 1)
         for j, label in enumerate(labels):
@@ -248,6 +249,7 @@ def plot_overview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str]
     for c in shown:
         idx = np.flatnonzero(labels == c)
         picks[c] = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    per_class = max(1, max(len(p) for p in picks.values()))  # no empty columns
     h, w = images.shape[1:3]
     cell = 0.95 * min(1.0, max(0.6, 48 / max(h, w)))
     label_w = 1.9

@@ -31,13 +31,29 @@ def run_id(run_config: dict, meta: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def make_batches(dataset: str, split: str, meta: dict, *, batch_size: int, device,
-                 train: bool = False, legacy: bool = False,
-                 root: Path = paths.PREPARED) -> Batches:
+def make_batches(
+    dataset: str,
+    split: str,
+    meta: dict,
+    *,
+    batch_size: int,
+    device,
+    train: bool = False,
+    legacy: bool = False,
+    root: Path = paths.PREPARED,
+) -> Batches:
     images, labels = load_split(dataset, split, root)
     augment = meta.get("augment", "none") if train else "none"
-    return Batches(images, labels, meta, batch_size=batch_size, device=device, shuffle=train,
-                   augment=augment, legacy_defect=train and legacy)
+    return Batches(
+        images,
+        labels,
+        meta,
+        batch_size=batch_size,
+        device=device,
+        shuffle=train,
+        augment=augment,
+        legacy_defect=train and legacy,
+    )
 
 
 def uses_legacy_defect(run_config: dict) -> bool:
@@ -49,8 +65,12 @@ def uses_legacy_defect(run_config: dict) -> bool:
 
 def new_model(run_config: dict, meta: dict) -> nn.Module:
     torch.manual_seed(TrainConfig(**run_config["train"]).seed)
-    return build_model(run_config["model"], num_classes=meta["num_classes"],
-                       in_channels=meta["channels"], **run_config["model_options"])
+    return build_model(
+        run_config["model"],
+        num_classes=meta["num_classes"],
+        in_channels=meta["channels"],
+        **run_config["model_options"],
+    )
 
 
 def save_trained(path: Path, model: nn.Module, run_config: dict, meta: dict, **extra) -> None:
@@ -74,8 +94,12 @@ def load_trained(dataset: str, model: str, device="cpu") -> tuple[nn.Module, dic
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro train@{dataset}-{model}` first")
     record = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_model(record["model"], num_classes=record["num_classes"],
-                      in_channels=record["in_channels"], **record["options"])
+    net = build_model(
+        record["model"],
+        num_classes=record["num_classes"],
+        in_channels=record["in_channels"],
+        **record["options"],
+    )
     net.load_state_dict(record["state_dict"])
     return net.to(device).eval(), record
 

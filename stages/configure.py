@@ -18,24 +18,32 @@ def main() -> None:
     for dataset in data.datasets:
         options = data.dataset_options(dataset)
         spec = get_spec(dataset, data.custom, options)
-        write_json(paths.source_config(dataset), {
-            "dataset": dataset,
-            "source": data.sources.get(dataset),
-            "custom": data.custom.get(dataset),
-            "options": options,
-        })
-        write_json(paths.prepare_config(dataset), {
-            "dataset": dataset,
-            "split": data.split,
-            "split_seed": data.split_seed,
-            "custom": data.custom.get(dataset),
-            "options": options,
-            "augment": spec.augment,
-        })
+        write_json(
+            paths.source_config(dataset),
+            {
+                "dataset": dataset,
+                "source": data.sources.get(dataset),
+                "custom": data.custom.get(dataset),
+                "options": options,
+            },
+        )
+        write_json(
+            paths.prepare_config(dataset),
+            {
+                "dataset": dataset,
+                "split": data.split,
+                "split_seed": data.split_seed,
+                "custom": data.custom.get(dataset),
+                "options": options,
+                "augment": spec.augment,
+            },
+        )
         for model in params.models:
             write_json(paths.run_config(dataset, model), params.run_config(dataset, model))
-    print(f"configure: {len(data.datasets)} dataset(s) × {len(params.models)} model(s) "
-          f"({', '.join(data.datasets)} × {', '.join(params.models)})")
+    print(
+        f"configure: {len(data.datasets)} dataset(s) × {len(params.models)} model(s) "
+        f"({', '.join(data.datasets)} × {', '.join(params.models)})"
+    )
 
 
 if __name__ == "__main__":

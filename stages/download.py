@@ -13,8 +13,9 @@ from gradattn.stage import run
 def main() -> None:
     dataset = sys.argv[1]
     cfg = read_json(paths.source_config(dataset))
-    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None,
-                    cfg.get("options"))
+    spec = get_spec(
+        dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")
+    )
     raw = paths.RAW / dataset
     source = Path(cfg["source"]) if cfg["source"] else None
     t0 = time.perf_counter()
@@ -22,9 +23,11 @@ def main() -> None:
     # good ones (raw/ persists across runs) and the next run fetches only what is missing.
     spec.download(raw, source)
     size = sum(f.stat().st_size for f in raw.rglob("*") if f.is_file())
-    print(f"download {dataset}: {size / 1e6:.1f} MB in {raw} "
-          f"({'from ' + str(source) if source else 'from ' + (spec.url or 'the package')}, "
-          f"{time.perf_counter() - t0:.1f}s)")
+    print(
+        f"download {dataset}: {size / 1e6:.1f} MB in {raw} "
+        f"({'from ' + str(source) if source else 'from ' + (spec.url or 'the package')}, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
 
 
 if __name__ == "__main__":

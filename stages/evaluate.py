@@ -26,23 +26,28 @@ def main() -> None:
     history = read_json(paths.history_file(dataset, model_name))
     best = record["best_epoch"]
     metrics = classification_metrics(logits, labels, ece_bins=cfg.ece_bins)
-    metrics.update({
-        "train_val_gap": train_val_gap(history, best),
-        "val_top1": next(r["val_accuracy"] for r in history if r["epoch"] == best),
-        "best_epoch": best,
-        "epochs": len(history),
-        "params": count_parameters(model),
-        "test_images": len(labels),
-    })
-    write_with(paths.predictions_file(dataset, model_name),
-               lambda tmp: np.savez_compressed(tmp, logits=logits.numpy(),
-                                               labels=labels.numpy()),
-               suffix=".npz")
+    metrics.update(
+        {
+            "train_val_gap": train_val_gap(history, best),
+            "val_top1": next(r["val_accuracy"] for r in history if r["epoch"] == best),
+            "best_epoch": best,
+            "epochs": len(history),
+            "params": count_parameters(model),
+            "test_images": len(labels),
+        }
+    )
+    write_with(
+        paths.predictions_file(dataset, model_name),
+        lambda tmp: np.savez_compressed(tmp, logits=logits.numpy(), labels=labels.numpy()),
+        suffix=".npz",
+    )
     write_json(paths.metrics_file(dataset, model_name), metrics)
-    print(f"evaluate {dataset}/{model_name}: top-1 {metrics['top1']:.4f}, "
-          f"F1 (macro) {metrics['f1_macro']:.4f}, ECE {metrics['ece']:.4f} "
-          f"({cfg.ece_bins} bins), train-val gap {metrics['train_val_gap']:+.4f} "
-          f"on {len(labels):,} test images")
+    print(
+        f"evaluate {dataset}/{model_name}: top-1 {metrics['top1']:.4f}, "
+        f"F1 (macro) {metrics['f1_macro']:.4f}, ECE {metrics['ece']:.4f} "
+        f"({cfg.ece_bins} bins), train-val gap {metrics['train_val_gap']:+.4f} "
+        f"on {len(labels):,} test images"
+    )
 
 
 if __name__ == "__main__":

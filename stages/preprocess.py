@@ -12,18 +12,25 @@ from gradattn.stage import run
 def main() -> None:
     dataset = sys.argv[1]
     cfg = read_json(paths.prepare_config(dataset))
-    spec = get_spec(dataset, {dataset: cfg["custom"]} if cfg["custom"] else None,
-                    cfg.get("options"))
+    spec = get_spec(
+        dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")
+    )
     t0 = time.perf_counter()
-    notes = {"split": cfg["split"], "split_seed": cfg["split_seed"], "augment": spec.augment,
-             "split_note": spec.splits}
+    notes = {
+        "split": cfg["split"],
+        "split_seed": cfg["split_seed"],
+        "augment": spec.augment,
+        "split_note": spec.splits,
+    }
     with PreparedWriter(dataset, spec.classes, root=paths.PREPARED, notes=notes) as writer:
         spec.prepare(paths.RAW / dataset, writer, cfg["split"], cfg["split_seed"])
         meta = writer.commit()
     counts = ", ".join(f"{k} {v:,}" for k, v in meta["counts"].items())
-    print(f"preprocess {dataset}: {counts} images of {meta['height']}×{meta['width']}×"
-          f"{meta['channels']}, {meta['num_classes']} classes ({cfg['split']} split, "
-          f"{time.perf_counter() - t0:.1f}s)")
+    print(
+        f"preprocess {dataset}: {counts} images of {meta['height']}×{meta['width']}×"
+        f"{meta['channels']}, {meta['num_classes']} classes ({cfg['split']} split, "
+        f"{time.perf_counter() - t0:.1f}s)"
+    )
 
 
 if __name__ == "__main__":

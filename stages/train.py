@@ -7,8 +7,15 @@ from gradattn.config import TrainConfig
 from gradattn.gradients import grad_history_file, parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
-from gradattn.runs import (dataset_meta, load_run_config, make_batches, new_model, run_id,
-                           save_trained, uses_legacy_defect)
+from gradattn.runs import (
+    dataset_meta,
+    load_run_config,
+    make_batches,
+    new_model,
+    run_id,
+    save_trained,
+    uses_legacy_defect,
+)
 from gradattn.stage import run
 from gradattn.train import fit, make_deterministic, resolve_device
 

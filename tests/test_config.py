@@ -1,4 +1,4 @@
-"""params.yaml validation: every bad value fails once, naming the key, the value and what is allowed."""
+"""params.yaml validation: a bad value fails once, naming the key, value and what is allowed."""
 
 from __future__ import annotations
 
@@ -36,20 +36,23 @@ def test_defaults_are_the_papers_protocol():
     assert p.model_options("gradattn")["pe"] == "learnable"
 
 
-@pytest.mark.parametrize("section, key, value, expect", [
-    ("data", "datasets", ["imagenet22k"], r"data\.datasets = 'imagenet22k'.*fashionmnist-mini"),
-    ("models", None, ["resnet19"], r"models = 'resnet19'.*resnet18, .*gradattn"),
-    ("model", "pe", "alibi", r"pe 'alibi'.*none, learnable, rope"),
-    ("model", "heads", 7, r"dim 256 is not divisible by heads 7"),
-    ("train", "lr", 0, r"train\.lr = 0 .*> 0"),
-    ("train", "lr", -0.1, r"train\.lr = -0\.1 .*> 0"),
-    ("train", "batch_size", 0, r"train\.batch_size = 0 .*integer >= 1"),
-    ("train", "batch_size", 12.5, r"train\.batch_size = 12\.5 .*integer"),
-    ("train", "device", "tpu", r"train\.device = 'tpu'.*auto, cpu, cuda"),
-    ("train", "lrr", 0.1, r"train\.lrr = 0\.1 .*unknown key.*lr"),
-    ("data", "split", "random", r"data\.split = 'random'.*official, pooled"),
-    ("gradients", "high", 1e-9, r"gradients\.high .*> 1e-06"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, expect",
+    [
+        ("data", "datasets", ["imagenet22k"], r"data\.datasets = 'imagenet22k'.*fashionmnist-mini"),
+        ("models", None, ["resnet19"], r"models = 'resnet19'.*resnet18, .*gradattn"),
+        ("model", "pe", "alibi", r"pe 'alibi'.*none, learnable, rope"),
+        ("model", "heads", 7, r"dim 256 is not divisible by heads 7"),
+        ("train", "lr", 0, r"train\.lr = 0 .*> 0"),
+        ("train", "lr", -0.1, r"train\.lr = -0\.1 .*> 0"),
+        ("train", "batch_size", 0, r"train\.batch_size = 0 .*integer >= 1"),
+        ("train", "batch_size", 12.5, r"train\.batch_size = 12\.5 .*integer"),
+        ("train", "device", "tpu", r"train\.device = 'tpu'.*auto, cpu, cuda"),
+        ("train", "lrr", 0.1, r"train\.lrr = 0\.1 .*unknown key.*lr"),
+        ("data", "split", "random", r"data\.split = 'random'.*official, pooled"),
+        ("gradients", "high", 1e-9, r"gradients\.high .*> 1e-06"),
+    ],
+)
 def test_bad_values_name_key_value_and_allowed(section, key, value, expect):
     with pytest.raises(ConfigError, match=expect) as err:
         parse_params(with_change(section, key, value))
@@ -65,20 +68,28 @@ def test_rope_needs_an_even_head_size():
 
 def test_run_config_holds_only_the_models_own_options():
     params = parse_params(DEFAULTS)
-    assert params.run_config("fashionmnist-mini", "resnet18")["model_options"] == {"stem": "imagenet"}
+    assert params.run_config("fashionmnist-mini", "resnet18")["model_options"] == {
+        "stem": "imagenet"
+    }
     rope = with_change("model", "pe", "rope")
     # A GradAttn-only change leaves ResNet-18's resolved config byte for byte the same.
-    assert (parse_params(rope).run_config("fashionmnist-mini", "resnet18")
-            == params.run_config("fashionmnist-mini", "resnet18"))
-    assert (parse_params(rope).run_config("fashionmnist-mini", "gradattn")
-            != params.run_config("fashionmnist-mini", "gradattn"))
+    assert parse_params(rope).run_config("fashionmnist-mini", "resnet18") == params.run_config(
+        "fashionmnist-mini", "resnet18"
+    )
+    assert parse_params(rope).run_config("fashionmnist-mini", "gradattn") != params.run_config(
+        "fashionmnist-mini", "gradattn"
+    )
 
 
 def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
     params = with_change("train", "lr", -1)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages/configure.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.lr = -1"), proc.stderr
@@ -87,10 +98,18 @@ def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
 
 def test_train_stage_without_prepared_data_fails_cleanly(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(DEFAULTS))
-    subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path, check=True,
-                   capture_output=True)
-    proc = subprocess.run([sys.executable, str(ROOT / "stages/train.py"), "fashionmnist-mini",
-                           "resnet18"], cwd=tmp_path, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "stages/configure.py")],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "stages/train.py"), "fashionmnist-mini", "resnet18"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "preprocess@fashionmnist-mini" in lines[0], proc.stderr

@@ -76,7 +76,8 @@ def test_ghs_and_counts_on_forced_vanishing_and_exploding_layers():
     # GHS from the parameter norm when asked: same verdicts here, other statistics.
     by_param = analyse_gradients(model, ones_batches(1), num_batches=1, low=LOW, high=HIGH,
                                  norm="parameter", loss_fn=sum_loss, progress=False)
-    assert by_param["ghs_norm"] == "parameter"
+    assert by_param["ghs_norm"] == "parameter" and "parameter" not in by_param
+    assert by_param["output"]["norm_max"] == pytest.approx(2e9)
     assert by_param["norm_max"] == pytest.approx(4e9 * math.sqrt(3))
 
 

@@ -12,9 +12,22 @@ import time
 import pytest
 
 DATASET = "fashionmnist-mini"
-METRIC_KEYS = {"top1", "top3", "top5", "precision_macro", "precision_weighted", "recall_macro",
-               "recall_weighted", "f1_macro", "f1_weighted", "ece", "train_val_gap",
-               "best_epoch", "epochs", "params"}
+METRIC_KEYS = {
+    "top1",
+    "top3",
+    "top5",
+    "precision_macro",
+    "precision_weighted",
+    "recall_macro",
+    "recall_weighted",
+    "f1_macro",
+    "f1_weighted",
+    "ece",
+    "train_val_gap",
+    "best_epoch",
+    "epochs",
+    "params",
+}
 
 
 def running_stages(output: str) -> set[str]:
@@ -25,15 +38,21 @@ def running_stages(output: str) -> set[str]:
 def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
     out = dvc_repo.dvc("repro").stdout
     assert running_stages(out) >= {
-        "configure", f"download@{DATASET}", f"preprocess@{DATASET}",
-        f"train@{DATASET}-resnet18", f"train@{DATASET}-gradattn",
-        f"evaluate@{DATASET}-resnet18", f"evaluate@{DATASET}-gradattn",
+        "configure",
+        f"download@{DATASET}",
+        f"preprocess@{DATASET}",
+        f"train@{DATASET}-resnet18",
+        f"train@{DATASET}-gradattn",
+        f"evaluate@{DATASET}-resnet18",
+        f"evaluate@{DATASET}-gradattn",
     }
     for model in ("resnet18", "gradattn"):
         metrics = json.loads((dvc_repo.path / f"metrics/{DATASET}/{model}.json").read_text())
         assert METRIC_KEYS <= metrics.keys()
         assert 0.0 <= metrics["top1"] <= 1.0 and metrics["epochs"] == 1
-        history = json.loads((dvc_repo.path / f"metrics/{DATASET}/{model}.history.json").read_text())
+        history = json.loads(
+            (dvc_repo.path / f"metrics/{DATASET}/{model}.history.json").read_text()
+        )
         assert [row["epoch"] for row in history] == [1]
     dvc_repo.commit("baseline run")
 
@@ -59,8 +78,14 @@ def _kill_when_checkpointed(repo, args, checkpoint, timeout=600):
     """Start `dvc repro`, SIGKILL its whole process group once `checkpoint` exists."""
     log = repo.path.parent / "killed-run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(args, cwd=repo.path, env=repo.env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=repo.path,
+            env=repo.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while not checkpoint.exists():
         assert proc.poll() is None, f"finished before a checkpoint was written:\n{log.read_text()}"
@@ -76,8 +101,9 @@ def test_sigkill_mid_training_resumes_to_the_same_result(dvc_repo):
     train = f"train@{DATASET}-gradattn"
     checkpoint = dvc_repo.path / f"checkpoints/{DATASET}/gradattn.resume.pt"
     # `evaluate` as the target: train and evaluate, without the figures downstream.
-    _kill_when_checkpointed(dvc_repo, [sys.executable, "-m", "dvc", "repro", "evaluate"],
-                            checkpoint)
+    _kill_when_checkpointed(
+        dvc_repo, [sys.executable, "-m", "dvc", "repro", "evaluate"], checkpoint
+    )
     assert not (dvc_repo.path / f"models/{DATASET}/gradattn.pt").exists()
 
     out = dvc_repo.dvc("repro", "evaluate").stdout
@@ -85,13 +111,15 @@ def test_sigkill_mid_training_resumes_to_the_same_result(dvc_repo):
     assert not checkpoint.exists()
     resumed_metrics = (dvc_repo.path / f"metrics/{DATASET}/gradattn.json").read_text()
     resumed_history = json.loads(
-        (dvc_repo.path / f"metrics/{DATASET}/gradattn.history.json").read_text())
+        (dvc_repo.path / f"metrics/{DATASET}/gradattn.history.json").read_text()
+    )
 
     out = dvc_repo.dvc("repro", "--force", "--single-item", train).stdout
     assert "resuming" not in out
     dvc_repo.dvc("repro", f"evaluate@{DATASET}-gradattn")
     fresh_history = json.loads(
-        (dvc_repo.path / f"metrics/{DATASET}/gradattn.history.json").read_text())
+        (dvc_repo.path / f"metrics/{DATASET}/gradattn.history.json").read_text()
+    )
     strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
     assert [r["epoch"] for r in fresh_history] == [1, 2, 3]
     assert strip(resumed_history) == strip(fresh_history)

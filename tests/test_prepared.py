@@ -87,8 +87,8 @@ def test_batches_cover_every_image_once_including_the_short_last_batch():
     assert firsts == [16 * i for i in range(10)]
     again = [x for x, _ in batches.epoch(seed=3)]
     other = [x for x, _ in batches.epoch(seed=4)]
-    assert all(torch.equal(a, b) for a, b in zip(seen, again))
-    assert not all(torch.equal(a, b) for a, b in zip(seen, other))
+    assert all(torch.equal(a, b) for a, b in zip(seen, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(seen, other, strict=True))
 
 
 def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
@@ -96,7 +96,7 @@ def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
     out = random_crop(x, torch.Generator().manual_seed(0), padding=2)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(16):
-        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        windows = [padded[i, :, dy : dy + 8, dx : dx + 8] for dy in range(5) for dx in range(5)]
         assert any(torch.equal(out[i], w) for w in windows)
     assert not all(torch.equal(out[i], x[i]) for i in range(16))
 

@@ -7,91 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
+from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
+    META,
+    Scripted,
+    Snapshots,
+    data,
+    one_thread,
+    quiet,
+    rows,
+    same_weights,
+    scripted_data,
+    tiny,
+)
 
 from gradattn.config import TrainConfig
-from gradattn.data.batches import Batches
 from gradattn.train import EarlyStopping, epoch_seed, fit
 
-META = {"mean": [0.5], "std": [0.25]}
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def data(n_train: int = 20, n_val: int = 10, *, batch_size: int = 8, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (n_train + n_val, 8, 8, 1), dtype=np.uint8)
-    labels = rng.integers(0, 3, n_train + n_val)
-    train = Batches(images[:n_train], labels[:n_train], META, batch_size=batch_size,
-                    shuffle=True, augment="rotate10")
-    val = Batches(images[n_train:], labels[n_train:], META, batch_size=16)
-    return train, val
-
-
-def tiny(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.2),
-                         nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
-
-
-class Scripted(nn.Module):
-    """Trains like `tiny`, but validates to a scripted accuracy: epoch e (set by the probe)
-    predicts class 0 for the first round(script[e-1] * batch) images, class 1 for the rest
-    (the validation labels are all 0)."""
-
-    def __init__(self, script: list[float]):
-        super().__init__()
-        self.net = tiny()
-        self.script = script
-        self.epoch = 1
-
-    def forward(self, x):
-        logits = self.net(x)
-        if self.training:
-            return logits
-        right = round(self.script[min(self.epoch, len(self.script)) - 1] * len(x))
-        pred = (torch.arange(len(x)) >= right).long()
-        return nn.functional.one_hot(pred, 3).float() * 5.0
-
-
-def scripted_data():
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
-    train = Batches(images[:20], rng.integers(0, 3, 20), META, batch_size=8, shuffle=True)
-    val = Batches(images[20:], np.zeros(10, dtype=np.int64), META, batch_size=10)
-    return train, val
-
-
-class Snapshots:
-    """A grad_probe that sets the scripted epoch and keeps each epoch's trained weights."""
-
-    def __init__(self):
-        self.weights: list[dict] = []
-
-    def __call__(self, model):
-        self.weights.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        if isinstance(model, Scripted):
-            model.epoch = len(self.weights)
-        return None
-
-
-def rows(history):
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
-
-
-def quiet(_line: str) -> None:
-    pass
 
 
 # --- EarlyStopping --------------------------------------------------------------------------

@@ -26,7 +26,9 @@ SPLITS = ("train", "val", "test")
 DEFAULT_ROOT = Path("data/prepared")
 
 
-def load_split(name: str, split: str, root: str | Path = DEFAULT_ROOT) -> tuple[np.ndarray, np.ndarray]:
+def load_split(
+    name: str, split: str, root: str | Path = DEFAULT_ROOT
+) -> tuple[np.ndarray, np.ndarray]:
     """Return (images uint8 N×H×W×C, labels int64 N); images are memory-mapped, not loaded."""
     if split not in SPLITS:
         raise GradattnError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -40,7 +42,9 @@ def load_split(name: str, split: str, root: str | Path = DEFAULT_ROOT) -> tuple[
     images = np.load(images_path, mmap_mode="r")
     labels = np.load(labels_path).astype(np.int64, copy=False)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise GradattnError(f"{images_path} is not a prepared split (uint8 N×H×W×C matching labels)")
+        raise GradattnError(
+            f"{images_path} is not a prepared split (uint8 N×H×W×C matching labels)"
+        )
     return images, labels
 
 
@@ -48,7 +52,8 @@ def load_meta(name: str, root: str | Path = DEFAULT_ROOT) -> dict:
     path = Path(root) / name / "meta.json"
     if not path.exists():
         raise GradattnError(
-            f"prepared dataset {name!r} not found ({path} missing): run `dvc repro preprocess@{name}` first"
+            f"prepared dataset {name!r} not found ({path} missing): "
+            f"run `dvc repro preprocess@{name}` first"
         )
     return json.loads(path.read_text())
 
@@ -59,8 +64,13 @@ class PreparedWriter:
     Use as a context manager: leaving the block by an exception removes the temporary folder.
     """
 
-    def __init__(self, name: str, classes: Iterable[str], root: str | Path = DEFAULT_ROOT,
-                 notes: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        classes: Iterable[str],
+        root: str | Path = DEFAULT_ROOT,
+        notes: dict | None = None,
+    ):
         self.name = name
         self.classes = list(classes)
         self.final = Path(root) / name
@@ -90,8 +100,13 @@ class PreparedWriter:
 
         self.stream_split(split, len(images), images.shape[1:], chunks())
 
-    def stream_split(self, split: str, count: int, shape: tuple[int, ...],
-                     chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+    def stream_split(
+        self,
+        split: str,
+        count: int,
+        shape: tuple[int, ...],
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    ) -> None:
         """Write `count` images of `shape` (H, W, C) arriving in (images, labels) chunks."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
@@ -99,11 +114,13 @@ class PreparedWriter:
         if len(shape) == 2:
             shape = (*shape, 1)
         if self.shape is not None and shape != self.shape:
-            raise GradattnError(f"{self.name}: split {split} has images of shape {shape}, "
-                                f"other splits {self.shape}")
+            raise GradattnError(
+                f"{self.name}: split {split} has images of shape {shape}, other splits {self.shape}"
+            )
         self.shape = shape
         out_images = np.lib.format.open_memmap(
-            self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(count, *shape))
+            self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(count, *shape)
+        )
         out_labels = np.empty(count, dtype=np.int64)
         pos = 0
         with tqdm(total=count, desc=f"{self.name}/{split}", unit="img", leave=False) as bar:
@@ -113,7 +130,9 @@ class PreparedWriter:
                     images = images[..., None]
                 n = len(images)
                 if pos + n > count:
-                    raise GradattnError(f"{self.name}/{split}: more images than the {count} announced")
+                    raise GradattnError(
+                        f"{self.name}/{split}: more images than the {count} announced"
+                    )
                 out_images[pos : pos + n] = images
                 out_labels[pos : pos + n] = np.asarray(labels, dtype=np.int64).reshape(-1)
                 if split == "train":
@@ -127,8 +146,10 @@ class PreparedWriter:
             raise GradattnError(f"{self.name}/{split}: got {pos} images, expected {count}")
         bad = (out_labels < 0) | (out_labels >= len(self.classes))
         if bad.any():
-            raise GradattnError(f"{self.name}/{split}: label {out_labels[bad][0]} outside "
-                                f"0..{len(self.classes) - 1}")
+            raise GradattnError(
+                f"{self.name}/{split}: label {out_labels[bad][0]} outside "
+                f"0..{len(self.classes) - 1}"
+            )
         out_images.flush()
         del out_images
         np.save(self.tmp / f"{split}_labels.npy", out_labels)
@@ -160,7 +181,9 @@ class PreparedWriter:
         return meta
 
 
-def pooled_split(labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)) -> dict[str, np.ndarray]:
+def pooled_split(
+    labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)
+) -> dict[str, np.ndarray]:
     """The notebooks' split: all images pooled, shuffled with `seed`, cut 70/15/15."""
     order = np.random.default_rng(seed).permutation(len(labels))
     n_train = int(round(fractions[0] * len(labels)))
@@ -172,7 +195,9 @@ def pooled_split(labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)) ->
     }
 
 
-def stratified_split(labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)) -> dict[str, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)
+) -> dict[str, np.ndarray]:
     """A per-class split with the given fractions, for sources without an official one."""
     rng = np.random.default_rng(seed)
     parts = {s: [] for s in SPLITS}
