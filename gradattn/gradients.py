@@ -24,70 +24,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from gradattn import paths
-from gradattn.models.gradattn import EncoderLayer
+from gradattn.grad_probe import (  # noqa: F401  (re-exported: the analysis' public names)
+    ENCODER_TYPES,
+    analysed_layers,
+    layer_type,
+    norm_of,
+    parameter_grad_norms,
+    split_grad_history,
+)
 
 NORM_KINDS = ("output", "parameter")
-ENCODER_TYPES = (EncoderLayer, nn.TransformerEncoderLayer)
-
-
-def grad_history_file(dataset: str, model: str) -> Path:
-    """Per-epoch parameter-gradient norms written by the train stage (rows epoch/layer/norm)."""
-    return paths.METRICS / dataset / f"{model}.grad_history.json"
-
-
-def layer_type(module: nn.Module) -> str | None:
-    """'conv', 'linear' or 'encoder' for an analysed layer, None for anything else."""
-    if isinstance(module, ENCODER_TYPES):
-        return "encoder"
-    if isinstance(module, nn.Conv2d):
-        return "conv"
-    if isinstance(module, nn.Linear):
-        return "linear"
-    return None
-
-
-def analysed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every conv, linear and encoder layer, in module order."""
-    return [(name, m) for name, m in model.named_modules() if layer_type(m) is not None]
-
-
-def _norm_of(tensors: list[Tensor]) -> Tensor:
-    """L2 norm of several tensors taken together, as one float32 scalar."""
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.float())
-                                                 for t in tensors]))
-
-
-def parameter_grad_norms(model: nn.Module) -> dict[str, float]:
-    """Per-layer L2 norm of the `.grad` already present (the last backward's); layers with
-    no gradient are left out. One device sync in all, so it is cheap enough for every epoch."""
-    names, norms = [], []
-    for name, module in analysed_layers(model):
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        if grads:
-            names.append(name)
-            norms.append(_norm_of(grads))
-    values = torch.stack(norms).tolist() if norms else []
-    return dict(zip(names, values, strict=True))
-
-
-def split_grad_history(history: list[dict]) -> tuple[list[dict], list[dict]]:
-    """History rows without their "grad_norms", and those norms as flat rows
-    {epoch, layer, norm} (DVC plots and pandas want flat rows)."""
-    rows, grads = [], []
-    for row in history:
-        row = dict(row)
-        for layer, norm in (row.pop("grad_norms", None) or {}).items():
-            grads.append({"epoch": row["epoch"], "layer": layer, "norm": norm})
-        rows.append(row)
-    return rows, grads
 
 
 # --- Gradient Health Score ---------------------------------------------------------------
@@ -209,7 +161,7 @@ def measure_gradient_norms(
                 per_layer = {}
                 for name, idx in layer_params.items():
                     present = [grads[i] for i in idx if grads[i] is not None]
-                    per_layer[name] = _norm_of(present) if present else torch.zeros(())
+                    per_layer[name] = norm_of(present) if present else torch.zeros(())
                 # One transfer per batch for all the norms.
                 names = list(per_layer)
                 values = torch.stack([per_layer[n].to(loss.device) for n in names]).tolist()

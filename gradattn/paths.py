@@ -42,6 +42,11 @@ def metrics_file(dataset: str, model: str) -> Path:
     return METRICS / dataset / f"{model}.json"
 
 
+def grad_history_file(dataset: str, model: str) -> Path:
+    """Per-epoch parameter-gradient norms written by the train stage (rows epoch/layer/norm)."""
+    return METRICS / dataset / f"{model}.grad_history.json"
+
+
 def gradients_file(dataset: str, model: str) -> Path:
     return METRICS / dataset / f"{model}.gradients.json"
 

@@ -10,7 +10,6 @@ from gradattn import paths
 from gradattn import plots as P
 from gradattn.config import TrainConfig, load_params
 from gradattn.data import load_split
-from gradattn.gradients import grad_history_file
 from gradattn.io import read_json, write_json
 from gradattn.report import model_label
 from gradattn.runs import dataset_meta, load_run_config, load_trained, make_batches
@@ -26,7 +25,7 @@ def plot_model(dataset: str, model: str, label: str, meta: dict, out, data, para
     classes = meta["classes"]
     name = f"{dataset} — {label}"
 
-    grad_file = grad_history_file(dataset, model)
+    grad_file = paths.grad_history_file(dataset, model)
     grad_rows = read_json(grad_file) if grad_file.exists() else []
     if grad_rows:
         P.plot_gradient_heatmap(grad_rows, out / f"gradients_over_epochs_{model}.png",

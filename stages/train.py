@@ -4,7 +4,7 @@ import sys
 
 from gradattn import paths
 from gradattn.config import TrainConfig
-from gradattn.gradients import grad_history_file, parameter_grad_norms, split_grad_history
+from gradattn.grad_probe import parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
 from gradattn.runs import (
@@ -39,7 +39,7 @@ def main() -> None:
                  grad_probe=parameter_grad_norms)
     # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
     history, grad_history = split_grad_history(result.history)
-    write_json(grad_history_file(dataset, model_name), grad_history)
+    write_json(paths.grad_history_file(dataset, model_name), grad_history)
     write_json(paths.history_file(dataset, model_name), history)
     save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
                  best_epoch=result.best_epoch, epochs=len(result.history))
