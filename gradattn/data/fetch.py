@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from gradattn.errors import GradattnError
+from gradattn.io import atomic_path
 
 # Seconds allowed for the name lookup, the connection, and each read. Short on purpose: with no
 # network the stage must fail fast rather than hang (the whole download fails in < 60 s).
@@ -186,9 +187,7 @@ def install(src: Path, dest: Path, *, dataset: str, md5: str | None = None, acce
         and dest.stat().st_mtime_ns == st.st_mtime_ns
     ):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dest)
-    try:
+    with atomic_path(dest) as tmp:
         with (
             open(src, "rb") as fin,
             open(tmp, "wb") as fout,
@@ -205,10 +204,6 @@ def install(src: Path, dest: Path, *, dataset: str, md5: str | None = None, acce
                 fout.write(block)
                 bar.update(len(block))
         shutil.copystat(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 
@@ -221,16 +216,10 @@ def pack_zip(
     one object instead of tens of thousands.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dest)
-    try:
+    with atomic_path(dest) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for path, arcname in tqdm(members, total=total, desc=desc, unit="file", leave=False):
                 archive.write(path, arcname)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return dest
 
 
