@@ -156,8 +156,13 @@ def test_gates_scale_the_residual_branch_before_the_addition(name):
     assert (first.in_features, first.out_features) == (64, 64 // 16)  # reduction 16
     x = torch.randn(2, 64, 8, 8)
     assert not torch.allclose(block(x), x.relu())
-    last.bias.fill_(-1e4)  # channel gate shut: the residual branch contributes nothing
-    assert torch.allclose(block(x), x.relu())
+    # Shut the channel gate (the MLPs have no bias to do it with): bn2 now outputs 10
+    # everywhere, the MLP maps that to a large negative logit, sigmoid ~ 0.
+    block.bn2.weight.zero_()
+    block.bn2.bias.fill_(10.0)
+    first.weight.fill_(1.0)
+    last.weight.fill_(-1.0)
+    assert torch.allclose(block(x), x.relu())  # the residual branch contributes nothing
 
 
 @torch.no_grad()
@@ -175,16 +180,104 @@ def test_cbam_spatial_gate_uses_channel_mean_and_max():
 # --- sizes ----------------------------------------------------------------------------------
 
 
-def test_parameter_counts():
+# The totals the authors' notebooks print for their models (GitHub SoudeepGhoshal/GradAttn,
+# "--- Model Parameters ---" in each model's cell output): (notebook, cell) -> count.
+NO_PE_AS_RUN = {"dim": 32, "heads": 16, "ff_dim": 2}  # five "No PE" cells ran with these
+NOTEBOOK_COUNTS = [
+    ("CIFAR-10 cell 4", "resnet18", {}, 10, 3, 11_181_642),
+    ("SVHN cell 10", "gradattn", {"pe": "none"}, 10, 3, 12_849_994),
+    ("CIFAR-10 cell 8", "gradattn", {"pe": "learnable"}, 10, 3, 12_851_274),
+    ("CIFAR-10 cell 10", "gradattn", {"pe": "rope"}, 10, 3, 12_847_690),
+    ("SVHN cell 4", "se_resnet18", {}, 10, 3, 11_268_682),
+    ("SVHN cell 6", "cbam_resnet18", {}, 10, 3, 11_269_466),
+    ("FashionMNIST cell 8", "resnet18", {}, 10, 1, 11_175_370),
+    ("FashionMNIST cell 4", "se_resnet18", {}, 10, 1, 11_262_410),
+    ("FashionMNIST cell 6", "cbam_resnet18", {}, 10, 1, 11_263_194),
+    ("FashionMNIST cell 14", "gradattn", {"pe": "rope"}, 10, 1, 12_841_418),
+    ("Tiny-ImageNet cell 8", "gradattn", {"pe": "learnable"}, 200, 3, 12_900_104),
+    ("BloodMNIST cell 7", "gradattn", {"pe": "none"}, 8, 3, 12_849_480),
+    ("PAD-UFES-20 cell 10", "gradattn", {"pe": "rope"}, 6, 3, 12_846_662),
+    ("PCam cell 4", "resnet18", {}, 2, 3, 11_177_538),
+    ("CIFAR-10 cell 6", "gradattn", {"pe": "none", **NO_PE_AS_RUN}, 10, 3, 11_049_488),
+]
+
+
+@pytest.mark.parametrize(
+    ("source", "name", "options", "classes", "channels", "expected"),
+    NOTEBOOK_COUNTS,
+    ids=[row[0] for row in NOTEBOOK_COUNTS],
+)
+def test_parameter_counts_match_the_notebooks(source, name, options, classes, channels, expected):
+    assert count_parameters(build_model(name, classes, channels, **options)) == expected
+
+
+def test_parameter_count_structure():
     resnet = count_parameters(build_model("resnet18", 10, 3))
-    assert resnet == 11_181_642
     gradattn = count_parameters(build_model("gradattn", 10, 3))
-    assert gradattn == 12_851_274  # backbone 11,002,688 + taps 263,424 + 3 x 527,104 + ...
-    assert 1_400_000 < gradattn - resnet < 1_900_000
-    assert count_parameters(build_model("gradattn", 10, 3, pe="rope")) == gradattn - 5 * 256
-    # SE: 2 c^2/16 + c/16 + c per block; CBAM adds a 2x7x7 spatial conv per block.
-    assert count_parameters(build_model("se_resnet18", 10, 3)) == resnet + 89_080
-    assert count_parameters(build_model("cbam_resnet18", 10, 3)) == resnet + 89_080 + 8 * 98
+    assert 1_400_000 < gradattn - resnet < 1_900_000  # the paper's "+1.6 M (+14 %)"
+    # RoPE: no positional parameters, and q/k/v without bias: 3 layers x 3 x 256 fewer.
+    rope = count_parameters(build_model("gradattn", 10, 3, pe="rope"))
+    assert rope == gradattn - 5 * 256 - 3 * 3 * 256
+    # SE: 2 c^2/16 per block (no biases); CBAM adds a 2x7x7 spatial conv per block.
+    assert count_parameters(build_model("se_resnet18", 10, 3)) == resnet + 87_040
+    assert count_parameters(build_model("cbam_resnet18", 10, 3)) == resnet + 87_040 + 8 * 98
+
+
+def test_gate_mlps_and_rope_qkv_have_no_bias():
+    for name in ("se_resnet18", "cbam_resnet18"):
+        gates = [m for m in build_model(name, 10, 3).modules() if isinstance(m, nn.Linear)]
+        gates = gates[:-1]  # the last Linear is the classifier, fc
+        assert len(gates) == 16 and all(g.bias is None for g in gates)
+    for pe in PE_CHOICES:
+        model = build_model("gradattn", 10, 3, pe=pe, **SMALL)
+        for layer in model.encoder.layers:
+            has_bias = layer.self_attn.in_proj.bias is not None
+            assert has_bias == (pe != "rope")  # torch's layer has q/k/v biases; theirs none
+            assert layer.self_attn.out_proj.bias is not None
+
+
+def _assert_default_uniform(weight: torch.Tensor) -> None:
+    """PyTorch's default for Conv2d/Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1 / math.sqrt(weight[0].numel())
+    assert weight.abs().max() <= bound
+    assert abs(weight.std().item() - bound / math.sqrt(3)) < 0.03 * bound
+
+
+@pytest.mark.parametrize("name", ["resnet18", "gradattn", "noskip18"])
+def test_backbone_starts_from_pytorch_default_init(name):
+    """As the notebooks build ResNet-18 and GradAttn (torchvision's Kaiming-normal fails this)."""
+    model = build_model(name, 10, 3)
+    for conv in (model.conv1, model.layer2[0].conv1, model.layer4[1].conv2):
+        _assert_default_uniform(conv.weight.detach())
+    assert torch.equal(model.bn1.weight, torch.ones(64))
+
+
+@pytest.mark.parametrize("name", ["se_resnet18", "cbam_resnet18"])
+def test_se_and_cbam_start_from_their_notebooks_init(name):
+    """Their notebooks: Kaiming-normal (fan_out) convs, Linear N(0, 0.01) with zero bias."""
+    model = build_model(name, 10, 3)
+    conv = model.layer4[1].conv2.weight.detach()  # fan_out 512 * 9
+    assert abs(conv.std().item() / math.sqrt(2 / (512 * 9)) - 1) < 0.03
+    assert abs(model.fc.weight.std().item() / 0.01 - 1) < 0.05
+    assert torch.equal(model.fc.bias, torch.zeros(10))
+    gate = model.layer4[1].gate
+    if name == "se_resnet18":
+        assert abs(gate.fc1.weight.std().item() / 0.01 - 1) < 0.05
+    else:  # their shared MLP is 1x1 convs: Kaiming, fan_out = its output width
+        w = gate.channel.mlp[2].weight.detach()  # (512, 32)
+        assert abs(w.std().item() / math.sqrt(2 / 512) - 1) < 0.05
+
+
+def test_attention_init_follows_its_source():
+    """none/learnable: nn.MultiheadAttention's xavier in-projection with zero biases;
+    rope: the notebooks' plain nn.Linear projections (default init, bias on out_proj)."""
+    torch_like = build_model("gradattn", 10, 3, pe="none").encoder.layers[0].self_attn
+    rope = build_model("gradattn", 10, 3, pe="rope").encoder.layers[0].self_attn
+    assert torch_like.in_proj.weight.abs().max() > 1 / 16  # xavier bound sqrt(6/1024) > 1/16
+    assert not torch_like.in_proj.bias.any() and not torch_like.out_proj.bias.any()
+    _assert_default_uniform(rope.in_proj.weight.detach())
+    _assert_default_uniform(rope.out_proj.weight.detach())
+    assert rope.out_proj.bias.abs().min() > 0
 
 
 def test_encoder_layer_has_torch_parameter_count():

@@ -1,7 +1,9 @@
 """Attention-augmented ResNet-18 baselines: SE-ResNet-18 and CBAM-ResNet-18.
 
 Both are torchvision's `ResNet` with a `BasicBlock` subclass that reweights the residual
-branch (after bn2, before the addition), as in Hu et al. (SE) and Woo et al. (CBAM).
+branch (after bn2, before the addition), as in Hu et al. (SE) and Woo et al. (CBAM). As in the
+authors' notebooks (and both papers), the gate MLPs have no biases, and the models start from
+the notebooks' init for these two: Kaiming-normal (fan_out) convs, BN 1/0, Linear N(0, 0.01).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ class SqueezeExcite(nn.Module):
 
     def __init__(self, *, channels: int, reduction: int = REDUCTION) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(channels, channels // reduction)
+        self.fc1 = nn.Linear(channels, channels // reduction, bias=False)
         self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Linear(channels // reduction, channels)
+        self.fc2 = nn.Linear(channels // reduction, channels, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate = self.fc2(self.relu(self.fc1(x.mean(dim=(2, 3)))))  # (B, C)
@@ -36,9 +38,9 @@ class ChannelGate(nn.Module):
     def __init__(self, *, channels: int, reduction: int = REDUCTION) -> None:
         super().__init__()
         self.mlp = nn.Sequential(
-            nn.Linear(channels, channels // reduction),
+            nn.Linear(channels, channels // reduction, bias=False),
             nn.ReLU(inplace=True),
-            nn.Linear(channels // reduction, channels),
+            nn.Linear(channels // reduction, channels, bias=False),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -98,9 +100,29 @@ class CBAMBasicBlock(_GatedBasicBlock):
         return CBAM(channels=channels)
 
 
+def _init_like_the_notebooks(model: nn.Module) -> nn.Module:
+    """The SE/CBAM notebooks' init. Their CBAM MLP is two 1x1 convs, hence Kaiming there."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, ChannelGate):
+            for layer in (m.mlp[0], m.mlp[2]):
+                # Linear weight (out, in) has a 1x1 conv's fan_out: out.
+                nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 def _gated_resnet18(block: type[_GatedBasicBlock], num_classes: int, in_channels: int, stem: str):
     model = tv_resnet.ResNet(block, [2, 2, 2, 2], num_classes=num_classes)
-    return adapt_stem(model, in_channels=in_channels, stem=stem)
+    return _init_like_the_notebooks(adapt_stem(model, in_channels=in_channels, stem=stem))
 
 
 def se_resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:

@@ -39,20 +39,25 @@ def check_attention_shape(*, dim: int, heads: int, pe: str) -> None:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention like nn.MultiheadAttention (packed qkv, biases), plus RoPE."""
+    """Multi-head self-attention like nn.MultiheadAttention (packed qkv, biases), plus RoPE.
+
+    With RoPE it is the notebooks' RoPE attention instead: q/k/v projections without bias,
+    and every projection with nn.Linear's default init (they are plain nn.Linear there).
+    """
 
     def __init__(self, *, dim: int, heads: int, dropout: float, rope: bool = False) -> None:
         super().__init__()
         check_attention_shape(dim=dim, heads=heads, pe="rope" if rope else "none")
         self.heads = heads
         self.dropout = dropout
-        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.in_proj = nn.Linear(dim, 3 * dim, bias=not rope)  # q, k, v packed
         self.out_proj = nn.Linear(dim, dim)
         self.rope = RotaryEmbedding(head_dim=dim // heads) if rope else None
-        # nn.MultiheadAttention's init: xavier in-projection, zero biases.
-        nn.init.xavier_uniform_(self.in_proj.weight)
-        nn.init.zeros_(self.in_proj.bias)
-        nn.init.zeros_(self.out_proj.bias)
+        if not rope:
+            # nn.MultiheadAttention's init: xavier in-projection, zero biases.
+            nn.init.xavier_uniform_(self.in_proj.weight)
+            nn.init.zeros_(self.in_proj.bias)
+            nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """x (B, T, dim) -> (out (B, T, dim), head-averaged softmax weights (B, T, T) or None)."""

@@ -3,6 +3,10 @@
 The skip-free backbone keeps torchvision's layout and layer names (conv1, bn1, relu, maxpool,
 layer1..layer4) so that per-layer gradient plots of the two line up; its blocks simply have
 no identity/downsample branch.
+
+Both start from PyTorch's default initialisation, as the authors' notebooks build them (their
+own ResNet classes, no init code); torchvision's constructor would redraw the convs with
+Kaiming-normal (fan_out), which changes their scale about 2.4x and so the effective step of Adam.
 """
 
 from __future__ import annotations
@@ -18,21 +22,22 @@ STEMS = ("imagenet", "small")
 TAP_CHANNELS = (64, 64, 128, 256, 512)
 
 
-def init_conv(conv: nn.Conv2d) -> nn.Conv2d:
-    """torchvision ResNet's conv init, for the convs we add after its constructor ran."""
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-    return conv
+def reset_convs(model: nn.Module) -> nn.Module:
+    """Give every conv PyTorch's default initialisation (BN's default, 1 and 0, is
+    torchvision's too)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.reset_parameters()
+    return model
 
 
 def stem_conv(*, in_channels: int, stem: str) -> nn.Conv2d:
     """The first conv: the paper's 7x7/2 ImageNet stem, or a 3x3/1 one for 28-32 px images."""
     if stem == "imagenet":
-        conv = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    elif stem == "small":
-        conv = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    else:
-        raise ConfigError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
-    return init_conv(conv)
+        return nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if stem == "small":
+        return nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    raise ConfigError(f"unknown stem {stem!r}; choose one of: {', '.join(STEMS)}")
 
 
 def adapt_stem(model: nn.Module, *, in_channels: int, stem: str) -> nn.Module:
@@ -48,9 +53,9 @@ def adapt_stem(model: nn.Module, *, in_channels: int, stem: str) -> nn.Module:
 
 
 def resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:
-    """torchvision's ResNet-18, randomly initialised, with the stem fitted to the input."""
+    """torchvision's ResNet-18 with PyTorch's default init, the stem fitted to the input."""
     model = tv_resnet.resnet18(weights=None, num_classes=num_classes)
-    return adapt_stem(model, in_channels=in_channels, stem=stem)
+    return reset_convs(adapt_stem(model, in_channels=in_channels, stem=stem))
 
 
 class PlainBlock(nn.Module):
@@ -91,12 +96,6 @@ class SkipFreeBackbone(nn.Module):
         self.layer2 = _plain_stage(64, 128, stride=2)
         self.layer3 = _plain_stage(128, 256, stride=2)
         self.layer4 = _plain_stage(256, 512, stride=2)
-        for m in self.modules():  # torchvision ResNet's init
-            if isinstance(m, nn.Conv2d):
-                init_conv(m)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def taps(self, x: Tensor) -> list[Tensor]:
         """Feature maps after maxpool and after layer1..4; channels TAP_CHANNELS."""
