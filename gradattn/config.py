@@ -130,7 +130,7 @@ class DataConfig:
                 "data.legacy_preprocessing",
                 raw.get("legacy_preprocessing", cls.legacy_preprocessing),
             ),
-            sources={k: str(v) for k, v in sources.items()},
+            sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
             medmnist_size=_choice_int(
                 "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
@@ -159,7 +159,6 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     fast: str = "auto"
-    num_workers: int = 0
 
     @classmethod
     def parse(cls, raw: dict) -> TrainConfig:
@@ -181,7 +180,6 @@ class TrainConfig:
             device=_choice("train.device", get("device"), DEVICES),
             precision=_choice("train.precision", get("precision"), PRECISIONS),
             fast=_choice("train.fast", get("fast"), FAST_MODES),
-            num_workers=_number("train.num_workers", get("num_workers"), integer=True, ge=0),
         )
 
 

@@ -22,8 +22,9 @@ def prepare_config(dataset: str) -> Path:
     return CONFIGS / dataset / "prepare.json"
 
 
-def run_config(dataset: str, model: str) -> Path:
-    return CONFIGS / dataset / f"{model}.json"
+def model_config(model: str) -> Path:
+    """The options `model` takes, resolved from params.yaml's model section (see dvc.yaml)."""
+    return CONFIGS / "models" / f"{model}.json"
 
 
 def model_file(dataset: str, model: str) -> Path:

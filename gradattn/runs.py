@@ -10,19 +10,17 @@ import torch
 from torch import nn
 
 from gradattn import paths
-from gradattn.config import TrainConfig
+from gradattn.config import TrainConfig, load_params
 from gradattn.data import get_spec, known_datasets, load_meta, load_split
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
-from gradattn.io import atomic_path, read_json
+from gradattn.io import atomic_path
 from gradattn.models import build_model
 
 
 def load_run_config(dataset: str, model: str) -> dict:
-    path = paths.run_config(dataset, model)
-    if not path.exists():
-        raise GradattnError(f"{path} not found: run `dvc repro configure` (or `dvc repro`) first")
-    return read_json(path)
+    """Everything one training run depends on, from params.yaml (validated)."""
+    return load_params().run_config(dataset, model)
 
 
 def run_id(run_config: dict, meta: dict) -> str:

@@ -10,6 +10,9 @@ from gradattn.errors import GradattnError
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); a GradattnError becomes one line on stderr and exit code 2."""
+    # Under `dvc exp run` / `dvc queue` stdout is a pipe or a log file: flush every line, so
+    # `dvc queue logs -f` shows each epoch as it ends.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         main()
     except GradattnError as err:

@@ -109,8 +109,12 @@ class FitResult:
 def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         checkpoint: Path | None = None, run_id: str = "",
         grad_probe: Callable[[nn.Module], dict] | None = None,
+        on_epoch: Callable[[list[dict]], None] | None = None,
         log: Callable[[str], None] = tqdm.write, progress: bool = True) -> FitResult:
     """Train `model` in place and leave it holding the best epoch's weights.
+
+    `on_epoch(history)` is called with the rows so far after every epoch (and once after a
+    resume), so a caller can publish the curves while training runs.
 
     `cfg.fast` and `cfg.precision` choose how the steps run (gradattn.fast): eager, or the
     whole step as one CUDA graph; the protocol, the history rows and the checkpoints are
@@ -146,6 +150,8 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         else:
             log(f"ignoring {checkpoint}: it belongs to a different configuration")
     resumed_from = start_epoch - 1
+    if on_epoch is not None and history:
+        on_epoch(history)
 
     trainer = Trainer(model, optimizer, plan)
     extras: dict = {"plan": plan.describe()}
@@ -197,9 +203,9 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         scheduler.step(val_acc)
         if lr_tensor is not None:
             lr_tensor.sync()
-        log(f"epoch {epoch}/{cfg.max_epochs}: train loss {row['train_loss']:.4f} "
-            f"acc {row['train_accuracy']:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
-            f"lr {lr:.2e} | {row['seconds']:.1f}s")
+        if on_epoch is not None:
+            on_epoch(history)
+        log(_epoch_line(row, cfg, stopper, epoch_seconds=[r["seconds"] for r in history]))
         last = stopper.should_stop or epoch == cfg.max_epochs
         # Eager: every epoch. Fast: epochs take a second or two and a checkpoint a good part
         # of that, so at most every FAST_CHECKPOINT_INTERVAL_S (and after the last epoch); a
@@ -226,6 +232,28 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
                      best_val_accuracy=stopper.best, resumed_from=resumed_from,
                      stopped_early=stopper.should_stop,
                      seconds=time.perf_counter() - started, extras=extras)
+
+
+def _epoch_line(row: dict, cfg: TrainConfig, stopper: EarlyStopping, *,
+                epoch_seconds: list[float]) -> str:
+    """One line per epoch: the epoch's numbers, the best so far, the early-stopping patience
+    used and an upper bound on the time left (the epochs left at the mean epoch time)."""
+    left = 0 if stopper.should_stop else cfg.max_epochs - row["epoch"]
+    eta = left * sum(epoch_seconds) / len(epoch_seconds)
+    return (f"epoch {row['epoch']}/{cfg.max_epochs}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} "
+            f"acc {row['val_accuracy']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s | "
+            f"best {stopper.best:.4f} (epoch {stopper.best_epoch}) | "
+            f"patience {stopper.bad_epochs}/{stopper.patience} | "
+            f"at most {_duration(eta)} left")
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:

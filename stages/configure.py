@@ -1,8 +1,9 @@
-"""Validate params.yaml once and resolve what each later stage depends on.
+"""Validate params.yaml once and resolve the settings DVC cannot select natively.
 
-Writes configs/<dataset>/{source,prepare}.json and configs/<dataset>/<model>.json. Later
-stages depend on these files rather than on params.yaml, so DVC re-runs exactly the stages
-whose settings changed (e.g. -S model.pe=rope re-runs GradAttn only).
+Writes configs/<dataset>/{source,prepare}.json (per-dataset optional keys) and
+configs/models/<model>.json (the model.* options each model takes), so that -S model.pe=rope
+re-runs GradAttn's stages only. Every other setting is a native `params:` of its stage (see
+the top of dvc.yaml).
 """
 
 from gradattn import paths
@@ -38,8 +39,9 @@ def main() -> None:
                 "augment": spec.augment,
             },
         )
-        for model in params.models:
-            write_json(paths.run_config(dataset, model), params.run_config(dataset, model))
+    for model in params.models:
+        write_json(paths.model_config(model), {"model": model,
+                                               "options": params.model_options(model)})
     print(
         f"configure: {len(data.datasets)} dataset(s) × {len(params.models)} model(s) "
         f"({', '.join(data.datasets)} × {', '.join(params.models)})"

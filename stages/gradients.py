@@ -9,7 +9,7 @@ from gradattn.data import load_split
 from gradattn.data.batches import Batches
 from gradattn.gradients import analyse_gradients
 from gradattn.io import write_json
-from gradattn.runs import dataset_meta, load_run_config, load_trained
+from gradattn.runs import dataset_meta, load_trained
 from gradattn.stage import run
 from gradattn.train import resolve_device
 
@@ -17,9 +17,11 @@ from gradattn.train import resolve_device
 def main() -> None:
     dataset, model_name = sys.argv[1], sys.argv[2]
     cfg = load_params().gradients
-    train_cfg = TrainConfig(**load_run_config(dataset, model_name)["train"])
+    # The training settings of the run that made the model (its own record).
+    model, record = load_trained(dataset, model_name)
+    train_cfg = TrainConfig(**record["run_config"]["train"])
     device = resolve_device(train_cfg.device)
-    model, _ = load_trained(dataset, model_name, device=device)
+    model.to(device)
     meta = dataset_meta(dataset)
     images, labels = load_split(dataset, "train", paths.PREPARED)
     # Training images at the training batch size, in a seeded random order, without

@@ -1,4 +1,7 @@
-"""Train one (dataset, model) pair with the paper's protocol; resume from a checkpoint if killed."""
+"""Train one (dataset, model) pair with the paper's protocol; resume from a checkpoint if killed.
+
+The history (DVC plot data) and the per-epoch gradient norms are rewritten after every
+epoch, so `dvc plots show` during a run shows the epochs so far."""
 
 import sys
 
@@ -20,6 +23,13 @@ from gradattn.stage import run
 from gradattn.train import fit, make_deterministic, resolve_device
 
 
+def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
+    # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
+    history, grad_history = split_grad_history(rows)
+    write_json(paths.grad_history_file(dataset, model_name), grad_history)
+    write_json(paths.history_file(dataset, model_name), history)
+
+
 def main() -> None:
     dataset, model_name = sys.argv[1], sys.argv[2]
     cfg = load_run_config(dataset, model_name)
@@ -36,17 +46,19 @@ def main() -> None:
           f"images on {device}, {count_parameters(model):,} parameters")
     resume = paths.resume_file(dataset, model_name)
     result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta),
-                 grad_probe=parameter_grad_norms)
-    # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
-    history, grad_history = split_grad_history(result.history)
-    write_json(paths.grad_history_file(dataset, model_name), grad_history)
-    write_json(paths.history_file(dataset, model_name), history)
+                 grad_probe=parameter_grad_norms,
+                 on_epoch=lambda rows: publish_history(dataset, model_name, rows))
     save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
                  best_epoch=result.best_epoch, epochs=len(result.history))
     resume.unlink(missing_ok=True)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
+    trained = result.history[result.resumed_from:]
+    train_seconds = sum(r["seconds"] for r in trained)
+    speed = (f", {len(trained) * train.num_images / train_seconds:,.0f} images/s"
+             if train_seconds > 0 else "")
     print(f"train {dataset}/{model_name}: best val accuracy {result.best_val_accuracy:.4f} at "
-          f"epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f}s{resumed})")
+          f"epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f}s{resumed}"
+          f"{speed})")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,112 @@
+"""DVC sees what it should: the key that changed, the stages a change re-runs, the code each
+stage runs, and training as it happens. Real `dvc` commands in a temporary git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from test_pipeline import running_stages
+
+DATASET = "fashionmnist-mini"
+
+
+def downstream_of_training(models=("resnet18", "gradattn")) -> set[str]:
+    return ({f"{stage}@{DATASET}-{m}" for stage in ("evaluate", "gradients") for m in models}
+            | {f"plot@{DATASET}", "report"})
+
+
+@pytest.mark.slow
+def test_status_names_the_key_and_dry_run_lists_what_then_runs(dvc_repo):
+    dvc_repo.dvc("repro")
+    dvc_repo.commit("baseline")
+
+    # A native param: `dvc status` names the leaf key. `dvc repro --dry` lists the stages
+    # whose own inputs changed (DVC cannot know before running them whether their outputs
+    # change); what then runs is those and the stages downstream of them, nothing else.
+    dvc_repo.set_params({"train": {"max_epochs": 2}})
+    status = dvc_repo.dvc("status").stdout
+    assert "train.max_epochs" in status
+    dry = running_stages(dvc_repo.dvc("repro", "--dry").stdout)
+    ran = running_stages(dvc_repo.dvc("repro").stdout)
+    assert {f"train@{DATASET}-resnet18", f"train@{DATASET}-gradattn"} <= dry <= ran
+    assert ran - dry <= downstream_of_training()
+    assert "configure" not in ran and f"preprocess@{DATASET}" not in ran
+    dvc_repo.commit("two epochs")
+
+    # A GradAttn-only option: status names model.pe (under configure, which resolves each
+    # model's own options); only GradAttn's stages re-run, never ResNet-18's.
+    dvc_repo.set_params({"model": {"pe": "rope"}})
+    assert "model.pe" in dvc_repo.dvc("status").stdout
+    dry = running_stages(dvc_repo.dvc("repro", "--dry").stdout)
+    assert dry == {"configure"}
+    ran = running_stages(dvc_repo.dvc("repro").stdout)
+    assert ran - {"configure", f"train@{DATASET}-gradattn"} <= downstream_of_training(
+        models=("gradattn",))
+    assert {"configure", f"train@{DATASET}-gradattn", f"evaluate@{DATASET}-gradattn",
+            f"gradients@{DATASET}-gradattn"} <= ran
+    assert not {s for s in ran if s.endswith("-resnet18")}
+    dvc_repo.commit("rope")
+
+    # Editing the prediction code in gradattn/train.py: evaluate is out of date.
+    train_py = dvc_repo.path / "gradattn" / "train.py"
+    text = train_py.read_text()
+    marker = '    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on the CPU."""\n'
+    assert marker in text
+    train_py.write_text(text.replace(marker, marker + "    # edited\n"))
+    status = dvc_repo.dvc("status").stdout
+    assert f"evaluate@{DATASET}-gradattn" in status and f"evaluate@{DATASET}-resnet18" in status
+
+
+@pytest.mark.slow
+def test_history_and_epoch_lines_appear_while_training_runs(dvc_repo):
+    dvc_repo.dvc("repro", f"preprocess@{DATASET}")
+    dvc_repo.set_params({"train": {"max_epochs": 5}, "models": ["resnet18"]})
+    dvc_repo.commit("five epochs")
+    history = dvc_repo.path / "metrics" / DATASET / "resnet18.history.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "exp", "run"], cwd=dvc_repo.path, env=dvc_repo.env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),
+                              daemon=True)
+    reader.start()
+
+    def epochs_written() -> int:
+        try:
+            return len(json.loads(history.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    try:
+        deadline = time.monotonic() + 600
+        while epochs_written() < 2:
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGSTOP)  # hold training right after epoch 2
+        time.sleep(1.0)
+        assert epochs_written() == 2
+        # The epoch lines reached the pipe as they happened, not at the end.
+        assert any(line.startswith("epoch 1/5:") for line in lines), "".join(lines)[-3000:]
+        shown = dvc_repo.dvc("plots", "show", "--json", str(history.relative_to(dvc_repo.path)))
+        data = json.loads(shown.stdout)
+        rows = [row for plot in data[str(history.relative_to(dvc_repo.path))]
+                for row in plot["content"]["data"]["values"]]
+        assert sorted({row["epoch"] for row in rows}) == [1, 2]
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+    assert proc.wait(timeout=600) == 0
+    reader.join(timeout=10)
+    assert epochs_written() == 5
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    assert len(epoch_lines) == 5
+    last = epoch_lines[-1]
+    assert "best " in last and "patience " in last and " left" in last
+    assert any("images/s" in line for line in lines)

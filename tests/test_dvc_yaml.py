@@ -1,0 +1,178 @@
+"""dvc.yaml declares what DVC must see: the code each stage runs, and every `-S` override the
+docs print is a key DVC accepts."""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "gradattn"
+
+
+def _module_file(module: str) -> Path | None:
+    """The file of a `gradattn.*` module (package -> its __init__.py), None for others."""
+    if module != PACKAGE and not module.startswith(PACKAGE + "."):
+        return None
+    base = ROOT / module.replace(".", "/")
+    if (base / "__init__.py").exists():
+        return base / "__init__.py"
+    if base.with_suffix(".py").exists():
+        return base.with_suffix(".py")
+    return None
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at any depth of its code (function-level imports too)."""
+    modules: set[str] = set()
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    if path.name != "__init__.py":
+        package = package.rsplit(".", 1)[0]
+    else:
+        package = package.removesuffix(".__init__")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            modules.add(base)
+            # `from gradattn import paths` imports the module gradattn.paths.
+            modules.update(f"{base}.{alias.name}" for alias in node.names)
+    return modules
+
+
+def code_closure(script: Path) -> set[Path]:
+    """The script and every gradattn module it reaches through imports (parents included:
+    importing gradattn.data.batches runs gradattn/__init__.py and gradattn/data/__init__.py)."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imports(path):
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):
+                found = _module_file(".".join(parts[:i]))
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return seen
+
+
+def _stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+def _declared_paths(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])]
+
+
+def _covered(path: Path, deps: list[str]) -> bool:
+    rel = path.relative_to(ROOT).as_posix()
+    return any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_each_stage_depends_on_all_the_code_it_runs(name):
+    stage = _stages()[name]
+    body = stage.get("do", stage)
+    script = next(w for w in shlex.split(body["cmd"]) if w.endswith(".py"))
+    script_path = ROOT / re.sub(r"\$\{[^}]*\}", "x", script)
+    deps = _declared_paths(body)
+    missing = sorted(
+        p.relative_to(ROOT).as_posix()
+        for p in code_closure(script_path)
+        if p.suffix == ".py" and not _covered(p, deps)
+    )
+    assert not missing, f"stage {name} runs code it does not list in dvc.yaml deps: {missing}"
+
+
+def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
+    # The checker itself: a stage script importing gradattn.config reaches the models (imported
+    # inside a function there) and the data registry.
+    closure = {p.relative_to(ROOT).as_posix() for p in code_closure(ROOT / "stages/configure.py")}
+    assert {"gradattn/config.py", "gradattn/errors.py", "gradattn/__init__.py"} <= closure
+    assert any(p.startswith("gradattn/models/") for p in closure)
+    assert any(p.startswith("gradattn/data/") for p in closure)
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The contents of a markdown file's fenced shell blocks (```bash, ```sh, ```console, or
+    no language), with backslash-continued lines joined."""
+    blocks, current, lang = [], None, ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            if current is None:
+                current, lang = [], line.strip().strip("`").strip()
+            else:
+                if lang in ("", "bash", "sh", "console", "shell"):
+                    blocks.append(re.sub(r"\\\n\s*", " ", "\n".join(current)))
+                current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def documented_overrides() -> list[tuple[str, list[str]]]:
+    """(file, [-S values]) of every `dvc exp run` command printed in README.md and docs/."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        # Inline code in the prose too: `-S key=value` and `dvc exp run ...` spans.
+        for span in re.findall(r"`(-S [^`]+|dvc exp run [^`]+)`", doc.read_text()):
+            words = shlex.split(span)
+            found.append((doc.name, [words[i + 1] for i, w in enumerate(words) if w == "-S"]))
+        for block in shell_blocks(doc.read_text()):
+            for line in block.splitlines():
+                if "dvc exp run" not in line:
+                    continue
+                lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+                lexer.whitespace_split = True
+                commands: list[list[str]] = [[]]
+                for word in lexer:
+                    if word in ("&&", ";", "||", "|"):
+                        commands.append([])
+                    else:
+                        commands[-1].append(word)
+                for cmd in commands:
+                    if cmd[:3] != ["dvc", "exp", "run"]:
+                        continue
+                    sets = [cmd[i + 1] for i, w in enumerate(cmd) if w in ("-S", "--set-param")]
+                    if sets:
+                        found.append((doc.name, sets))
+    return found
+
+
+def test_the_docs_print_dvc_exp_run_commands():
+    # Guards the parser: if it found nothing, the test below would pass vacuously.
+    assert len(documented_overrides()) >= 5
+    assert any("model.pe=rope" in s for _, sets in documented_overrides() for s in sets)
+
+
+@pytest.mark.slow
+def test_every_documented_override_is_accepted_by_dvc(dvc_repo):
+    """DVC itself applies each documented -S (sweeps too) to params.yaml; none is refused."""
+    from dvc.repo import Repo
+    params = dvc_repo.path / "params.yaml"
+    original = params.read_text()
+    failures = []
+    for doc, sets in documented_overrides():
+        # `dvc exp run --queue` validates and applies every override (each value of a sweep)
+        # to a copy of params.yaml, then queues without running anything.
+        proc = dvc_repo.dvc("exp", "run", "--queue", *[a for s in sets for a in ("-S", s)],
+                            check=False)
+        if proc.returncode != 0:
+            failures.append(f"{doc}: -S {' -S '.join(sets)}: {proc.stderr.strip()[-300:]}")
+        assert params.read_text() == original
+    with Repo(str(dvc_repo.path)) as repo:
+        queued = repo.experiments.celery_queue.iter_queued()
+        assert len(list(queued)) > 0
+    assert not failures, "\n".join(failures)
