@@ -162,7 +162,8 @@ def experiment_revisions(root: Path, all_commits: bool = False) -> list[tuple[st
         baselines = dvc.api.all_commits(repo=str(root)) if all_commits else None
         rows = dvc.api.exp_show(repo=str(root), revs=baselines)
     except DvcException as err:
-        raise GradattnError(f"cannot list the DVC experiments of {root}: {err}") from None
+        raise GradattnError(f"cannot list the DVC experiments of {root} ({err}): run in a git "
+                            "repository with DVC initialised, or name one with --repo") from None
     out = []
     for row in rows:
         if row["rev"] == "workspace":

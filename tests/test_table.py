@@ -182,6 +182,13 @@ def test_named_revisions_are_read_from_git(tmp_path, capsys):
     assert "--rev nope: neither a git revision nor a DVC experiment" in capsys.readouterr().err
 
 
+def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
+    assert main(["table", "--repo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot list the DVC experiments of {tmp_path}")
+    assert "--repo" in err and len(err.strip().splitlines()) == 1
+
+
 # --- real DVC experiments --------------------------------------------------------------------
 
 def _run(cmd, cwd):
