@@ -13,8 +13,9 @@ from gradattn.io import write_with
 
 def _table(args: argparse.Namespace) -> str:
     from gradattn import table
+    from gradattn.experiments import collect_runs
 
-    runs = table.collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
+    runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
                               all_commits=args.all_commits, workspace=not args.no_workspace)
     study = table.Study(runs)
     for warning in study.warnings:

@@ -14,11 +14,12 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradattn.table import run_dvc
+from gradattn.errors import GradattnError
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class PlotChange:
     status: str  # "changed", "added" (workspace only) or "removed" (base only)
     kind: str  # "vega" (drawn from data) or "image"
     images: tuple[str, str] | None = None  # (base, workspace) PNG paths, when copied
+
+
+def run_dvc(root: Path, *args: str) -> str:
+    """stdout of `dvc *args` run in root (this interpreter's dvc); GradattnError on failure.
+    (dvc.api has no params/metrics/plots diff.)"""
+    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise GradattnError(f"`dvc {' '.join(args)}` failed: {done.stderr.strip()}")
+    return done.stdout
 
 
 def _fields(spec) -> set[str]:

@@ -2,14 +2,14 @@
 
 Every function takes plain data (lists of dicts, numpy arrays) and a path, draws with
 matplotlib's object API (no pyplot state, safe in tests and threads) and seaborn, and writes
-the PNG atomically. `mean_attention` and the `*_rows` helpers prepare data from a model or
-predictions; `write_csv` writes DVC plot data.
+the PNG atomically. The `*_rows` helpers prepare data from predictions; `write_csv` writes DVC
+plot data. Nothing here reads a model or a dataset: what the figures need of those, the
+evaluate stage saves (gradattn.evaluation).
 """
 
 from __future__ import annotations
 
 import csv
-import inspect
 import math
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -21,7 +21,6 @@ import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from tqdm import tqdm
 
 from gradattn.io import atomic_path, write_with
 
@@ -240,15 +239,14 @@ def gradient_rows(per_layer: list[dict]) -> list[dict]:
 # --- data and predictions -----------------------------------------------------------------
 
 def plot_overview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str],
-                  path: str | Path, *, title: str, per_class: int = 8, max_classes: int = 20,
-                  seed: int = 0) -> Path:
-    """Paper Figure 2: a row of random sample images per class (uint8 N×H×W×C)."""
-    rng = np.random.default_rng(seed)
+                  path: str | Path, *, title: str, counts: Sequence[int] | None = None,
+                  per_class: int = 8, max_classes: int = 20) -> Path:
+    """Paper Figure 2: a row of sample images per class (uint8 N×H×W×C; the evaluate stage
+    picks them, gradattn.evaluation.overview_sample), the first per_class of each of the first
+    max_classes classes; counts[c] (default: its images here) is printed beside the class."""
     shown = list(range(min(len(classes), max_classes)))
-    picks = {}
-    for c in shown:
-        idx = np.flatnonzero(labels == c)
-        picks[c] = np.sort(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    picks = {c: np.flatnonzero(labels == c)[:per_class] for c in shown}
+    counts = [int((labels == c).sum()) for c in shown] if counts is None else counts
     per_class = max(1, max(len(p) for p in picks.values()))  # no empty columns
     h, w = images.shape[1:3]
     cell = 0.95 * min(1.0, max(0.6, 48 / max(h, w)))
@@ -269,7 +267,7 @@ def plot_overview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str]
                     else:
                         ax.imshow(img)
                 if k == 0:
-                    ax.text(-0.08, 0.5, f"{classes[c]} ({int((labels == c).sum()):,})",
+                    ax.text(-0.08, 0.5, f"{classes[c]} ({int(counts[c]):,})",
                             transform=ax.transAxes, ha="right", va="center", fontsize="small")
         more = (f" (first {len(shown)} of {len(classes)} classes)"
                 if len(shown) < len(classes) else "")
@@ -356,36 +354,6 @@ def confusion_rows(labels: np.ndarray, preds: np.ndarray, classes: Sequence[str]
 
 
 # --- attention over the five taps ---------------------------------------------------------
-
-def returns_attention(model: torch.nn.Module) -> bool:
-    """Whether model(x, return_attention=True) is supported (GradAttn, not the controls)."""
-    try:
-        return "return_attention" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def mean_attention(model: torch.nn.Module, batches: Iterable, *, total: int | None = None,
-                   progress: bool = True) -> np.ndarray:
-    """Attention weights (depth, 5, 5), averaged over heads and every image: row = query tap,
-    column = key tap. Eval mode (restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    total_w, n = None, 0
-    try:
-        for x, _ in tqdm(batches, total=total, desc="attention", unit="batch", leave=False,
-                         disable=None if progress else True):
-            _, attn = model(x, return_attention=True)  # (depth, B, 5, 5)
-            s = attn.float().sum(dim=1).cpu()
-            total_w = s if total_w is None else total_w + s
-            n += attn.shape[1]
-    finally:
-        model.train(was_training)
-    if total_w is None:
-        raise ValueError("no batches to average attention over")
-    return (total_w / n).numpy()
-
 
 def plot_attention(attn: np.ndarray, path: str | Path, *, title: str,
                    taps: Sequence[str] = TAP_NAMES) -> Path:

@@ -1,43 +1,33 @@
-"""`gradattn table`: the paper's Tables 1-5 over many runs, pooled over seeds.
+"""The paper's Tables 1-5 over many runs, pooled over seeds: the one table builder, used by
+`gradattn table` (workspace, experiments, revisions) and by the report stage (results.md of
+the workspace's runs).
 
-A *run* is one trained (dataset, model) pair of one revision: the workspace, a commit, a DVC
-experiment. What a run depends on is read from its revision's params.yaml and split three ways:
+Runs (gradattn.experiments) that differ only in their seed are pooled: mean ± sample std
+(ddof=1) and n. The same run often shows up in several revisions (an experiment that changed
+only `model.pe` gets ResNet-18's metrics back from DVC's run cache, byte for byte), so each
+(setting, dataset, variant, seed) counts once. With ≥ 3 seeds in common, a Table 1 cell also
+shows its difference from ResNet-18 with a 95 % t-interval of the per-seed differences
+(paired by seed). Runs of different settings get tables of their own.
 
-- the *variant*: the model and the options that model takes (GradAttn's `pe` among them);
-- the *setting*: everything else (data split, training protocol, evaluation), seed excepted;
-- the *seed*.
-
-Runs that differ only in their seed are pooled: mean ± sample std (ddof=1) and n. The same run
-often shows up in several revisions (an experiment that changed only `model.pe` gets
-ResNet-18's metrics back from DVC's run cache, byte for byte), so each (setting, dataset,
-variant, seed) counts once. With ≥ 3 seeds in common, a cell also shows its difference from
-ResNet-18 with a 95 % t-interval of the per-seed differences (paired by seed).
-
-Markdown reuses gradattn.report's cells and tables (Tables 2, 3, 5 are its own functions);
-CSV is one tidy row per (setting, dataset, variant, metric) with raw fractions.
+Markdown shows percentages; CSV is one tidy row per (setting, dataset, variant, metric) with
+raw fractions.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
-import subprocess
-import sys
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
 
 import pandas as pd
-import yaml
-from scipy import stats
 
-from gradattn import paths, report
-from gradattn.config import DataConfig, EvaluateConfig, TrainConfig
-from gradattn.errors import GradattnError
+from gradattn.experiments import Run, distinct
+from gradattn.names import model_label
+from gradattn.stats import LEVEL, NO_DIFFERENCE, mean_std, numbers, paired_difference
 
 BASELINE = "resnet18"
-LEVEL = 0.95
 MIN_PAIRED = 3  # seeds in common before a cell shows its difference from ResNet-18
 # The paper's Table 1 columns: shown even when nothing ran for them.
 PAPER_VARIANTS = (("resnet18", {}), ("gradattn", {"pe": "none"}),
@@ -47,244 +37,31 @@ PE_ORDER = ("none", "learnable", "rope")
 # The paper's dataset order; other datasets follow, alphabetically.
 DATASET_ORDER = ("tinyimagenet", "svhn", "cifar10", "fashionmnist", "tissuemnist", "bloodmnist",
                  "pcam", "padufes")
-# Settings that cannot change a run's numbers, so they do not split runs apart.
-IGNORED = {"train.num_workers", "evaluate.batch_size"}
+MISSING = "–"
 
 
 @dataclass(frozen=True)
 class Table:
     title: str
-    metrics: tuple[str, ...]
-    wide: bool  # datasets × variants of one metric (with the paired difference), else long
+    metrics: tuple[str, ...]  # what the CSV holds for it
 
 
 TABLES = {
-    1: Table("Table 1 — Top-1 accuracy (%)", ("top1",), wide=True),
-    2: Table("Table 2 — Extended metrics", ("top3", "top5", "f1_macro", "ece"), wide=False),
+    1: Table("Table 1 — Top-1 accuracy (%)", ("top1",)),
+    2: Table("Table 2 — Extended metrics", ("top3", "top5", "f1_macro", "ece")),
     3: Table("Table 3 — Precision, recall and F1",
              ("precision_macro", "precision_weighted", "recall_macro", "recall_weighted",
-              "f1_macro", "f1_weighted"), wide=False),
-    4: Table("Table 4 — Train–validation gap (percentage points)", ("train_val_gap",), wide=True),
+              "f1_macro", "f1_weighted")),
+    4: Table("Table 4 — Train–validation gap",
+             ("val_top1", "train_val_gap", "best_epoch", "epochs")),
     5: Table("Table 5 — Gradient flow (Gradient Health Score)",
-             ("ghs", "vanishing", "exploding", "norm_mean", "norm_min", "norm_max", "norm_std"),
-             wide=False),
+             ("ghs", "vanishing", "exploding", "norm_mean", "norm_min", "norm_max", "norm_std")),
 }
 
-
-# --- runs -----------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    source: str  # where it was read: "workspace", "exp <name>", "commit <name>", "rev <name>"
-    dataset: str
-    model: str
-    options: dict  # the model options this model takes
-    setting: dict  # flat "section.key" → value: all the run depends on but model and seed
-    seed: int
-    metrics: dict
-    gradients: dict | None = None
-
-    @property
-    def key(self) -> str:
-        return json.dumps([self.setting, self.dataset, self.model, self.options, self.seed],
-                          sort_keys=True, default=str)
+Variant = tuple[str, dict]  # (model, options)
 
 
-def identify(params: dict, dataset: str, model: str) -> tuple[dict, dict, int]:
-    """(model options, setting, seed) of one run, from its revision's params.yaml (as a dict).
-
-    Missing keys take the config's defaults, so an old params.yaml that lacks a key matches a
-    new one that spells out the default."""
-    from gradattn.models import default_options
-
-    try:
-        defaults = default_options(model)
-    except ValueError:  # a model this code no longer knows: told apart by its name only
-        defaults = {}
-    given = params.get("model") or {}
-    options = {k: given.get(k, v) for k, v in defaults.items()}
-    data = params.get("data") or {}
-    train = {**asdict(TrainConfig()), **(params.get("train") or {})}
-    seed = train.pop("seed")
-    evaluate = {**asdict(EvaluateConfig()), **(params.get("evaluate") or {})}
-    setting = {
-        "data.split": data.get("split", DataConfig.split),
-        "data.split_seed": data.get("split_seed", DataConfig.split_seed),
-        "data.legacy_preprocessing": data.get("legacy_preprocessing",
-                                              DataConfig.legacy_preprocessing),
-        "data.custom": (data.get("custom") or {}).get(dataset),
-        **{f"train.{k}": v for k, v in train.items()},
-        **{f"evaluate.{k}": v for k, v in evaluate.items()},
-    }
-    return options, {k: v for k, v in setting.items() if k not in IGNORED}, int(seed)
-
-
-def runs_of(source: str, params: dict, read_json) -> list[Run]:
-    """The runs one revision holds: each (dataset, model) its params name whose metrics file
-    exists there. read_json(path) returns the parsed file or None."""
-    data = params.get("data") or {}
-    datasets = data.get("datasets", list(DataConfig.datasets))
-    models = params.get("models", ["resnet18", "gradattn"])
-    runs = []
-    for dataset in [datasets] if isinstance(datasets, str) else datasets:
-        for model in [models] if isinstance(models, str) else models:
-            metrics = read_json(paths.metrics_file(dataset, model).as_posix())
-            if not metrics:
-                continue
-            options, setting, seed = identify(params, dataset, model)
-            runs.append(Run(source, dataset, model, options, setting, seed, metrics,
-                            read_json(paths.gradients_file(dataset, model).as_posix())))
-    return runs
-
-
-def distinct(runs: Iterable[Run]) -> tuple[list[Run], list[str]]:
-    """Each (setting, dataset, variant, seed) once, first come first kept; warnings for
-    duplicates whose metrics differ (same settings and seed, different numbers: another code
-    version, or a stale workspace)."""
-    kept: dict[str, Run] = {}
-    warnings = []
-    for run in runs:
-        first = kept.setdefault(run.key, run)
-        if first is run:
-            continue
-        if first.metrics != run.metrics:
-            warnings.append(f"{run.source} and {first.source} both hold {run.dataset}/"
-                            f"{run.model} {run.options or ''} seed {run.seed} with the same "
-                            f"settings but different metrics; using {first.source}'s")
-        elif first.gradients is None and run.gradients is not None:
-            first.gradients = run.gradients
-    return list(kept.values()), warnings
-
-
-# --- where runs come from: the workspace, experiments, named revisions ------------------------
-
-def _git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=check)
-
-
-def run_dvc(root: Path, *args: str) -> str:
-    """stdout of `dvc *args` run in root (this interpreter's dvc); GradattnError on failure."""
-    done = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True,
-                          text=True)
-    if done.returncode:
-        raise GradattnError(f"`dvc {' '.join(args)}` failed: {done.stderr.strip()}")
-    return done.stdout
-
-
-def read_revision(root: Path, rev: str | None):
-    """read_json(path) for one revision: rev=None reads the working tree."""
-    def read_json(path: str):
-        if rev is None:
-            file = root / path
-            text = file.read_text() if file.is_file() else None
-        else:
-            done = _git(root, "show", f"{rev}:{path}", check=False)
-            text = done.stdout if done.returncode == 0 else None
-        return json.loads(text) if text else None
-    return read_json
-
-
-def read_params(root: Path, rev: str | None) -> dict | None:
-    if rev is None:
-        file = root / "params.yaml"
-        return yaml.safe_load(file.read_text()) if file.is_file() else None
-    done = _git(root, "show", f"{rev}:params.yaml", check=False)
-    return (yaml.safe_load(done.stdout) or {}) if done.returncode == 0 else None
-
-
-def experiment_revisions(root: Path, all_commits: bool = False) -> list[tuple[str, str]]:
-    """(label, sha) of the baseline commits and finished experiments `dvc exp show` lists."""
-    shown = json.loads(run_dvc(root, "exp", "show", "--json", *(["-A"] if all_commits else [])))
-    out = []
-    for base in shown:
-        if base["rev"] == "workspace" or base.get("error"):
-            continue
-        out.append((f"commit {base.get('name') or base['rev'][:7]}", base["rev"]))
-        for exp in base.get("experiments") or []:
-            # Queued, running and failed experiments have no results yet.
-            if (exp.get("executor") or {}).get("state", "success") != "success":
-                continue
-            for rev in exp.get("revs") or []:
-                if not rev.get("error"):
-                    out.append((f"exp {rev.get('name') or rev['rev'][:7]}", rev["rev"]))
-    return out
-
-
-def resolve_revision(root: Path, name: str) -> str:
-    """The commit sha of a git revision or of a DVC experiment's name."""
-    done = _git(root, "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
-    if done.returncode == 0:
-        return done.stdout.strip()
-    refs = _git(root, "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps").stdout
-    for line in refs.splitlines():
-        sha, ref = line.split(" ", 1)
-        if ref.rsplit("/", 1)[-1] == name:
-            return sha
-    raise GradattnError(f"--rev {name}: neither a git revision nor a DVC experiment here")
-
-
-def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiments: bool = True,
-                 all_commits: bool = False, workspace: bool = True) -> list[Run]:
-    """Every run of the named revisions, then of `dvc exp show`'s commits and experiments,
-    then of the working tree (last: its files may be stale against its params.yaml)."""
-    root = Path(root)
-    sources: list[tuple[str, str | None]] = [(f"rev {r}", resolve_revision(root, r))
-                                             for r in revs]
-    if experiments:
-        sources += experiment_revisions(root, all_commits)
-    if workspace:
-        sources.append(("workspace", None))
-    runs, seen = [], set()
-    for label, rev in sources:
-        if rev is not None and rev in seen:
-            continue
-        seen.add(rev)
-        params = read_params(root, rev)
-        if params is not None:
-            runs += runs_of(label, params, read_revision(root, rev))
-    return runs
-
-
-# --- pooling ---------------------------------------------------------------------------------
-
-def mean_std(values: Iterable[float]) -> tuple[int, float, float]:
-    """(n, mean, sample std); std is NaN below two values, mean NaN for none."""
-    nums = [float(v) for v in values if v is not None and not _isnan(v)]
-    n = len(nums)
-    if n == 0:
-        return 0, math.nan, math.nan
-    mean = sum(nums) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in nums) / (n - 1)) if n > 1 else math.nan
-    return n, mean, std
-
-
-@dataclass(frozen=True)
-class Difference:
-    n: int  # seeds both sides ran
-    mean: float
-    low: float
-    high: float
-
-
-def paired_difference(values: dict[int, float], baseline: dict[int, float],
-                      level: float = LEVEL) -> Difference:
-    """Mean of the per-seed differences values[s] − baseline[s] over common seeds, and its
-    t-interval (mean ± t_{(1+level)/2, n−1} · sd / √n); NaN bounds below two seeds."""
-    seeds = sorted(s for s in values.keys() & baseline.keys()
-                   if not _isnan(values[s]) and not _isnan(baseline[s]))
-    n, mean, sd = mean_std(values[s] - baseline[s] for s in seeds)
-    if n < 2:
-        return Difference(n, mean, math.nan, math.nan)
-    half = stats.t.ppf((1 + level) / 2, n - 1) * sd / math.sqrt(n)
-    return Difference(n, mean, mean - half, mean + half)
-
-
-def _isnan(v) -> bool:
-    try:
-        return math.isnan(float(v))
-    except (TypeError, ValueError):
-        return True
-
+# --- the study: distinct runs, their settings and variants -----------------------------------
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
@@ -334,15 +111,15 @@ class Study:
                 settings.append(run.setting)
         self.settings = settings
         self.setting_labels = _describe(settings) if len(settings) > 1 else [""]
-        variants: list[tuple[str, dict]] = []
+        variants: list[Variant] = []
         for run in self.runs:
             if (run.model, run.options) not in variants:
                 variants.append((run.model, run.options))
         variants.sort(key=lambda v: _variant_rank(*v))
         self.variants = variants
-        # A variant's label is report.model_label, plus the options that tell apart
-        # variants which would otherwise share it (e.g. two GradAttn widths).
-        base = [report.model_label(m, o) for m, o in variants]
+        # A variant's label is model_label, plus the options that tell apart variants which
+        # would otherwise share it (e.g. two GradAttn widths).
+        base = [model_label(m, o) for m, o in variants]
         self.labels = {}
         for label in dict.fromkeys(base):
             same = [v for v, b in zip(variants, base, strict=True) if b == label]
@@ -355,15 +132,15 @@ class Study:
         return json.dumps([model, options], sort_keys=True, default=str)
 
     def label(self, model: str, options: dict) -> str:
-        return self.labels.get(self._vkey(model, options)) or report.model_label(model, options)
+        return self.labels.get(self._vkey(model, options)) or model_label(model, options)
 
-    def columns(self, setting: dict) -> list[tuple[str, dict]]:
-        """The variants shown for a setting: those that ran in it, plus the paper's four
-        (a paper variant stands for itself when nothing of its kind ran)."""
+    def columns(self, setting: dict, paper_columns: bool = True) -> list[Variant]:
+        """The variants shown for a setting: those that ran in it, plus (paper_columns) the
+        paper's four (a paper variant stands for itself when nothing of its kind ran)."""
         ran = [v for v in self.variants
                if any(r.setting == setting and (r.model, r.options) == v for r in self.runs)]
         cols = list(ran)
-        for model, opts in PAPER_VARIANTS:
+        for model, opts in PAPER_VARIANTS if paper_columns else ():
             if not any(m == model and all(o.get(k) == v for k, v in opts.items())
                        for m, o in ran):
                 cols.append((model, opts))
@@ -373,19 +150,17 @@ class Study:
     def datasets(self, setting: dict) -> list[str]:
         return sorted({r.dataset for r in self.runs if r.setting == setting}, key=_dataset_rank)
 
-    def values(self, setting: dict, dataset: str, variant: tuple[str, dict],
+    def runs_in(self, setting: dict, dataset: str, variant: Variant) -> list[Run]:
+        return [r for r in self.runs if r.setting == setting and r.dataset == dataset
+                and (r.model, r.options) == variant]
+
+    def values(self, setting: dict, dataset: str, variant: Variant,
                metric: str) -> dict[int, float]:
         """seed → value of one cell."""
-        out = {}
-        for r in self.runs:
-            if (r.setting == setting and r.dataset == dataset
-                    and (r.model, r.options) == variant):
-                value = {**(r.gradients or {}), **r.metrics}.get(metric)
-                if value is not None and not _isnan(value):
-                    out[r.seed] = float(value)
-        return out
+        return {r.seed: v for r in self.runs_in(setting, dataset, variant)
+                for v in numbers([r.value(metric)])}
 
-    def baseline(self, setting: dict, dataset: str, variant: tuple[str, dict]):
+    def baseline(self, setting: dict, dataset: str, variant: Variant) -> Variant | None:
         """The ResNet-18 run a variant is compared with: same setting and dataset, and the same
         values of the options both take (the stem). None if none or ambiguous."""
         model, options = variant
@@ -396,6 +171,14 @@ class Study:
                  and self.values(setting, dataset, v, "top1")]
         return found[0] if len(found) == 1 else None
 
+    def difference(self, setting: dict, dataset: str, variant: Variant, metric: str):
+        """The paired-by-seed difference of a cell from its ResNet-18 baseline."""
+        base = self.baseline(setting, dataset, variant)
+        if base is None:
+            return NO_DIFFERENCE
+        return paired_difference(self.values(setting, dataset, variant, metric),
+                                 self.values(setting, dataset, base, metric))
+
     def tidy(self, metrics: Iterable[str]) -> pd.DataFrame:
         """One row per (setting, dataset, variant, metric): n, mean, std, seeds, and the paired
         difference from ResNet-18 (diff_*), all raw numbers; missing cells have n = 0."""
@@ -403,13 +186,10 @@ class Study:
         for s, setting in enumerate(self.settings):
             for dataset in self.datasets(setting):
                 for variant in self.columns(setting):
-                    base = self.baseline(setting, dataset, variant)
                     for metric in metrics:
                         vals = self.values(setting, dataset, variant, metric)
                         n, mean, std = mean_std(vals.values())
-                        diff = (paired_difference(vals, self.values(setting, dataset, base,
-                                                                    metric))
-                                if base else Difference(0, math.nan, math.nan, math.nan))
+                        diff = self.difference(setting, dataset, variant, metric)
                         rows.append({
                             "setting": self.setting_labels[s], "dataset": dataset,
                             "variant": self.label(*variant), "model": variant[0],
@@ -422,78 +202,211 @@ class Study:
         return pd.DataFrame(rows)
 
 
-# --- markdown --------------------------------------------------------------------------------
+# --- cells ------------------------------------------------------------------------------------
 
-def _wide(study: Study, setting: dict, metric: str) -> str:
-    """Datasets × variants of one metric (a fraction, shown in %)."""
-    cols = study.columns(setting)
+def cell(values: Iterable, fmt: Callable[[float], str]) -> str:
+    """One table cell: the value, or mean ± std (n=k) of several runs; '–' when none."""
+    n, mean, std = mean_std(values)
+    if n == 0:
+        return MISSING
+    if n == 1:
+        return fmt(mean)
+    return f"{fmt(mean)} ± {fmt(std).lstrip('+')} (n={n})"
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+def signed_pp(v: float) -> str:
+    return f"{100 * v:+.2f}"
+
+
+def three(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def sci(v: float) -> str:
+    return f"{v:.2e}"
+
+
+def whole(v: float) -> str:
+    return f"{v:.0f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    """A GitHub markdown table; align entries 'l' or 'r' (default: first column left)."""
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    rule = ["---:" if a == "r" else ":---" for a in align]
+    lines = [header, rule, *rows]
+    return "\n".join("| " + " | ".join(str(c) for c in line) + " |" for line in lines)
+
+
+# --- the tables: each (study, setting, columns) → markdown -------------------------------------
+
+def _top1(study: Study, setting: dict, cols: list[Variant], bold_best: bool) -> str:
+    """Table 1: datasets × variants of top-1 (%), with the paired difference from ResNet-18;
+    bold_best bolds each dataset's best mean."""
     rows = []
     for dataset in study.datasets(setting):
-        row = [dataset]
-        for variant in cols:
-            vals = study.values(setting, dataset, variant, metric)
-            text = report.cell(list(vals.values()), report.pct)
-            base = study.baseline(setting, dataset, variant)
-            if base is not None and len(vals) >= MIN_PAIRED:
-                d = paired_difference(vals, study.values(setting, dataset, base, metric))
-                if d.n >= MIN_PAIRED:
-                    text += (f"; Δ {report.signed_pp(d.mean)} pp "
-                             f"[{report.signed_pp(d.low)}, {report.signed_pp(d.high)}]")
-            row.append(text)
-        rows.append(row)
-    return report.markdown_table(["Dataset", *(study.label(*v) for v in cols)], rows)
+        vals = [study.values(setting, dataset, v, "top1") for v in cols]
+        texts = [cell(v.values(), pct) for v in vals]
+        means = [mean_std(v.values())[1] if v else None for v in vals]
+        ran = [m for m in means if m is not None]
+        if bold_best and len(ran) > 1:
+            texts = [f"**{t}**" if m == max(ran) else t for t, m in zip(texts, means, strict=True)]
+        for i, (variant, v) in enumerate(zip(cols, vals, strict=True)):
+            d = study.difference(setting, dataset, variant, "top1")
+            if len(v) >= MIN_PAIRED and d.n >= MIN_PAIRED:
+                texts[i] += (f"; Δ {signed_pp(d.mean)} pp "
+                             f"[{signed_pp(d.low)}, {signed_pp(d.high)}]")
+        rows.append([dataset, *texts])
+    return markdown_table(["Dataset", *(study.label(*v) for v in cols)], rows)
 
 
-def _long_frame(study: Study, setting: dict) -> pd.DataFrame:
-    """report.runs_frame of the setting's distinct runs, one placeholder row per missing
-    (dataset, variant) so it shows as '–', in paper order."""
-    records = []
+def _long(study: Study, setting: dict, cols: list[Variant], header: list[str], align: list[str],
+          row: Callable[[Callable[[str], dict[int, float]], list[Run]], list[str]]) -> str:
+    """One row per (dataset, variant), '–' where it did not run; row(values, runs) gives the
+    cells after dataset and model, values(metric) being seed → value."""
+    rows = []
     for dataset in study.datasets(setting):
-        for variant in study.columns(setting):
-            label = study.label(*variant)
-            runs = [r for r in study.runs if r.setting == setting and r.dataset == dataset
-                    and (r.model, r.options) == variant]
-            for r in runs or [None]:
-                records.append({"dataset": dataset, "model": variant[0], "label": label,
-                                "metrics": r.metrics if r else {},
-                                "gradients": r.gradients if r else None})
-    return report.runs_frame(records)
+        for v in cols:
+            values = partial(study.values, setting, dataset, v)
+            rows.append([dataset, study.label(*v),
+                         *row(values, study.runs_in(setting, dataset, v))])
+    return markdown_table(["Dataset", "Model", *header], rows, ["l", "l", *align])
 
 
-_WIDE_NOTES = {
-    "top1": "Share of test images whose highest-scoring class is right.",
-    "train_val_gap": "Training minus validation accuracy at the best epoch (the weights kept).",
-}
+def _extended(study: Study, setting: dict, cols: list[Variant]) -> str:
+    """Table 2: top-3/top-5 accuracy (%), macro F1 and ECE."""
+    return _long(study, setting, cols, ["Top-3 (%)", "Top-5 (%)", "F1 (macro)", "ECE"], ["r"] * 4,
+                 lambda val, _: [cell(val("top3").values(), pct), cell(val("top5").values(), pct),
+                                 cell(val("f1_macro").values(), three),
+                                 cell(val("ece").values(), three)])
+
+
+PRF = ("precision_macro", "precision_weighted", "recall_macro", "recall_weighted", "f1_macro",
+       "f1_weighted")
+
+
+def _prf(study: Study, setting: dict, cols: list[Variant]) -> str:
+    """Table 3: precision, recall and F1, macro (M) and weighted (W) averages."""
+    return _long(study, setting, cols, ["Precision (M)", "Precision (W)", "Recall (M)",
+                                        "Recall (W)", "F1 (M)", "F1 (W)"], ["r"] * 6,
+                 lambda val, _: [cell(val(k).values(), three) for k in PRF])
+
+
+def _gap(study: Study, setting: dict, cols: list[Variant]) -> str:
+    """Table 4: train and validation accuracy at the best epoch, their gap (pp), epochs."""
+    def row(val, _):
+        v, gap = val("val_top1"), val("train_val_gap")
+        train = [v[s] + gap[s] for s in v.keys() & gap.keys()]
+        return [cell(train, pct), cell(v.values(), pct), cell(gap.values(), signed_pp),
+                cell(val("best_epoch").values(), whole), cell(val("epochs").values(), whole)]
+
+    return _long(study, setting, cols, ["Train acc. (%)", "Val acc. (%)", "Gap (pp)",
+                                        "Best epoch", "Epochs run"], ["r"] * 5, row)
+
+
+def _vanishing_exploding(val) -> str:
+    van, exp = val("vanishing"), val("exploding")
+    if not van and not exp:
+        return MISSING
+    v, e = (mean_std(x.values())[1] if x else 0 for x in (van, exp))
+    if v == 0 and e == 0:
+        return "none"
+    fmt = whole if len(van) <= 1 else (lambda x: f"{x:.1f}")
+    return ", ".join(([f"{fmt(v)} vanishing"] if v else []) +
+                     ([f"{fmt(e)} exploding"] if e else []))
+
+
+def _gradients(study: Study, setting: dict, cols: list[Variant]) -> str:
+    """Table 5: GHS, vanishing/exploding layers, and the mean, range and std of the norms."""
+    def row(val, runs):
+        lo, hi = val("norm_min").values(), val("norm_max").values()
+        span = f"{sci(min(lo))} – {sci(max(hi))}" if lo and hi else MISSING
+        layers = [r.gradients.get("layers") for r in runs if r.gradients]
+        return [cell(val("ghs").values(), three), _vanishing_exploding(val),
+                cell(val("norm_mean").values(), sci), span, cell(val("norm_std").values(), sci),
+                cell(layers, whole)]
+
+    return _long(study, setting, cols, ["GHS", "Vanishing / exploding", "Avg norm",
+                                        "Range (min – max)", "Std", "Layers"],
+                 ["r", "l", "r", "r", "r", "r"], row)
+
+
+# --- notes: what each table shows, with the facts the runs record -----------------------------
+
+def ece_bins_note(runs: list[Run]) -> str:
+    bins = sorted({int(b) for b in numbers(r.metrics.get("ece_bins") for r in runs)})
+    if not bins:
+        return "equal-width confidence bins"
+    return f"{'/'.join(map(str, bins))} equal-width confidence bins"
+
+
+def gradients_note(runs: list[Run]) -> str:
+    """Which norm, bounds and batch count Table 5 used (as the gradient JSON records them)."""
+    grads = [r.gradients for r in runs if r.gradients]
+    kind = {"output": "the gradient w.r.t. each layer's output (the notebooks' choice)",
+            "parameter": "the gradient w.r.t. each layer's parameters"}
+    norms = sorted({str(g["ghs_norm"]) for g in grads if g.get("ghs_norm") is not None})
+    what = " / ".join(kind.get(n, n) for n in norms) or "unknown"
+    bounds = [g.get("bounds") or [None, None] for g in grads]
+    lows, highs = numbers(b[0] for b in bounds), numbers(b[1] for b in bounds)
+    healthy = (f"healthy when {min(lows):g} < norm < {max(highs):g} (vanishing below, "
+               "exploding above)" if lows and highs else "bounds unknown")
+    batches = "/".join(map(str, sorted({int(b) for b in numbers(g.get("batches")
+                                                                  for g in grads)}))) or "?"
+    return (f"Norm: L2 norm of {what}, averaged over {batches} training batches of the trained "
+            f"model; {healthy}; GHS = healthy / analysed layers. Avg norm, range and std are "
+            "taken over the analysed layers.")
+
+
 POOL_NOTE = ("Cells: mean ± sample std over seeds (n = seeds) when several ran; '–': not run. "
              f"Δ: difference from ResNet-18 on the same dataset and seeds with its "
              f"{LEVEL:.0%} confidence interval (t-interval of the per-seed differences), shown "
              f"when ≥ {MIN_PAIRED} seeds ran for both; an interval that spans 0 is noise.")
 
 
-def markdown(study: Study, tables: Iterable[int] = TABLES) -> str:
+def _section(number: int, study: Study, setting: dict, cols: list[Variant],
+             bold_best: bool) -> list[str]:
+    runs = [r for r in study.runs if r.setting == setting]
+    if number == 1:
+        best = "; best model per dataset in bold" if bold_best else ""
+        return [f"Share of test images whose highest-scoring class is right{best}.", "",
+                _top1(study, setting, cols, bold_best)]
+    if number == 2:
+        return ["Top-3/top-5 accuracy: the true class is among the 3/5 highest scores (not shown "
+                "when a dataset has that few classes or fewer). F1 is the macro average over "
+                f"classes. ECE (expected calibration error) uses {ece_bins_note(runs)}: the "
+                "size-weighted mean gap between confidence and accuracy per bin; lower is "
+                "better calibrated.", "", _extended(study, setting, cols)]
+    if number == 3:
+        return ["Macro (M): unweighted mean over classes; weighted (W): weighted by class "
+                "frequency in the test split.", "", _prf(study, setting, cols)]
+    if number == 4:
+        return ["Training minus validation accuracy at the epoch with the best validation "
+                "accuracy (whose weights are kept), in percentage points; large positive values "
+                "mean over-fitting. Training accuracy is measured during the epoch, with "
+                "augmentation.", "", _gap(study, setting, cols)]
+    if not any(r.gradients for r in runs):
+        return ["No gradient files (metrics/<dataset>/<model>.gradients.json) in these runs: "
+                "run the `gradients` stage."]
+    return [gradients_note(runs), "", _gradients(study, setting, cols)]
+
+
+def markdown(study: Study, tables: Iterable[int] = TABLES, *, paper_columns: bool = True,
+             bold_best: bool = False) -> str:
+    """The tables of every setting, each with a line on what it shows. paper_columns: show the
+    paper's four variants even where they did not run; bold_best: bold Table 1's best."""
     parts = []
     for s, setting in enumerate(study.settings):
         if study.setting_labels[s]:
             parts += [f"# Setting {s + 1}: {study.setting_labels[s]}", ""]
-        frame = _long_frame(study, setting)
+        cols = study.columns(setting, paper_columns)
         for number in tables:
-            table = TABLES[number]
-            parts += [f"## {table.title}", ""]
-            if table.wide:
-                parts += [_WIDE_NOTES[table.metrics[0]], "", _wide(study, setting,
-                                                                   table.metrics[0])]
-            elif number == 2:
-                parts += [f"ECE with {report.ece_bins_note(frame)}.", "",
-                          report.table_extended(frame)]
-            elif number == 3:
-                parts += ["Macro (M) and class-frequency weighted (W) averages.", "",
-                          report.table_prf(frame)]
-            elif frame["ghs"].notna().any():
-                parts += [report.gradients_note(frame), "", report.table_gradients(frame)]
-            else:
-                parts += ["No gradient files (metrics/<dataset>/<model>.gradients.json) in "
-                          "these runs: run the `gradients` stage."]
-            parts.append("")
+            parts += [f"## {TABLES[number].title}", "",
+                      *_section(number, study, setting, cols, bold_best), ""]
     if not study.runs:
         parts += ["No runs found: no metrics/<dataset>/<model>.json in the workspace, the "
                   "experiments or the revisions asked for.", ""]

@@ -1,6 +1,10 @@
 """Figures of one dataset -> plots/<dataset>/*.png, DVC plot data and the digest of its runs
--> plotdata/<dataset>/ (the report stage reads the digest; see stages/report.py)."""
+-> plotdata/<dataset>/ (the report stage reads the digest; see stages/report.py).
 
+Reads files only: metrics/<dataset>/ and predictions/<dataset>/ (which the evaluate stage
+writes with what the figures need of the models and data; see gradattn.evaluation)."""
+
+import json
 import sys
 
 import numpy as np
@@ -8,21 +12,38 @@ from tqdm import tqdm
 
 from gradattn import paths
 from gradattn import plots as P
-from gradattn.config import TrainConfig, load_params
-from gradattn.data import load_split
+from gradattn.config import load_params
+from gradattn.errors import GradattnError
 from gradattn.io import read_json, write_json
-from gradattn.report import model_label
-from gradattn.runs import dataset_meta, load_run_config, load_trained, make_batches
+from gradattn.names import model_label
 from gradattn.stage import run
-from gradattn.train import resolve_device
+
+NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
+          "class_counts")
 
 
-def plot_model(dataset: str, model: str, label: str, meta: dict, out, data, params) -> dict:
-    """Every per-model figure and plot-data file; returns the run's digest record."""
+def read_predictions(dataset: str, model: str) -> dict[str, np.ndarray]:
+    """The evaluate stage's predictions file (its format: gradattn.evaluation)."""
+    path = paths.predictions_file(dataset, model)
+    if not path.exists():
+        raise GradattnError(f"{path} not found: run `dvc repro evaluate@{dataset}-{model}` first")
+    with np.load(path) as npz:
+        pred = dict(npz)
+    missing = [k for k in NEEDED if k not in pred]
+    if missing:
+        raise GradattnError(f"{path} lacks {', '.join(missing)} (an older evaluate stage wrote "
+                            f"it): run `dvc repro -f evaluate@{dataset}-{model}`")
+    return pred
+
+
+def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
+    """Every per-model figure and plot-data file; returns the model's display name and the
+    run's files for the digest."""
     metrics = read_json(paths.metrics_file(dataset, model))
-    history = read_json(paths.history_file(dataset, model))
     grads = read_json(paths.gradients_file(dataset, model))
-    classes = meta["classes"]
+    pred = read_predictions(dataset, model)
+    classes = [str(c) for c in pred["classes"]]
+    label = model_label(model, json.loads(str(pred["options"])))
     name = f"{dataset} — {label}"
 
     grad_file = paths.grad_history_file(dataset, model)
@@ -41,49 +62,44 @@ def plot_model(dataset: str, model: str, label: str, meta: dict, out, data, para
                                  f"({grads['batches']} batches)")
     P.write_csv(data / "gradients" / f"{model}.csv", P.gradient_rows(grads["per_layer"]))
 
-    pred = np.load(paths.predictions_file(dataset, model))
     logits, labels = pred["logits"], pred["labels"]
-    P.plot_reliability(P.reliability_rows(logits, labels, params.evaluate.ece_bins),
+    P.plot_reliability(P.reliability_rows(logits, labels, metrics["ece_bins"]),
                        out / f"reliability_{model}.png", ece=metrics.get("ece"),
                        title=f"{name}: reliability")
     P.plot_confusion(labels, logits.argmax(1), classes, out / f"confusion_{model}.png",
                      title=f"{name}: confusion matrix")
     P.write_csv(data / "confusion" / f"{model}.csv",
                 P.confusion_rows(labels, logits.argmax(1), classes))
-
-    net, record = load_trained(dataset, model)
-    if P.returns_attention(net):
-        device = resolve_device(TrainConfig(**record["run_config"]["train"]).device)
-        test = make_batches(dataset, "test", meta, batch_size=params.evaluate.batch_size,
-                            device=device)
-        attn = P.mean_attention(net.to(device), test.epoch(), total=len(test))
-        P.plot_attention(attn, out / f"attention_{model}.png",
+    if "attention" in pred:
+        P.plot_attention(pred["attention"], out / f"attention_{model}.png",
                          title=f"{name}: attention over the five taps, mean over "
-                               f"{test.num_images:,} test images")
+                               f"{len(labels):,} test images")
     summary = {k: v for k, v in grads.items() if k not in ("per_layer", "unused_layers")}
-    return {"dataset": dataset, "model": model, "label": label,
-            "options": record["options"], "metrics": metrics, "gradients": summary,
-            "history": history}
+    return label, {paths.metrics_file(dataset, model).as_posix(): metrics,
+                   paths.gradients_file(dataset, model).as_posix(): summary,
+                   paths.history_file(dataset, model).as_posix():
+                       read_json(paths.history_file(dataset, model))}
 
 
 def main() -> None:
     dataset = sys.argv[1]
-    params = load_params()
-    meta = dataset_meta(dataset)
+    models = load_params().models
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset
-    records = []
-    for model in tqdm(params.models, desc=f"plots {dataset}", unit="model"):
-        label = model_label(model, load_run_config(dataset, model)["model_options"])
-        records.append(plot_model(dataset, model, label, meta, out, data, params))
-    P.plot_curves({r["label"]: r["history"] for r in records}, out / "curves.png",
-                  title=f"{dataset}: training curves")
-    images, labels = load_split(dataset, "train", paths.PREPARED)
-    P.plot_overview(images, labels, meta["classes"], out / "overview.png",
+    labels, files = {}, {}
+    for model in tqdm(models, desc=f"plots {dataset}", unit="model"):
+        labels[model], run_files = plot_model(dataset, model, out, data)
+        files |= run_files
+    P.plot_curves({labels[m]: files[paths.history_file(dataset, m).as_posix()] for m in models},
+                  out / "curves.png", title=f"{dataset}: training curves")
+    sample = read_predictions(dataset, models[0])  # every model's holds the same sample
+    P.plot_overview(sample["sample_images"], sample["sample_labels"],
+                    [str(c) for c in sample["classes"]], out / "overview.png",
+                    counts=sample["class_counts"],
                     title=f"{dataset}: training images per class (image count)")
-    write_json(data / "runs.json", records)
+    write_json(data / "runs.json", files)
     n_png = len(list(out.glob("*.png")))
     print(f"plot {dataset}: {n_png} figures in {out}/, plot data in {data}/ "
-          f"({len(records)} models: {', '.join(r['label'] for r in records)})")
+          f"({len(models)} models: {', '.join(labels.values())})")
 
 
 if __name__ == "__main__":

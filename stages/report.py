@@ -1,33 +1,39 @@
-"""Across datasets: plots/comparison.png, plots/results.md (Tables 1-5) and
-metrics/summary.json, from the plot stage's digests plotdata/<dataset>/runs.json.
+"""Across datasets: plots/comparison.png, plots/results.md (Tables 1-5, built by
+gradattn.table as `gradattn table` builds them) and metrics/summary.json, of the workspace's
+runs.
 
-(A stage of its own because it spans datasets: it must depend on one folder that holds
-every dataset's inputs and none of its own outputs; `metrics/` holds summary.json and
-`plots/` holds results.md, so the digests live in `plotdata/`.)
+The runs' files come from the plot stage's digests plotdata/<dataset>/runs.json (copies of
+metrics/<dataset>/<model>{.json,.gradients.json,.history.json}, keyed by path): the stage
+spans datasets, so it must depend on one folder that holds every dataset's inputs and none
+of its own outputs, and metrics/ holds summary.json.
 """
+
+from pathlib import Path
 
 from gradattn import paths
 from gradattn import plots as P
 from gradattn.config import load_params
 from gradattn.errors import GradattnError
+from gradattn.experiments import read_workspace, runs_of
 from gradattn.io import read_json, write_json, write_with
-from gradattn.report import results_markdown, runs_frame, summary_entries
+from gradattn.report import results_markdown, summary_entries
 from gradattn.stage import run
+from gradattn.table import Study
 
 SUMMARY = paths.METRICS / "summary.json"
 RESULTS = P.PLOTS / "results.md"
 COMPARISON = P.PLOTS / "comparison.png"
 
 
-def figure_links(records: list[dict]) -> list[tuple[str, str]]:
+def figure_links(study: Study) -> list[tuple[str, str]]:
     """(description, path relative to plots/) of every figure, for results.md."""
     links = [("Training curves and test top-1 of every dataset (paper Figs. 3–4)",
               COMPARISON.name)]
-    for dataset in dict.fromkeys(r["dataset"] for r in records):
+    for dataset in dict.fromkeys(r.dataset for r in study.runs):
         links += [(f"{dataset}: sample images per class (Fig. 2)", f"{dataset}/overview.png"),
                   (f"{dataset}: loss and accuracy curves", f"{dataset}/curves.png")]
-        for r in (r for r in records if r["dataset"] == dataset):
-            m, label = r["model"], r["label"]
+        for r in (r for r in study.runs if r.dataset == dataset):
+            m, label = r.model, study.label(r.model, r.options)
             for what, file in (("per-layer gradient norms", f"gradients_{m}.png"),
                                ("gradient norms over epochs (Fig. 5)",
                                 f"gradients_over_epochs_{m}.png"),
@@ -41,19 +47,20 @@ def figure_links(records: list[dict]) -> list[tuple[str, str]]:
 
 def main() -> None:
     params = load_params()
-    records = []
+    files = {}
     for dataset in params.data.datasets:
         digest = P.PLOTDATA / dataset / "runs.json"
         if not digest.exists():
             raise GradattnError(f"{digest} not found: run `dvc repro plot@{dataset}` first")
-        records += [r for r in read_json(digest) if r["model"] in params.models]
-    df = runs_frame(records)
+        files |= read_json(digest)
+    study = Study(runs_of("workspace", read_workspace(Path("."))[0], files.get))
 
-    histories = {}
-    top1 = {}
-    for r in records:
-        histories.setdefault(r["dataset"], {})[r["label"]] = r["history"]
-        top1.setdefault(r["dataset"], {})[r["label"]] = r["metrics"].get("top1")
+    histories, top1 = {}, {}
+    for r in study.runs:
+        label = study.label(r.model, r.options)
+        histories.setdefault(r.dataset, {})[label] = files.get(
+            paths.history_file(r.dataset, r.model).as_posix()) or []
+        top1.setdefault(r.dataset, {})[label] = r.metrics.get("top1")
     P.plot_comparison(histories, top1, COMPARISON)
 
     t = params.train
@@ -69,14 +76,17 @@ def main() -> None:
         "`metrics/<dataset>/<model>.gradients.json` (gradients); all of them flat in "
         "`metrics/summary.json`.",
     ]
-    text = results_markdown(df, context=context, figures=figure_links(records))
+    text = results_markdown(study, context=context, figures=figure_links(study))
     write_with(RESULTS, lambda tmp: tmp.write_text(text), suffix=".md")
-    summary = summary_entries(df)
-    write_json(SUMMARY, summary)
-    best = ", ".join(f"{d}: {g.loc[g['top1'].idxmax(), 'label']} {100 * g['top1'].max():.2f}%"
-                     for d, g in df.groupby("dataset", sort=False) if g["top1"].notna().any())
-    print(f"report: {len(records)} runs over {df['dataset'].nunique()} dataset(s) -> {RESULTS}, "
-          f"{COMPARISON}, {SUMMARY} (best top-1 — {best})")
+    write_json(SUMMARY, summary_entries(study))
+    best = []
+    for dataset in top1:
+        r = max((r for r in study.runs if r.dataset == dataset),
+                key=lambda r: r.metrics.get("top1") or 0)
+        best.append(f"{dataset}: {study.label(r.model, r.options)} "
+                    f"{100 * (r.metrics.get('top1') or 0):.2f}%")
+    print(f"report: {len(study.runs)} runs over {len(top1)} dataset(s) -> {RESULTS}, "
+          f"{COMPARISON}, {SUMMARY} (best top-1 — {', '.join(best)})")
 
 
 if __name__ == "__main__":

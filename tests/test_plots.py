@@ -1,5 +1,6 @@
-"""Tests of gradattn.plots and gradattn.report: every figure is written as a non-empty PNG
-from small synthetic inputs, and results.md / summary.json carry the right numbers."""
+"""Tests of gradattn.plots, gradattn.evaluation and gradattn.report: every figure is written as
+a non-empty PNG from small synthetic inputs, the evaluate stage saves what the plot stage
+needs so that plot reads files only, and results.md / summary.json carry the right numbers."""
 
 from __future__ import annotations
 
@@ -7,23 +8,28 @@ import csv
 import json
 import runpy
 import shutil
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+import yaml
 
+from gradattn import paths
 from gradattn import plots as P
-from gradattn.report import (
-    model_label,
-    results_markdown,
-    runs_frame,
-    summary_entries,
-    table_gap,
-    table_gradients,
-    table_top1,
-)
+from gradattn.config import TrainConfig
+from gradattn.data import load_meta
+from gradattn.data.prepared import PreparedWriter
+from gradattn.evaluation import mean_attention, overview_sample, returns_attention
+from gradattn.experiments import Run
+from gradattn.io import write_json
+from gradattn.models import build_model
+from gradattn.names import model_label
+from gradattn.report import results_markdown, summary_entries
+from gradattn.runs import save_trained
+from gradattn.table import Study, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,6 +78,28 @@ def record(dataset: str, model: str, top1: float, ghs: float, pe: str | None = N
                       "batches": 10},
         "history": history(top1),
     }
+
+
+def study(*records: dict) -> Study:
+    """The runs of records, one seed each (so runs of one dataset and model pool)."""
+    return Study([Run("w", r["dataset"], r["model"], r["options"], {}, seed, r["metrics"],
+                      r.get("gradients")) for seed, r in enumerate(records)])
+
+
+def report_tables(s: Study, *tables: int) -> str:
+    """Tables as results.md lays them out."""
+    return markdown(s, tables, paper_columns=False, bold_best=True)
+
+
+def digest(*records: dict) -> dict:
+    """plotdata/<dataset>/runs.json of records: their run files, keyed by path."""
+    files = {}
+    for r in records:
+        d, m = r["dataset"], r["model"]
+        files[paths.metrics_file(d, m).as_posix()] = r["metrics"]
+        files[paths.gradients_file(d, m).as_posix()] = r["gradients"]
+        files[paths.history_file(d, m).as_posix()] = r["history"]
+    return files
 
 
 def test_training_curves_and_comparison(tmp_path):
@@ -128,10 +156,10 @@ def test_attention_figure_and_average():
             attn[1, :, :, 4] = x[:, 0, None]  # layer 1: weight = the input value
             return torch.zeros(b, 3), attn
 
-    assert P.returns_attention(Toy())
-    assert not P.returns_attention(torch.nn.Linear(2, 2))
+    assert returns_attention(Toy())
+    assert not returns_attention(torch.nn.Linear(2, 2))
     batches = [(torch.ones(2, 1), None), (torch.zeros(2, 1), None)]
-    mean = P.mean_attention(Toy(), batches, progress=False)
+    mean = mean_attention(Toy(), batches, progress=False)
     assert mean.shape == (2, 5, 5)
     assert mean[0, :, 0] == pytest.approx(1.0)
     assert mean[1, :, 4] == pytest.approx(0.5)  # averaged over the 4 images
@@ -143,26 +171,26 @@ def test_attention_png(tmp_path):
 
 
 def test_tables_have_the_right_numbers():
-    df = runs_frame([record("a", "resnet18", 0.8123, 1.0),
-                     record("a", "gradattn", 0.8456, 0.75, pe="rope")])
-    top1 = table_top1(df)
+    s = study(record("a", "resnet18", 0.8123, 1.0),
+              record("a", "gradattn", 0.8456, 0.75, pe="rope"))
+    top1 = report_tables(s, 1)
     assert "| Dataset | ResNet-18 | GradAttn (RoPE) |" in top1
     assert "| a | 81.23 | **84.56** |" in top1
-    gap = table_gap(df)
+    gap = report_tables(s, 4)
     assert "| a | ResNet-18 | 83.21 | 80.00 | +3.21 | 3 | 4 |" in gap
-    grads = table_gradients(df)
+    grads = report_tables(s, 5)
     assert "| a | GradAttn (RoPE) | 0.750 | 2 vanishing, 1 exploding | 1.23e-02 |" in grads
 
 
 def test_tables_show_mean_and_std_over_runs():
-    df = runs_frame([record("a", "resnet18", 0.80, 1.0), record("a", "resnet18", 0.90, 1.0)])
-    assert "85.00 ± 7.07 (n=2)" in table_top1(df)
+    s = study(record("a", "resnet18", 0.80, 1.0), record("a", "resnet18", 0.90, 1.0))
+    assert "85.00 ± 7.07 (n=2)" in report_tables(s, 1)
 
 
 def test_results_markdown_and_summary():
-    df = runs_frame([record("a", "resnet18", 0.8123, 1.0), record("b", "resnet18", 0.5, 0.9),
-                     record("b", "gradattn", 0.6, 0.8, pe="learnable")])
-    text = results_markdown(df, figures=[("curves", "a/curves.png")])
+    s = study(record("a", "resnet18", 0.8123, 1.0), record("b", "resnet18", 0.5, 0.9),
+              record("b", "gradattn", 0.6, 0.8, pe="learnable"))
+    text = results_markdown(s, figures=[("curves", "a/curves.png")])
     for heading in ("## Table 1", "## Table 2", "## Table 4", "## Table 5"):
         assert heading in text
     assert "15 equal-width confidence bins" in text
@@ -170,32 +198,34 @@ def test_results_markdown_and_summary():
     assert "| b | – | 60.00 |" not in text
     assert "| b | 50.00 | **60.00** |" in text
     assert "| a | 81.23 | – |" in text  # GradAttn did not run on a
+    assert "GradAttn (no PE)" not in text  # results.md shows the models that ran, no others
     assert "gradient w.r.t. each layer's output" in text and "1e-06 < norm < 10" in text
     assert "[curves](a/curves.png)" in text
-    summary = summary_entries(df)
+    summary = summary_entries(s)
     assert set(summary) == {"a/resnet18", "b/resnet18", "b/gradattn"}
     assert summary["b/gradattn"]["top1"] == 0.6 and summary["b/gradattn"]["ghs"] == 0.8
     assert summary["a/resnet18"]["vanishing"] == 2 and summary["a/resnet18"]["epochs"] == 4
     assert all(not isinstance(v, (dict, list)) for e in summary.values() for v in e.values())
 
 
-def test_runs_frame_tolerates_missing_gradients():
+def test_tables_tolerate_missing_gradients():
     rec = record("a", "resnet18", 0.8, 1.0)
     rec.pop("gradients")
-    df = runs_frame([rec])
-    assert isinstance(df, pd.DataFrame) and pd.isna(df.loc[0, "ghs"])
-    assert "| a | ResNet-18 | – | – |" in table_gradients(df)
+    s = study(rec, record("a", "gradattn", 0.7, 1.0, pe="rope"))
+    assert "| a | ResNet-18 | – | – |" in report_tables(s, 5)
+    assert summary_entries(s)["a/resnet18"]["top1"] == 0.8
+    assert "No gradient files" in report_tables(study(rec), 5)
 
 
 def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatch):
     """stages/report.py end to end on synthetic digests (what the plot stage writes)."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    digest = tmp_path / "plotdata" / "fashionmnist-mini" / "runs.json"
-    digest.parent.mkdir(parents=True)
-    digest.write_text(json.dumps([record("fashionmnist-mini", "resnet18", 0.7867, 1.0),
-                                  record("fashionmnist-mini", "gradattn", 0.7733, 0.9,
-                                         pe="learnable"),
-                                  record("fashionmnist-mini", "noskip18", 0.1, 1.0)]))
+    file = tmp_path / "plotdata" / "fashionmnist-mini" / "runs.json"
+    file.parent.mkdir(parents=True)
+    file.write_text(json.dumps(digest(record("fashionmnist-mini", "resnet18", 0.7867, 1.0),
+                                      record("fashionmnist-mini", "gradattn", 0.7733, 0.9,
+                                             pe="learnable"),
+                                      record("fashionmnist-mini", "noskip18", 0.1, 1.0))))
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(ROOT / "stages" / "report.py"), run_name="__main__")
     text = (tmp_path / "plots" / "results.md").read_text()
@@ -204,3 +234,68 @@ def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatc
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert summary["fashionmnist-mini/gradattn"]["top1"] == 0.7733
     assert_png(tmp_path / "plots" / "comparison.png")
+
+
+def test_overview_sample_is_seeded_and_capped():
+    labels = np.repeat(np.arange(25), [3] + [10] * 24)
+    picks = overview_sample(labels, 25, per_class=8, max_classes=20)
+    assert np.array_equal(picks, overview_sample(labels, 25, per_class=8, max_classes=20))
+    shown = labels[picks]
+    assert set(shown) == set(range(20))  # the first 20 classes only
+    assert np.bincount(shown).tolist() == [3] + [8] * 19  # all of a small class, else 8
+    assert all(np.all(np.diff(picks[shown == c]) > 0) for c in range(20))  # distinct, in order
+
+
+def _stage(name: str, *args: str) -> None:
+    sys.argv = [name, *args]
+    runpy.run_path(str(ROOT / "stages" / f"{name}.py"), run_name="__main__")
+
+
+def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monkeypatch):
+    """stages/evaluate.py on a real (untrained) GradAttn and prepared data; then models/ and
+    data/ are deleted and stages/plot.py still draws every figure, attention included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", sys.argv)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["models"] = ["gradattn"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    rng = np.random.default_rng(0)
+    classes = ["cat", "dog", "bird"]
+    with PreparedWriter("toy", classes, root=paths.PREPARED) as writer:
+        for split, n in (("train", 40), ("val", 9), ("test", 12)):
+            writer.write_split(split, rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                               np.arange(n) % 3)
+        writer.commit()
+    meta = load_meta("toy", paths.PREPARED)
+    options = {"pe": "rope", "dim": 16, "depth": 2, "heads": 2, "ff_dim": 32}
+    torch.manual_seed(0)
+    net = build_model("gradattn", num_classes=3, in_channels=1, **options)
+    config = {"dataset": "toy", "model": "gradattn", "model_options": options,
+              "train": asdict(TrainConfig(device="cpu"))}
+    save_trained(paths.model_file("toy", "gradattn"), net, config, meta, best_epoch=3, epochs=4)
+    write_json(paths.history_file("toy", "gradattn"), history(0.5))
+
+    _stage("evaluate", "toy", "gradattn")
+    with np.load(paths.predictions_file("toy", "gradattn")) as npz:
+        pred = dict(npz)
+    assert pred["attention"].shape == (2, 5, 5)  # (depth, query tap, key tap)
+    assert pred["attention"].sum(-1) == pytest.approx(np.ones((2, 5)), abs=1e-5)  # softmax rows
+    assert pred["logits"].shape == (12, 3) and list(pred["classes"]) == classes
+    assert json.loads(str(pred["options"]))["pe"] == "rope"
+    assert pred["class_counts"].tolist() == [14, 13, 13]
+    assert np.bincount(pred["sample_labels"]).tolist() == [8, 8, 8]
+    metrics = json.loads((tmp_path / paths.metrics_file("toy", "gradattn")).read_text())
+    assert metrics["test_images"] == 12 and metrics["best_epoch"] == 3
+
+    grads = record("toy", "gradattn", 0.5, 0.75)["gradients"] | {"per_layer": per_layer()}
+    write_json(paths.gradients_file("toy", "gradattn"), grads)
+    shutil.rmtree(tmp_path / "models")
+    shutil.rmtree(tmp_path / "data")
+    _stage("plot", "toy")
+    for name in ("attention_gradattn", "overview", "curves", "reliability_gradattn",
+                 "confusion_gradattn", "gradients_gradattn"):
+        assert_png(tmp_path / "plots" / "toy" / f"{name}.png")
+    runs = json.loads((tmp_path / "plotdata" / "toy" / "runs.json").read_text())
+    assert runs["metrics/toy/gradattn.json"] == metrics
+    assert "per_layer" not in runs["metrics/toy/gradattn.gradients.json"]
+    assert runs["metrics/toy/gradattn.history.json"] == history(0.5)

@@ -16,8 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from gradattn import table
+from gradattn import stats, table
 from gradattn.cli import main
+from gradattn.experiments import identify, runs_of
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
@@ -32,7 +33,7 @@ def runs(source, p, metrics: dict[str, dict], grads: dict[str, dict] | None = No
     """Runs of one fake revision; metrics maps 'dataset/model' to its metrics dict."""
     files = {f"metrics/{k}.json": v for k, v in metrics.items()}
     files |= {f"metrics/{k}.gradients.json": v for k, v in (grads or {}).items()}
-    return table.runs_of(source, p, files.get)
+    return runs_of(source, p, files.get)
 
 
 def csv_frame(study, tables=(1,)) -> pd.DataFrame:
@@ -40,14 +41,14 @@ def csv_frame(study, tables=(1,)) -> pd.DataFrame:
 
 
 def test_identify_splits_variant_setting_and_seed():
-    opts_r, set_r, seed_r = table.identify(params("rope", 7), "d1", "resnet18")
-    opts_g, set_g, _ = table.identify(params("rope", 7), "d1", "gradattn")
+    opts_r, set_r, seed_r = identify(params("rope", 7), "d1", "resnet18")
+    opts_g, set_g, _ = identify(params("rope", 7), "d1", "gradattn")
     assert opts_r == {"stem": "imagenet"}  # ResNet-18 does not take pe: same run for any pe
     assert opts_g["pe"] == "rope" and opts_g["dim"] == 16
     assert seed_r == 7 and "train.seed" not in set_r and set_r == set_g
     # A missing key equals its default spelled out.
     explicit = params("rope", 7, precision="auto")
-    assert table.identify(explicit, "d1", "resnet18")[1] == set_r
+    assert identify(explicit, "d1", "resnet18")[1] == set_r
 
 
 def test_pooling_mean_std_n_and_paired_interval():
@@ -77,12 +78,12 @@ def test_pooling_mean_std_n_and_paired_interval():
 
 
 def test_paired_difference_uses_common_seeds_only():
-    d = table.paired_difference({1: 0.6, 2: 0.7, 3: 0.9, 9: 0.1}, {1: 0.5, 2: 0.5, 3: 0.6})
+    d = stats.paired_difference({1: 0.6, 2: 0.7, 3: 0.9, 9: 0.1}, {1: 0.5, 2: 0.5, 3: 0.6})
     diffs = [0.1, 0.2, 0.3]
     assert d.n == 3 and d.mean == pytest.approx(0.2)
     half = T_975_2 * np.std(diffs, ddof=1) / math.sqrt(3)
     assert (d.low, d.high) == pytest.approx((0.2 - half, 0.2 + half))
-    one = table.paired_difference({1: 0.6}, {1: 0.5})
+    one = stats.paired_difference({1: 0.6}, {1: 0.5})
     assert one.n == 1 and math.isnan(one.low) and math.isnan(one.high)
 
 
@@ -162,9 +163,11 @@ def test_table5_from_gradient_files_and_csv_fractions():
 
 
 def test_named_revisions_are_read_from_git(tmp_path, capsys):
-    """--rev reads params.yaml and metrics files of git revisions (no DVC involved)."""
+    """--rev reads params.yaml and metrics files of git revisions (through dvc.api; no
+    pipeline, no experiments)."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     for seed, top1 in ((1, 0.25), (2, 0.75)):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params("rope", seed)))
         (tmp_path / "metrics/d1").mkdir(parents=True, exist_ok=True)
@@ -177,6 +180,13 @@ def test_named_revisions_are_read_from_git(tmp_path, capsys):
     assert "| d1 | – | – | – | 50.00 ± 35.36 (n=2) |" in capsys.readouterr().out
     assert main(["table", "--repo", str(tmp_path), "--no-exps", "--rev", "nope"]) == 2
     assert "--rev nope: neither a git revision nor a DVC experiment" in capsys.readouterr().err
+
+
+def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
+    assert main(["table", "--repo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot list the DVC experiments of {tmp_path}")
+    assert "--repo" in err and len(err.strip().splitlines()) == 1
 
 
 # --- real DVC experiments --------------------------------------------------------------------
