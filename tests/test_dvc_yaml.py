@@ -94,6 +94,11 @@ def test_each_stage_depends_on_all_the_code_it_runs(name):
         if p.suffix == ".py" and not _covered(p, deps)
     )
     assert not missing, f"stage {name} runs code it does not list in dvc.yaml deps: {missing}"
+    # ... and lists no code it does not run (that would re-run it for nothing).
+    reached = {p.relative_to(ROOT).as_posix() for p in code_closure(script_path)}
+    unused = [d for d in deps if d.startswith(("gradattn", "stages/"))
+              and not any(r == d or r.startswith(d + "/") for r in reached)]
+    assert not unused, f"stage {name} lists code it never imports: {unused}"
 
 
 def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
