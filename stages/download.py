@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gradattn import paths
 from gradattn.data import get_spec
-from gradattn.io import read_json
+from gradattn.io import read_json, remove_stale
 from gradattn.stage import run
 
 
@@ -19,6 +19,7 @@ def main() -> None:
     raw = paths.RAW / dataset
     source = Path(cfg["source"]) if cfg["source"] else None
     t0 = time.perf_counter()
+    remove_stale(raw, recursive=True)  # temporaries a killed download left
     # Files land under their final names only once verified, so a failed run keeps the
     # good ones (raw/ persists across runs) and the next run fetches only what is missing.
     spec.download(raw, source)

@@ -9,7 +9,7 @@ import torch
 from gradattn.data import PreparedWriter, get_spec, load_meta, load_split
 from gradattn.data.augment import random_crop, random_rotation
 from gradattn.data.batches import Batches
-from gradattn.data.prepared import pooled_split
+from gradattn.data.splits import pooled_split
 from gradattn.errors import GradattnError
 
 

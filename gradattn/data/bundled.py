@@ -6,18 +6,16 @@ test set, 10 classes equally often (scripts/make_fashionmnist_mini.py cut it; MI
 
 from __future__ import annotations
 
-import hashlib
-import shutil
 from pathlib import Path
 
-import numpy as np
-
-from gradattn.data.prepared import PreparedWriter, pooled_split
+from gradattn.data.fetch import install, verify_raw
+from gradattn.data.prepared import SPLITS, PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
+from gradattn.data.streaming import open_npz, write_splits
 from gradattn.errors import GradattnError
 
 BUNDLED = Path(__file__).parent / "bundled" / "fashionmnist-mini.npz"
-SHA256 = "94bdcaf19588df5ec050c5e692aaa3e2d6be77d89f373e8c20000d3eb89eafc5"
+MD5 = "6e0b586b57006a7a08f060b68493305f"
 FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
@@ -32,14 +30,6 @@ FASHION_CLASSES = (
 )
 
 
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def download(raw_dir: Path, source: Path | None) -> None:
     src = Path(source) / BUNDLED.name if source else BUNDLED
     if not src.exists():
@@ -47,25 +37,15 @@ def download(raw_dir: Path, source: Path | None) -> None:
             f"fashionmnist-mini: {src} not found; the bundled file ships with the "
             "package (reinstall it) or set data.sources.fashionmnist-mini to its folder"
         )
-    if sha256(src) != SHA256:
-        raise GradattnError(
-            f"fashionmnist-mini: checksum of {src} does not match the bundled file's"
-        )
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, raw_dir / BUNDLED.name)
+    install(src, raw_dir / BUNDLED.name, dataset="fashionmnist-mini", md5=MD5)
 
 
 def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
-    with np.load(raw_dir / BUNDLED.name) as arrays:
-        parts = {
-            s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "val", "test")
-        }
-    if split == "pooled":
-        images = np.concatenate([parts[s][0] for s in parts])
-        labels = np.concatenate([parts[s][1] for s in parts])
-        parts = {s: (images[i], labels[i]) for s, i in pooled_split(labels, split_seed).items()}
-    for name, (images, labels) in parts.items():
-        writer.write_split(name, images, labels)
+    verify_raw(raw_dir, {BUNDLED.name: MD5}, dataset="fashionmnist-mini")
+    path = raw_dir / BUNDLED.name
+    with open_npz(path, fix="run `dvc repro -f download@fashionmnist-mini`") as arrays:
+        parts = {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in SPLITS}
+    write_splits(writer, parts, split, split_seed)
 
 
 SPEC = register(

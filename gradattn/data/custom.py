@@ -7,7 +7,7 @@ imagefolder  one sub-folder per class (names sorted = class order), listed the w
 npz          arrays `x` (N, H, W[, C]) uint8 and `y` (N,) — no split given — or the MedMNIST
              layout (`train_images`, `train_labels`, `val_…`, `test_…`), whose split is kept.
 Data with no split gets a stratified 70/10/20 (MedMNIST's 7:1:2), from `data.split_seed`;
-`data.split: pooled` gives the notebooks' random 70/15/15 instead.
+`data.split: pooled` gives the notebooks' random 70/15/15 instead (fractions: splits.py).
 
 Optional keys: `size` (resize every image to size×size, bilinear, aspect ratio not kept; needed
 when images differ in size), `augment` (a training augmentation, default none) and, for npz,
@@ -20,7 +20,6 @@ uncompressed `images.zip`, so DVC tracks one file, not thousands).
 
 from __future__ import annotations
 
-import io
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,8 @@ from gradattn.data.augment import AUGMENTATIONS
 from gradattn.data.fetch import install, pack_zip
 from gradattn.data.prepared import PreparedWriter
 from gradattn.data.registry import DatasetSpec
-from gradattn.data.streaming import NO_SPLIT, LazyImages, NpyInZip, write_splits
+from gradattn.data.splits import NO_SPLIT, percent, val_note
+from gradattn.data.streaming import LazyImages, NpyInZip, decode_image, open_npz, write_splits
 from gradattn.errors import ConfigError, GradattnError
 
 FORMATS = ("imagefolder", "npz")
@@ -161,30 +161,34 @@ def _folder_prepare(
             part, cls, _ = member.split("/", 2)
             by_split.setdefault(part, []).append((member, cls))
         classes = sorted({cls for entries in by_split.values() for _, cls in entries})
-        writer.classes = classes
         index = {c: i for i, c in enumerate(classes)}
 
-        def open_image(member: str) -> Image.Image:
-            return Image.open(io.BytesIO(archive.read(member)))
+        def open_image(member: str, mode: str | None = None) -> Image.Image:
+            # the user's own file: the zip member `all/<class>/<file>` or `<split>/<class>/...`
+            part, rest = member.split("/", 1)
+            origin = cfg["path"] / (rest if part == "all" else member)
+            return decode_image(
+                archive, member, mode, where=f"data.custom.{name}: {origin}",
+                fix=f"remove or replace it, then run `dvc repro download@{name}` again",
+            )
 
-        with open_image(members[0]) as first:
-            mode = "L" if first.mode in GREY_MODES else "RGB"
-            width, height = (cfg["size"],) * 2 if cfg["size"] else first.size
+        first = open_image(members[0])
+        mode = "L" if first.mode in GREY_MODES else "RGB"
+        width, height = (cfg["size"],) * 2 if cfg["size"] else first.size
         channels = 1 if mode == "L" else 3
 
         def load(entries: list[tuple[str, str]], i: int) -> np.ndarray:
             member = entries[i][0]
-            with open_image(member) as im:
-                im = im.convert(mode)
-                if cfg["size"]:
-                    im = im.resize((width, height), Image.Resampling.BILINEAR)
-                elif im.size != (width, height):
-                    raise GradattnError(
-                        f"data.custom.{name}: images differ in size ({member} is "
-                        f"{im.size[0]}x{im.size[1]}, the first {width}x{height}): set "
-                        f"data.custom.{name}.size to resize them all"
-                    )
-                return np.asarray(im).reshape(height, width, channels)
+            im = open_image(member, mode)
+            if cfg["size"]:
+                im = im.resize((width, height), Image.Resampling.BILINEAR)
+            elif im.size != (width, height):
+                raise GradattnError(
+                    f"data.custom.{name}: images differ in size ({member} is "
+                    f"{im.size[0]}x{im.size[1]}, the first {width}x{height}): set "
+                    f"data.custom.{name}.size to resize them all"
+                )
+            return np.asarray(im).reshape(height, width, channels)
 
         parts = {}
         for part, entries in by_split.items():
@@ -193,7 +197,7 @@ def _folder_prepare(
                 LazyImages(len(entries), (height, width, channels), partial(load, entries)),
                 labels,
             )
-        write_splits(writer, parts, split, split_seed, fractions=NO_SPLIT)
+        write_splits(writer, parts, split, split_seed, classes=classes)
 
 
 # ---------------------------------------------------------------- npz
@@ -230,26 +234,23 @@ class _Resized:
 
 def _npz_layout(name: str, path: Path) -> tuple[dict[str, tuple[str, str]], np.ndarray]:
     """{part: (images key, labels key)} and all labels, from the npz's own keys."""
-    try:
-        with np.load(path) as arrays:
-            keys = set(arrays.files)
-            if {"x", "y"} <= keys:
-                layout = {"all": ("x", "y")}
-            elif all(
-                f"{s}_{k}" in keys for s in ("train", "val", "test") for k in ("images", "labels")
-            ):
-                layout = {s: (f"{s}_images", f"{s}_labels") for s in ("train", "val", "test")}
-            else:
-                raise GradattnError(
-                    f"data.custom.{name}: {path} must hold arrays x and y (or "
-                    f"MedMNIST's train_images/train_labels/val_…/test_…); it has "
-                    f"{', '.join(sorted(keys))}"
-                )
-            labels = np.concatenate(
-                [np.asarray(arrays[lab]).reshape(-1) for _, lab in layout.values()]
+    with open_npz(path, fix=f"give data.custom.{name}.path an .npz saved by numpy.savez") as arrays:
+        keys = set(arrays.files)
+        if {"x", "y"} <= keys:
+            layout = {"all": ("x", "y")}
+        elif all(
+            f"{s}_{k}" in keys for s in ("train", "val", "test") for k in ("images", "labels")
+        ):
+            layout = {s: (f"{s}_images", f"{s}_labels") for s in ("train", "val", "test")}
+        else:
+            raise GradattnError(
+                f"data.custom.{name}: {path} must hold arrays x and y (or "
+                f"MedMNIST's train_images/train_labels/val_…/test_…); it has "
+                f"{', '.join(sorted(keys))}"
             )
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise GradattnError(f"data.custom.{name}: cannot read {path} as .npz ({err})") from None
+        labels = np.concatenate(
+            [np.asarray(arrays[lab]).reshape(-1) for _, lab in layout.values()]
+        )
     if labels.dtype.kind not in "iu":
         raise GradattnError(
             f"data.custom.{name}: labels in {path} must be integers, not {labels.dtype}"
@@ -294,7 +295,7 @@ def _npz_prepare(
     layout, _ = _npz_layout(name, path)
     parts, readers = {}, []
     try:
-        with np.load(path) as arrays:
+        with open_npz(path, fix=f"run `dvc repro download@{name}` again") as arrays:
             for part, (img_key, lab_key) in layout.items():
                 _npz_image_shape(name, path, img_key)
                 labels = np.asarray(arrays[lab_key]).reshape(-1)
@@ -310,7 +311,7 @@ def _npz_prepare(
                     _Resized(images, cfg["size"]) if cfg["size"] else images,
                     np.searchsorted(values, labels),
                 )
-        write_splits(writer, parts, split, split_seed, fractions=NO_SPLIT)
+        write_splits(writer, parts, split, split_seed)
     finally:
         for images in readers:
             images.close()
@@ -325,9 +326,9 @@ def custom_spec(name: str, entry) -> DatasetSpec:
         trees = _trees(cfg["path"])
         classes = _folder_classes(name, trees)
         splits = (
-            "own train/test" + ("/val" if "val" in trees else "; val = a stratified 10% of train")
+            "own train/test" + ("/val" if "val" in trees else f"; {val_note()}")
             if "train" in trees
-            else "no split given: stratified 70/10/20"
+            else f"no split given: stratified {percent(NO_SPLIT)}"
         )
         return DatasetSpec(
             name=name,
@@ -354,7 +355,7 @@ def custom_spec(name: str, entry) -> DatasetSpec:
     splits = (
         "own train/val/test (MedMNIST layout)"
         if "train" in layout
-        else "no split given: stratified 70/10/20"
+        else f"no split given: stratified {percent(NO_SPLIT)}"
     )
     return DatasetSpec(
         name=name,

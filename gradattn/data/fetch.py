@@ -11,7 +11,6 @@ Rules every source module follows through these helpers:
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import shutil
@@ -27,7 +26,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from gradattn.errors import GradattnError
-from gradattn.io import atomic_path
+from gradattn.io import atomic_path, file_digest, one_line
 
 # Seconds allowed for the name lookup, the connection, and each read. Short on purpose: with no
 # network the stage must fail fast rather than hang (the whole download fails in < 60 s).
@@ -35,16 +34,31 @@ TIMEOUT = 15.0
 BLOCK = 1 << 20
 
 
-def md5sum(path: str | os.PathLike, chunk: int = BLOCK) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def md5sum(path: str | os.PathLike) -> str:
+    return file_digest(path, "md5")
 
 
-def one_line(err: object) -> str:
-    return " ".join(str(err).split())
+def verify(path: Path, md5: str | None, *, dataset: str, accept=None, fix: str) -> None:
+    """Refuse `path` unless its md5 is `md5` (or `accept(path)` passes: an equal file packed
+    differently). Run both when a file is fetched and again right before it is parsed."""
+    if md5 is None or md5sum(path) == md5 or (accept is not None and accept(path)):
+        return
+    raise GradattnError(
+        f"{dataset}: {path} does not match the published checksum (md5 {md5}): "
+        f"a damaged or different file; {fix}"
+    )
+
+
+def verify_raw(raw_dir: Path, md5s: dict[str, str], *, dataset: str, accept=None) -> None:
+    """Check the downloaded files again before preprocess parses them."""
+    for name, md5 in md5s.items():
+        path = raw_dir / name
+        if not path.is_file():
+            raise GradattnError(
+                f"{dataset}: {path} is missing: run `dvc repro download@{dataset}` first"
+            )
+        verify(path, md5, dataset=dataset, accept=(accept or {}).get(name),
+               fix=f"it changed since download: run `dvc repro -f download@{dataset}`")
 
 
 def manual_hint(dataset: str, files: str) -> str:
@@ -53,10 +67,6 @@ def manual_hint(dataset: str, files: str) -> str:
         f"without network, fetch {files} by hand into a folder and set "
         f"data.sources.{dataset}: <that folder> (in params.yaml or with -S)"
     )
-
-
-def _partial(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.part")
 
 
 def _lookup(url: str, timeout: float) -> None:
@@ -90,8 +100,22 @@ def fetch(url: str, dest: Path, *, dataset: str, md5: str | None = None, hint: s
             return dest
         dest.unlink()  # wrong checksum: fetch it again
     created = not dest.parent.exists()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(dest)
+    try:
+        with atomic_path(dest) as tmp:
+            _stream(url, tmp, desc=dest.name, dataset=dataset, hint=hint)
+            if md5 is not None and (got := md5sum(tmp)) != md5:
+                raise GradattnError(
+                    f"{dataset}: {url} arrived corrupted (md5 {got}, expected {md5}); "
+                    "run the download again"
+                )
+    except BaseException:
+        if created:
+            _remove_if_empty(dest.parent)
+        raise
+    return dest
+
+
+def _stream(url: str, tmp: Path, *, desc: str, dataset: str, hint: str) -> None:
     try:
         _lookup(url, TIMEOUT)
         request = urllib.request.Request(url, headers={"User-Agent": "gradattn"})
@@ -100,7 +124,7 @@ def fetch(url: str, dest: Path, *, dataset: str, md5: str | None = None, hint: s
             with (
                 open(tmp, "wb") as out,
                 tqdm(
-                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name
+                    total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc
                 ) as bar,
             ):
                 while block := response.read(BLOCK):
@@ -109,34 +133,18 @@ def fetch(url: str, dest: Path, *, dataset: str, md5: str | None = None, hint: s
         if total is not None and tmp.stat().st_size != total:
             raise OSError(f"connection closed after {tmp.stat().st_size} of {total} bytes")
     except (OSError, http.client.HTTPException, ValueError) as err:
-        _clean(tmp, dest.parent if created else None)
         plain = isinstance(err, urllib.error.URLError) and not isinstance(
             err, urllib.error.HTTPError
         )
         reason = one_line(err.reason if plain else err)
         raise GradattnError(f"{dataset}: cannot download {url} ({reason}); {hint}") from None
-    except BaseException:
-        _clean(tmp, dest.parent if created else None)
-        raise
-    if md5 is not None:
-        got = md5sum(tmp)
-        if got != md5:
-            _clean(tmp, dest.parent if created else None)
-            raise GradattnError(
-                f"{dataset}: {url} arrived corrupted (md5 {got}, expected {md5}); "
-                "run the download again"
-            )
-    os.replace(tmp, dest)
-    return dest
 
 
-def _clean(tmp: Path, folder: Path | None) -> None:
-    tmp.unlink(missing_ok=True)
-    if folder is not None:
-        try:
-            folder.rmdir()  # only if we created it and it is still empty
-        except OSError:
-            pass
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only if we created it and it is still empty
+    except OSError:
+        pass
 
 
 def find_file(source: Path, name: str) -> Path | None:
@@ -175,11 +183,7 @@ def install(src: Path, dest: Path, *, dataset: str, md5: str | None = None, acce
     size and mtime is kept (the copy preserves mtime).
     """
     src, dest = Path(src), Path(dest)
-    if md5 is not None and md5sum(src) != md5 and not (accept is not None and accept(src)):
-        raise GradattnError(
-            f"{dataset}: {src} does not match the published checksum "
-            f"(md5 {md5}): a damaged or different file"
-        )
+    verify(src, md5, dataset=dataset, accept=accept, fix="replace it with the original")
     st = src.stat()
     if (
         dest.exists()

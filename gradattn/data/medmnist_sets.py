@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gradattn.data.fetch import get_files
+from gradattn.data.fetch import get_files, verify_raw
 from gradattn.data.prepared import PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
-from gradattn.data.streaming import NpyInZip, write_splits
+from gradattn.data.streaming import NpyInZip, open_npz, write_splits
 from gradattn.errors import GradattnError
 
 
@@ -53,10 +53,10 @@ def download(raw_dir: Path, source: Path | None, *, flag: str, size: int) -> Non
     get_files(flag, raw_dir, source, [(npz_name(flag, size), url, md5)])
 
 
-def read_npz(path: Path) -> dict[str, tuple[NpyInZip, np.ndarray]]:
+def read_npz(path: Path, fix: str) -> dict[str, tuple[NpyInZip, np.ndarray]]:
     """The MedMNIST layout: {split: (streamed images, labels (N,))}."""
     parts = {}
-    with np.load(path) as arrays:
+    with open_npz(path, fix) as arrays:
         keys = set(arrays.files)
         for split in ("train", "val", "test"):
             if f"{split}_images" not in keys or f"{split}_labels" not in keys:
@@ -71,7 +71,9 @@ def read_npz(path: Path) -> dict[str, tuple[NpyInZip, np.ndarray]]:
 def prepare(
     raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int, *, flag: str, size: int
 ) -> None:
-    parts = read_npz(raw_dir / npz_name(flag, size))
+    name, md5 = npz_name(flag, size), url_md5(flag, size)[1]
+    verify_raw(raw_dir, {name: md5}, dataset=flag)
+    parts = read_npz(raw_dir / name, fix=f"run `dvc repro -f download@{flag}`")
     try:
         write_splits(writer, parts, split, split_seed)
     finally:

@@ -11,10 +11,6 @@ so no patient is seen in training and tested on.
 from __future__ import annotations
 
 import csv
-import io
-import os
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,8 +21,10 @@ from tqdm import tqdm
 from gradattn.data.fetch import check_source, fetch, find_file, install, manual_hint
 from gradattn.data.prepared import SPLITS, PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
-from gradattn.data.streaming import LazyImages, write_plan
+from gradattn.data.splits import POOLED, percent
+from gradattn.data.streaming import LazyImages, decode_image, write_plan
 from gradattn.errors import GradattnError
+from gradattn.io import atomic_path, scratch_dir
 
 PAGE = "https://data.mendeley.com/datasets/zr7vgbcyr2/1"
 URL = "https://prod-dcd-datasets-cache-zipfiles.s3.eu-west-1.amazonaws.com/zr7vgbcyr2-1.zip"
@@ -41,7 +39,6 @@ CLASS_NAMES = {
     "SEK": "seborrheic keratosis",
 }
 SIZE = 64
-FRACTIONS = (0.70, 0.15, 0.15)
 COLUMNS = ("patient_id", "diagnostic", "img_id")
 
 
@@ -78,20 +75,16 @@ def _pack(root: Path, raw_dir: Path) -> None:
                 f"padufes20: {len(missing)} image(s) listed in metadata.csv not "
                 f"found under {root} (e.g. {', '.join(missing[:3])})"
             )
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        dest = raw_dir / "images.zip"
-        tmp = raw_dir / ".images.zip.part"
-        try:
-            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as out:
-                for row in tqdm(rows, desc="padufes20: pack", unit="img", leave=False):
-                    src = where[row["img_id"]]
-                    if isinstance(src, Path):
-                        out.write(src, row["img_id"])
-                    else:
-                        out.writestr(row["img_id"], src[0].read(src[1]))
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with (
+            atomic_path(raw_dir / "images.zip") as tmp,
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as out,
+        ):
+            for row in tqdm(rows, desc="padufes20: pack", unit="img", leave=False):
+                src = where[row["img_id"]]
+                if isinstance(src, Path):
+                    out.write(src, row["img_id"])
+                else:
+                    out.writestr(row["img_id"], src[0].read(src[1]))
     finally:
         for archive in archives:
             archive.close()
@@ -99,18 +92,15 @@ def _pack(root: Path, raw_dir: Path) -> None:
 
 
 def _unpack_archive(archive: Path, raw_dir: Path) -> None:
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=raw_dir, prefix=".extract-"))
     try:
-        with zipfile.ZipFile(archive) as z:
-            for member in z.namelist():
-                if member.endswith(("metadata.csv", ".zip", ".png")):
-                    z.extract(member, tmp)
-        _pack(tmp, raw_dir)
+        with scratch_dir(raw_dir, "extract") as tmp:
+            with zipfile.ZipFile(archive) as z:
+                for member in z.namelist():
+                    if member.endswith(("metadata.csv", ".zip", ".png")):
+                        z.extract(member, tmp)
+            _pack(tmp, raw_dir)
     except zipfile.BadZipFile as err:
         raise GradattnError(f"padufes20: {archive} is not a readable zip ({err})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def download(raw_dir: Path, source: Path | None) -> None:
@@ -137,7 +127,7 @@ def download(raw_dir: Path, source: Path | None) -> None:
 
 
 def patient_split(
-    labels: np.ndarray, patients: np.ndarray, seed: int, fractions=FRACTIONS, stratify: bool = True
+    labels: np.ndarray, patients: np.ndarray, seed: int, fractions=POOLED, stratify: bool = True
 ) -> dict[str, np.ndarray]:
     """Rows per split, every patient's rows in one split.
 
@@ -173,15 +163,19 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
     writer.notes["split_detail"] = (
         f"by patient ({len(set(patients)):,} patients, none in two splits), "
         f"{'stratified by diagnosis, ' if split == 'official' else ''}"
-        f"about 70/15/15 of the images, seed {split_seed}"
+        f"about {percent(POOLED)} of the images, seed {split_seed}"
     )
     writer.notes["class_names"] = CLASS_NAMES
     writer.notes["image_resize"] = f"{SIZE}x{SIZE}, bilinear, aspect ratio not kept"
     with zipfile.ZipFile(raw_dir / "images.zip") as archive:
 
         def load(i: int) -> np.ndarray:
-            with Image.open(io.BytesIO(archive.read(rows[i]["img_id"]))) as im:
-                return np.asarray(im.convert("RGB").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            name = rows[i]["img_id"]
+            im = decode_image(
+                archive, name, "RGB", where=f"padufes20: {name} in {raw_dir / 'images.zip'}",
+                fix="replace it in the source and run `dvc repro -f download@padufes20`",
+            )
+            return np.asarray(im.resize((SIZE, SIZE), Image.Resampling.BILINEAR))
 
         images = LazyImages(len(rows), (SIZE, SIZE, 3), load)
         write_plan(
@@ -198,7 +192,8 @@ register(
         augment="flip",
         download=download,
         prepare=prepare,
-        splits="no official split: by patient, stratified by diagnosis, about 70/15/15 of images",
+        splits="no official split: by patient, stratified by diagnosis, "
+        f"about {percent(POOLED)} of images",
         url=PAGE,
     )
 )

@@ -11,7 +11,7 @@ pixels never sit in memory.
 from __future__ import annotations
 
 import gzip
-import os
+import zlib
 from pathlib import Path
 
 import h5py
@@ -27,11 +27,13 @@ from gradattn.data.fetch import (
     manual_hint,
     md5sum,
     missing_in_source,
+    verify,
 )
 from gradattn.data.prepared import PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
 from gradattn.data.streaming import write_splits
 from gradattn.errors import GradattnError
+from gradattn.io import atomic_path, one_line
 
 RECORD = "https://zenodo.org/records/2546921"
 ZENODO = RECORD + "/files/{}?download=1"
@@ -43,9 +45,9 @@ CLASSES = ("no tumour", "metastatic tumour")
 
 
 def _gunzip(archive: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.part")
     try:
         with (
+            atomic_path(dest) as tmp,
             gzip.open(archive, "rb") as fin,
             open(tmp, "wb") as fout,
             tqdm(
@@ -55,23 +57,27 @@ def _gunzip(archive: Path, dest: Path) -> None:
             while block := fin.read(1 << 22):
                 fout.write(block)
                 bar.update(len(block))
-        os.replace(tmp, dest)
-    except (OSError, EOFError) as err:
-        tmp.unlink(missing_ok=True)
-        raise GradattnError(f"pcam: cannot decompress {archive}: {err}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except (OSError, EOFError, zlib.error) as err:
+        raise GradattnError(f"pcam: cannot decompress {archive}: {one_line(err)}") from None
+
+
+def _open_h5(path: Path, key: str) -> h5py.File:
+    """The PCam HDF5 file holding dataset `key`; anything else is refused in one line."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise GradattnError(
+            f"pcam: {path} is not a readable HDF5 file ({one_line(err)}): replace it with the "
+            "original and run the download again"
+        ) from None
+    if key not in f:
+        f.close()
+        raise GradattnError(f"pcam: {path} has no dataset {key!r}: not a PCam file")
+    return f
 
 
 def _check_h5(path: Path) -> None:
-    key = "x" if path.stem.endswith("_x") else "y"
-    try:
-        with h5py.File(path, "r") as f:
-            if key not in f:
-                raise GradattnError(f"pcam: {path} has no dataset {key!r}: not a PCam file")
-    except OSError as err:
-        raise GradattnError(f"pcam: {path} is not a readable HDF5 file ({err})") from None
+    _open_h5(path, "x" if path.stem.endswith("_x") else "y").close()
 
 
 def _from_source(raw_dir: Path, source: Path) -> None:
@@ -83,11 +89,7 @@ def _from_source(raw_dir: Path, source: Path) -> None:
             _check_h5(h5)
             install(h5, raw_dir / name, dataset="pcam")
         elif gz is not None:
-            if md5sum(gz) != GZ_MD5[gz.name]:
-                raise GradattnError(
-                    f"pcam: {gz} does not match the published md5 {GZ_MD5[gz.name]}"
-                )
-            raw_dir.mkdir(parents=True, exist_ok=True)
+            verify(gz, GZ_MD5[gz.name], dataset="pcam", fix="replace it with the original")
             _gunzip(gz, raw_dir / name)
         else:
             missing.append(name)
@@ -137,9 +139,10 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
     try:
         parts = {}
         for part, tag in PARTS.items():
-            x = h5py.File(raw_dir / f"camelyonpatch_level_2_split_{tag}_x.h5", "r")
-            y = h5py.File(raw_dir / f"camelyonpatch_level_2_split_{tag}_y.h5", "r")
-            handles += [x, y]
+            for key in "xy":
+                path = raw_dir / f"camelyonpatch_level_2_split_{tag}_{key}.h5"
+                handles.append(_open_h5(path, key))
+            x, y = handles[-2:]
             parts[part] = (x["x"], np.asarray(y["y"]).reshape(-1))  # x stays on disk
         write_splits(writer, parts, split, split_seed)
     finally:

@@ -6,14 +6,14 @@ data/prepared/<dataset>/
     <split>_labels.npy              int64, (N,)
 
 A dataset folder is written under a temporary name and renamed into place only when every
-split and meta.json are complete, so an interrupted preprocess leaves nothing that looks done.
+split and meta.json are complete, so an interrupted preprocess leaves nothing that looks done;
+the next preprocess of that dataset removes what a killed one left.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gradattn.errors import GradattnError
+from gradattn.io import disk_errors, move_into_place, remove_stale, temp_dir_beside
 
 SPLITS = ("train", "val", "test")
 DEFAULT_ROOT = Path("data/prepared")
@@ -62,6 +63,8 @@ class PreparedWriter:
     """Streams splits into a temporary folder; `commit()` moves it into place.
 
     Use as a context manager: leaving the block by an exception removes the temporary folder.
+    `classes` are the spec's; a source that reads its class list from its files (Tiny
+    ImageNet, an image folder) hands it over with `use_classes` before writing any split.
     """
 
     def __init__(
@@ -74,9 +77,10 @@ class PreparedWriter:
         self.name = name
         self.classes = list(classes)
         self.final = Path(root) / name
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{name}.tmp-"))
+        remove_stale(self.final.parent, name)  # left by a killed preprocess of this dataset
+        self.tmp = temp_dir_beside(self.final)
         self.counts: dict[str, int] = {}
+        self._train_per_class: np.ndarray | None = None
         self.shape: tuple[int, int, int] | None = None
         self.notes = notes or {}
         self._sums: np.ndarray | None = None
@@ -88,6 +92,11 @@ class PreparedWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.tmp.exists():
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def use_classes(self, classes: Iterable[str]) -> None:
+        if self.counts:
+            raise ValueError("use_classes() comes before the first split is written")
+        self.classes = list(classes)
 
     def write_split(self, split: str, images: np.ndarray, labels: np.ndarray) -> None:
         """Write a split held as arrays (or memory maps); images N×H×W or N×H×W×C uint8."""
@@ -118,6 +127,13 @@ class PreparedWriter:
                 f"{self.name}: split {split} has images of shape {shape}, other splits {self.shape}"
             )
         self.shape = shape
+        with disk_errors(self.final.parent):
+            self._stream(split, count, shape, chunks)
+        self.counts[split] = count
+        if split == "train":
+            self._check_classes()
+
+    def _stream(self, split, count, shape, chunks) -> None:
         out_images = np.lib.format.open_memmap(
             self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(count, *shape)
         )
@@ -150,10 +166,26 @@ class PreparedWriter:
                 f"{self.name}/{split}: label {out_labels[bad][0]} outside "
                 f"0..{len(self.classes) - 1}"
             )
+        if split == "train":
+            self._train_per_class = np.bincount(out_labels, minlength=len(self.classes))
         out_images.flush()
         del out_images
         np.save(self.tmp / f"{split}_labels.npy", out_labels)
-        self.counts[split] = count
+
+    def _check_classes(self) -> None:
+        """A classifier needs two classes or more, each with training images."""
+        if len(self.classes) < 2:
+            raise GradattnError(
+                f"dataset {self.name!r} has {len(self.classes)} class(es) "
+                f"({', '.join(self.classes) or 'none'}): a classifier needs at least two; "
+                "give it images of two classes or more"
+            )
+        empty = [c for c, n in zip(self.classes, self._train_per_class, strict=True) if n == 0]
+        if empty:
+            raise GradattnError(
+                f"dataset {self.name!r}: class(es) {', '.join(map(repr, empty[:5]))} have no "
+                "training images; add images of them (or drop those classes) and run again"
+            )
 
     def commit(self) -> dict:
         missing = [s for s in SPLITS if s not in self.counts]
@@ -174,38 +206,7 @@ class PreparedWriter:
             "std": [round(float(s), 6) for s in std],
             **self.notes,
         }
-        (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if self.final.exists():
-            shutil.rmtree(self.final)
-        self.tmp.rename(self.final)
+        with disk_errors(self.final.parent):
+            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        move_into_place(self.tmp, self.final)
         return meta
-
-
-def pooled_split(
-    labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)
-) -> dict[str, np.ndarray]:
-    """The notebooks' split: all images pooled, shuffled with `seed`, cut 70/15/15."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    n_train = int(round(fractions[0] * len(labels)))
-    n_val = int(round(fractions[1] * len(labels)))
-    return {
-        "train": np.sort(order[:n_train]),
-        "val": np.sort(order[n_train : n_train + n_val]),
-        "test": np.sort(order[n_train + n_val :]),
-    }
-
-
-def stratified_split(
-    labels: np.ndarray, seed: int, fractions=(0.70, 0.15, 0.15)
-) -> dict[str, np.ndarray]:
-    """A per-class split with the given fractions, for sources without an official one."""
-    rng = np.random.default_rng(seed)
-    parts = {s: [] for s in SPLITS}
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_train = int(round(fractions[0] * len(idx)))
-        n_val = int(round(fractions[1] * len(idx)))
-        parts["train"].append(idx[:n_train])
-        parts["val"].append(idx[n_train : n_train + n_val])
-        parts["test"].append(idx[n_train + n_val :])
-    return {s: np.sort(np.concatenate(p)) for s, p in parts.items()}

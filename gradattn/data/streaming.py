@@ -10,16 +10,21 @@ block by block into a `PreparedWriter`.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from gradattn.data.prepared import SPLITS, PreparedWriter, pooled_split, stratified_split
+from gradattn.data.prepared import SPLITS, PreparedWriter
+from gradattn.data.splits import Plan, plan_splits
 from gradattn.errors import GradattnError
+from gradattn.io import one_line
 
 # Rows are read in blocks of about this many bytes: enough for fast sequential reads, small
 # enough that PCam or 224 px TissueMNIST prepare in a few hundred MB. (PreparedWriter's pixel
@@ -27,9 +32,6 @@ from gradattn.errors import GradattnError
 BLOCK_BYTES = 8 << 20
 
 DECODE_THREADS = min(4, os.cpu_count() or 1)
-
-VAL_FROM_TRAIN = 0.10  # sources with train/test only: a stratified 10 % of train becomes val
-NO_SPLIT = (0.70, 0.10, 0.20)  # sources with no split at all (custom data): MedMNIST's 7:1:2
 
 
 class LazyImages:
@@ -59,6 +61,38 @@ class LazyImages:
 
     def __getitem__(self, item: slice) -> np.ndarray:
         return self.load_rows(np.arange(*item.indices(self.count)))
+
+
+def decode_image(
+    archive: zipfile.ZipFile, member: str, mode: str | None, *, where: str, fix: str
+) -> Image.Image:
+    """Member `member` of `archive` decoded in full (converted to `mode` if given); a damaged
+    or non-image file becomes one line naming `where` (the file the user can fix)."""
+    try:
+        with Image.open(io.BytesIO(archive.read(member))) as im:
+            im.load()
+            return im.convert(mode) if mode else im.copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise GradattnError(f"{where} is not a readable image ({one_line(err)}): {fix}") from None
+
+
+@contextmanager
+def open_npz(path: str | Path, fix: str):
+    """`np.load(path)` of an .npz, never with pickles; an unreadable file becomes one line
+    naming it and `fix` (what to do)."""
+    if not zipfile.is_zipfile(path):
+        raise GradattnError(
+            f"{path} is not a valid .npz file (not a zip of .npy arrays): {fix}"
+        )
+    try:
+        with np.load(path) as arrays:
+            yield arrays
+    except GradattnError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        # numpy's advice for pickled arrays is to load them unsafely: never give it.
+        reason = "it holds pickled objects" if "pickle" in str(err) else one_line(err)
+        raise GradattnError(f"{path} is not a valid .npz file ({reason}): {fix}") from None
 
 
 class NpyInZip:
@@ -126,73 +160,6 @@ class NpyInZip:
         self._zip.close()
 
 
-def carve_val(
-    labels: np.ndarray, seed: int, fraction: float = VAL_FROM_TRAIN
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, val rows): a stratified `fraction` of each class becomes validation."""
-    parts = stratified_split(labels, seed, (1.0 - fraction, fraction, 0.0))
-    # Rounding may leave a row or two in the "test" share: they stay in train.
-    return np.sort(np.concatenate([parts["train"], parts["test"]])), parts["val"]
-
-
-Plan = dict[str, list[tuple[str, np.ndarray]]]
-
-
-def plan_splits(
-    labels: dict[str, np.ndarray],
-    split: str,
-    seed: int,
-    *,
-    val_fraction: float = VAL_FROM_TRAIN,
-    fractions=NO_SPLIT,
-) -> tuple[Plan, str]:
-    """Which rows of which part form each output split, and a sentence saying how.
-
-    official: parts train/val/test are kept; train/test → val carved from train (stratified);
-              a single part `all` → stratified `fractions`.
-    pooled:   the notebooks' split — every part pooled, shuffled with `seed`, cut 70/15/15.
-    """
-    names = tuple(labels)
-    if split == "pooled":
-        pooled = np.concatenate([labels[n] for n in names])
-        starts = np.cumsum([0] + [len(labels[n]) for n in names])
-        plan: Plan = {}
-        for out, rows in pooled_split(pooled, seed).items():
-            plan[out] = [
-                (n, rows[(rows >= a) & (rows < b)] - a)
-                for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)
-            ]
-        return (
-            plan,
-            f"pooled {'+'.join(names)} ({len(pooled):,} images), random 70/15/15, seed {seed}",
-        )
-    if split != "official":
-        raise GradattnError(f"unknown split mode {split!r}: choose official or pooled")
-    if set(names) == {"train", "val", "test"}:
-        return (
-            {s: [(s, np.arange(len(labels[s])))] for s in SPLITS},
-            "the source's own train/val/test",
-        )
-    if set(names) == {"train", "test"}:
-        train, val = carve_val(labels["train"], seed, val_fraction)
-        return (
-            {
-                "train": [("train", train)],
-                "val": [("train", val)],
-                "test": [("test", np.arange(len(labels["test"])))],
-            },
-            f"the source's train/test; val = a stratified {val_fraction:.0%} of train "
-            f"(seed {seed})",
-        )
-    if names == ("all",):
-        rows = stratified_split(labels["all"], seed, fractions)
-        return (
-            {s: [("all", rows[s])] for s in SPLITS},
-            "no official split: stratified {:.0%}/{:.0%}/{:.0%} (seed {})".format(*fractions, seed),
-        )
-    raise ValueError(f"parts {names} are not train/val/test, train/test or all")
-
-
 def _blocks(
     images, labels: np.ndarray, rows: np.ndarray
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -215,8 +182,15 @@ def _blocks(
 
 
 def write_plan(
-    writer: PreparedWriter, parts: dict[str, tuple[object, np.ndarray]], plan: Plan
+    writer: PreparedWriter,
+    parts: dict[str, tuple[object, np.ndarray]],
+    plan: Plan,
+    classes: Sequence[str] | None = None,
 ) -> None:
+    """Stream the planned rows into `writer`; `classes`, when the source read them from its
+    own files, replace the spec's."""
+    if classes is not None:
+        writer.use_classes(classes)
     shapes = {
         tuple(images.shape[1:]) + ((1,) if len(images.shape) == 3 else ())
         for images, _ in parts.values()
@@ -242,7 +216,7 @@ def write_splits(
     parts: dict[str, tuple[object, np.ndarray]],
     split: str,
     seed: int,
-    **plan_options,
+    classes: Sequence[str] | None = None,
 ) -> None:
     """Plan the splits from the parts' labels and stream them into `writer`."""
     labels = {name: np.asarray(lab, dtype=np.int64).reshape(-1) for name, (_, lab) in parts.items()}
@@ -252,6 +226,6 @@ def write_splits(
                 f"{writer.name}: part {name} has {len(images)} images but "
                 f"{len(labels[name])} labels"
             )
-    plan, how = plan_splits(labels, split, seed, **plan_options)
+    plan, how = plan_splits(labels, split, seed)
     writer.notes["split_detail"] = how
-    write_plan(writer, {n: (parts[n][0], labels[n]) for n in parts}, plan)
+    write_plan(writer, {n: (parts[n][0], labels[n]) for n in parts}, plan, classes)

@@ -11,7 +11,6 @@ extracted layout is packed into the same zip layout first.
 
 from __future__ import annotations
 
-import io
 import zipfile
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from gradattn.data.fetch import (
 )
 from gradattn.data.prepared import PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
-from gradattn.data.streaming import LazyImages, write_splits
+from gradattn.data.splits import val_note
+from gradattn.data.streaming import LazyImages, decode_image, write_splits
 from gradattn.errors import GradattnError
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
@@ -88,15 +88,16 @@ def _class_names(wnids: list[str], words_txt: str) -> list[str]:
 
 
 def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
-    with zipfile.ZipFile(raw_dir / ARCHIVE) as archive:
+    path = raw_dir / ARCHIVE
+    with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         tops = [n[: -len("wnids.txt")] for n in names if n.endswith("wnids.txt")]
         if len(tops) != 1:
-            raise GradattnError(f"tinyimagenet: {raw_dir / ARCHIVE} has no single wnids.txt")
+            raise GradattnError(f"tinyimagenet: {path} has no single wnids.txt")
         top = tops[0]
         wnids = archive.read(f"{top}wnids.txt").decode().split()
         index = {w: i for i, w in enumerate(wnids)}
-        writer.classes = _class_names(wnids, archive.read(f"{top}words.txt").decode())
+        classes = _class_names(wnids, archive.read(f"{top}words.txt").decode())
         writer.notes["wnids"] = wnids
 
         train = sorted(
@@ -112,8 +113,10 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
 
         def images(members: list[str]) -> LazyImages:
             def load(i: int) -> np.ndarray:
-                with Image.open(io.BytesIO(archive.read(members[i]))) as im:
-                    rgb = im.convert("RGB")  # some Tiny ImageNet images are greyscale
+                rgb = decode_image(  # some Tiny ImageNet images are greyscale
+                    archive, members[i], "RGB", where=f"tinyimagenet: {members[i]} in {path}",
+                    fix="run `dvc repro -f download@tinyimagenet` to fetch it again",
+                )
                 if rgb.size != (SIZE, SIZE):
                     rgb = rgb.resize((SIZE, SIZE), Image.Resampling.BILINEAR)
                 return np.asarray(rgb)
@@ -124,7 +127,7 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
             "train": (images(train), np.array(train_labels)),
             "test": (images([m for m, _ in val]), np.array([label for _, label in val])),
         }
-        write_splits(writer, parts, split, split_seed)
+        write_splits(writer, parts, split, split_seed, classes=classes)
 
 
 register(
@@ -136,7 +139,7 @@ register(
         augment="crop_flip",
         download=download,
         prepare=prepare,
-        splits="official 100,000 train / 10,000 val (our test); val = a stratified 10% of train",
+        splits=f"official 100,000 train / 10,000 val (our test); {val_note()}",
         url=URL,
     )
 )

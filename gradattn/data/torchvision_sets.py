@@ -8,12 +8,11 @@ MATLAB .mat), straight into uint8 arrays.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import os
 import pickle
 import shutil
 import tarfile
-import tempfile
+import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,15 @@ from gradattn.data.fetch import (
     install,
     manual_hint,
     md5sum,
+    verify,
+    verify_raw,
 )
 from gradattn.data.prepared import PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
+from gradattn.data.splits import val_note
 from gradattn.data.streaming import write_splits
 from gradattn.errors import GradattnError
+from gradattn.io import atomic_dir, file_digest, one_line
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX .gz files)
 
@@ -48,18 +51,27 @@ FASHION_CONTENT_MD5 = {
 FASHION_CLASSES = tuple(FashionMNIST.classes)
 
 
-def _gunzip_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with gzip.open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+def _same_content(path: Path, md5: str) -> bool:
+    """Whether the .gz decompresses to the bytes with `md5` (False for a damaged .gz)."""
+    try:
+        return file_digest(path, "md5", opener=gzip.open) == md5
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
+FASHION_ACCEPT = {name: partial(_same_content, md5=m) for name, m in FASHION_CONTENT_MD5.items()}
 
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (.gz) of unsigned bytes: images (N, H, W) or labels (N,)."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise GradattnError(
+            f"{path} is not a readable .gz file ({one_line(err)}): "
+            "run `dvc repro -f download@fashionmnist` to fetch it again"
+        ) from None
     if len(data) < 4 or data[:3] != b"\x00\x00\x08":
         raise GradattnError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
@@ -72,11 +84,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 def fashion_download(raw_dir: Path, source: Path | None) -> None:
     files = [(name, FASHION_URL + name, md5) for name, md5 in FASHION_MD5.items()]
-    accept = {name: (lambda p, m=m: _gunzip_md5(p) == m) for name, m in FASHION_CONTENT_MD5.items()}
-    get_files("fashionmnist", raw_dir, source, files, accept=accept)
+    get_files("fashionmnist", raw_dir, source, files, accept=FASHION_ACCEPT)
 
 
 def fashion_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+    verify_raw(raw_dir, FASHION_MD5, dataset="fashionmnist", accept=FASHION_ACCEPT)
     parts = {}
     for part, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(raw_dir / f"{prefix}-images-idx3-ubyte.gz")
@@ -94,7 +106,7 @@ register(
         augment="rotate10",
         download=fashion_download,
         prepare=fashion_prepare,
-        splits="official 60,000 train / 10,000 test; val = a stratified 10% of train",
+        splits="official 60,000 train / 10,000 test; " + val_note(),
         url=FASHION_URL,
         notebook_defect=True,
     )
@@ -126,26 +138,17 @@ def _cifar_complete(folder: Path) -> bool:
 
 def _extract_cifar(archive: Path, raw_dir: Path) -> None:
     """Unpack the batches from the archive into raw_dir/cifar-10-batches-py, atomically."""
-    tmp = Path(tempfile.mkdtemp(dir=raw_dir, prefix=".extract-"))
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for name in CIFAR_MD5:
+        with atomic_dir(raw_dir / CIFAR_FOLDER) as tmp, tarfile.open(archive, "r:gz") as tar:
+            for name, md5 in CIFAR_MD5.items():
                 member = tar.getmember(f"{CIFAR_FOLDER}/{name}")
                 with tar.extractfile(member) as fin, open(tmp / name, "wb") as fout:
                     shutil.copyfileobj(fin, fout)
-        for name, md5 in CIFAR_MD5.items():
-            if md5sum(tmp / name) != md5:
-                raise GradattnError(f"cifar10: {name} in {archive} does not match its md5 {md5}")
-        final = raw_dir / CIFAR_FOLDER
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+                verify(tmp / name, md5, dataset="cifar10", fix=f"{archive} is damaged")
     except KeyError as err:
         raise GradattnError(
             f"cifar10: {archive} lacks {err}: not the CIFAR-10 python archive"
         ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cifar_download(raw_dir: Path, source: Path | None) -> None:
@@ -164,11 +167,7 @@ def cifar_download(raw_dir: Path, source: Path | None) -> None:
                 f"data.sources.cifar10 = {str(source)!r} holds neither "
                 f"{CIFAR_ARCHIVE} nor the batches {', '.join(CIFAR_MD5)}"
             )
-        if md5sum(archive) != CIFAR_ARCHIVE_MD5:
-            raise GradattnError(
-                f"cifar10: {archive} does not match the published md5 {CIFAR_ARCHIVE_MD5}"
-            )
-        raw_dir.mkdir(parents=True, exist_ok=True)
+        verify(archive, CIFAR_ARCHIVE_MD5, dataset="cifar10", fix="replace it with the original")
         _extract_cifar(archive, raw_dir)
         return
     if _cifar_complete(folder):
@@ -192,6 +191,7 @@ def _unpickle(path: Path) -> dict:
 
 def cifar_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
     folder = raw_dir / CIFAR_FOLDER
+    verify_raw(folder, CIFAR_MD5, dataset="cifar10")  # before unpickling: pickle runs code
     names = _unpickle(folder / CIFAR10.meta["filename"])[CIFAR10.meta["key"]]
     if tuple(names) != CIFAR_CLASSES:
         raise GradattnError(
@@ -215,7 +215,7 @@ register(
         augment="crop_flip",
         download=cifar_download,
         prepare=cifar_prepare,
-        splits="official 50,000 train / 10,000 test; val = a stratified 10% of train",
+        splits="official 50,000 train / 10,000 test; " + val_note(),
         url=CIFAR_URL,
         notebook_defect=True,
     )
@@ -244,6 +244,7 @@ def read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def svhn_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+    verify_raw(raw_dir, {name: md5 for name, _, md5 in SVHN_FILES}, dataset="svhn")
     parts = {
         part: read_svhn(raw_dir / name)
         for part, (name, _, _) in zip(("train", "test"), SVHN_FILES, strict=True)
@@ -260,7 +261,7 @@ register(
         augment="none",  # the SVHN notebook trains without augmentation (and digits must not flip)
         download=svhn_download,
         prepare=svhn_prepare,
-        splits="official 73,257 train / 26,032 test (no extra); val = a stratified 10% of train",
+        splits="official 73,257 train / 26,032 test (no extra); " + val_note(),
         url=SVHN.split_list["train"][0],
     )
 )
