@@ -1,7 +1,5 @@
 """Evaluate one trained (dataset, model) pair on its test split: metrics JSON + predictions."""
 
-import sys
-
 import numpy as np
 
 from gradattn import paths
@@ -10,12 +8,12 @@ from gradattn.io import read_json, write_json, write_with
 from gradattn.metrics import classification_metrics, train_val_gap
 from gradattn.models import count_parameters
 from gradattn.runs import dataset_meta, load_trained, make_batches
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 from gradattn.train import predict, resolve_device
 
 
 def main() -> None:
-    dataset, model_name = sys.argv[1], sys.argv[2]
+    dataset, model_name = stage_args("dataset", "model")
     cfg = load_params().evaluate
     model, record = load_trained(dataset, model_name)
     device = resolve_device(record["run_config"]["train"]["device"])

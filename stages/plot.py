@@ -1,8 +1,6 @@
 """Figures of one dataset -> plots/<dataset>/*.png, DVC plot data and the digest of its runs
 -> plotdata/<dataset>/ (the report stage reads the digest; see stages/report.py)."""
 
-import sys
-
 import numpy as np
 from tqdm import tqdm
 
@@ -13,7 +11,7 @@ from gradattn.data import load_split
 from gradattn.io import read_json, write_json
 from gradattn.report import model_label
 from gradattn.runs import dataset_meta, load_run_config, load_trained, make_batches
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 from gradattn.train import resolve_device
 
 
@@ -67,7 +65,7 @@ def plot_model(dataset: str, model: str, label: str, meta: dict, out, data, para
 
 
 def main() -> None:
-    dataset = sys.argv[1]
+    (dataset,) = stage_args("dataset")
     params = load_params()
     meta = dataset_meta(dataset)
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset

@@ -1,7 +1,5 @@
 """Train one (dataset, model) pair with the paper's protocol; resume from a checkpoint if killed."""
 
-import sys
-
 from gradattn import paths
 from gradattn.config import TrainConfig
 from gradattn.grad_probe import parameter_grad_norms, split_grad_history
@@ -16,12 +14,12 @@ from gradattn.runs import (
     save_trained,
     uses_legacy_defect,
 )
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 from gradattn.train import fit, make_deterministic, resolve_device
 
 
 def main() -> None:
-    dataset, model_name = sys.argv[1], sys.argv[2]
+    dataset, model_name = stage_args("dataset", "model")
     cfg = load_run_config(dataset, model_name)
     train_cfg = TrainConfig(**cfg["train"])
     meta = dataset_meta(dataset)
