@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,19 @@ def save(path: str | os.PathLike, obj: Any) -> None:
 def load(path: str | os.PathLike, *, remedy: str, map_location="cpu") -> Any:
     """Read a file written by `save`; anything else is an UnreadableFileError ending in `remedy`.
 
-    OSError (missing file, permissions) passes through: it is not the file's contents' fault.
+    An OSError naming a file (missing, permissions) passes through: the contents are not at
+    fault. torch reports some truncated archives as an OSError naming none.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except OSError:
-        raise
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise, not help
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as err:
+        if err.filename is not None:
+            raise
+        raise UnreadableFileError(
+            path, f"it is truncated or damaged ({first_line(err)})", remedy) from None
     except pickle.UnpicklingError as err:
         if "weights only" in str(err).lower():
             problem = ("it holds objects other than tensors and plain values (not loaded: "

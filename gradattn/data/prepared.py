@@ -75,6 +75,8 @@ class PreparedWriter:
         self.classes = list(classes)
         self.final = Path(root) / name
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.final.parent.glob(f".{name}.tmp-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{name}.tmp-"))
         self.counts: dict[str, int] = {}
         self.shape: tuple[int, int, int] | None = None
