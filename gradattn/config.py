@@ -6,6 +6,7 @@ allowed. Stages read their settings only through `load_params`.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,8 @@ def _number(
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, bool) and {"on", "off"} <= set(choices):
+        value = "on" if value else "off"  # YAML reads a bare on/off (and yes/no) as a boolean
     if value not in choices:
         raise _fail(key, value, "choose one of: " + ", ".join(choices))
     return value
@@ -305,7 +308,21 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(params)
 
 
+def _check_top_level(params: Any) -> None:
+    known = [f.name for f in fields(Params)]
+    if not isinstance(params, dict):
+        raise ConfigError(f"params.yaml must be a mapping of sections ({', '.join(known)}), "
+                          f"not {type(params).__name__}: fix params.yaml")
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"{key!r} is not a known top-level key of params.yaml: {hint}"
+                              f"known keys: {', '.join(known)} (fix it in params.yaml)")
+
+
 def parse_params(params: dict) -> Params:
+    _check_top_level(params)
     models, model = _parse_models(params)
     return Params(
         data=DataConfig.parse(_section(params, "data", DataConfig)),

@@ -7,3 +7,10 @@ class GradattnError(Exception):
 
 class ConfigError(GradattnError, ValueError):
     """A bad value in params.yaml (or a -S override)."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if it has none), for one-line
+    reports of errors raised by other libraries."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:limit] if lines else type(err).__name__

@@ -69,6 +69,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
     path = Path(path)
     with disk_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
+        # What a killed earlier write of this same file left; nothing else writes it now.
+        remove_stale(path.parent, path.name)
         prefix = f".{path.name}{TMP}"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix or "")
         os.close(fd)

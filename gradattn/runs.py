@@ -9,12 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gradattn import paths
+from gradattn import paths, torchfile
 from gradattn.config import TrainConfig, load_params
 from gradattn.data import get_spec, known_datasets, load_meta, load_split
 from gradattn.data.batches import Batches
-from gradattn.errors import GradattnError
-from gradattn.io import atomic_path
+from gradattn.errors import GradattnError, first_line
 from gradattn.models import build_model
 
 
@@ -82,8 +81,7 @@ def save_trained(path: Path, model: nn.Module, run_config: dict, meta: dict, **e
         "dataset_meta": meta,
         **extra,
     }
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+    torchfile.save(path, state)
 
 
 def load_trained(dataset: str, model: str, device="cpu") -> tuple[nn.Module, dict]:
@@ -91,14 +89,22 @@ def load_trained(dataset: str, model: str, device="cpu") -> tuple[nn.Module, dic
     path = paths.model_file(dataset, model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro train@{dataset}-{model}` first")
-    record = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_model(
-        record["model"],
-        num_classes=record["num_classes"],
-        in_channels=record["in_channels"],
-        **record["options"],
-    )
-    net.load_state_dict(record["state_dict"])
+    remedy = f"re-create it with `dvc repro train@{dataset}-{model}`"
+    record = torchfile.require_keys(
+        path, torchfile.load(path, remedy=remedy),
+        {"model", "options", "num_classes", "in_channels", "state_dict", "run_config"}, remedy)
+    try:
+        net = build_model(
+            record["model"],
+            num_classes=record["num_classes"],
+            in_channels=record["in_channels"],
+            **record["options"],
+        )
+        net.load_state_dict(record["state_dict"])
+    except (ValueError, TypeError, RuntimeError) as err:  # made by another version of the code
+        raise torchfile.UnreadableFileError(
+            path, f"its weights do not fit model {record['model']!r} ({first_line(err)})",
+            remedy) from None
     return net.to(device).eval(), record
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gradattn import torchfile
 from gradattn.config import TrainConfig
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
@@ -135,9 +136,9 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
     history: list[dict] = []
     start_epoch = 1
 
-    if checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("run_id") == run_id:
+    state = _load_checkpoint(checkpoint, device, log) if checkpoint is not None else None
+    if state is not None:
+        if state["run_id"] == run_id:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             settle_loaded_optimizer(optimizer, plan, lr_tensor)
@@ -256,8 +257,27 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    from gradattn.io import atomic_path
+CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "scheduler", "early_stopping",
+                   "best_model", "history"}
 
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(state, tmp)
+
+def _load_checkpoint(path: Path, device: torch.device, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint's contents; None when there is none. A damaged (or unsafe) one is moved
+    aside, not deleted, so the run starts over instead of failing on every rerun."""
+    if not path.exists():
+        return None
+    remedy = "training starts from scratch"
+    try:
+        return torchfile.require_keys(
+            path, torchfile.load(path, remedy=remedy, map_location=device), CHECKPOINT_KEYS,
+            remedy)
+    except torchfile.UnreadableFileError as err:
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        log(f"warning: {err.path} cannot be used: {err.problem}; moved it to {aside} and "
+            f"{remedy}")
+        return None
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    torchfile.save(path, state)

@@ -1,17 +1,16 @@
 """Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from data.sources)."""
 
-import sys
 import time
 from pathlib import Path
 
 from gradattn import paths
 from gradattn.data import get_spec
 from gradattn.io import read_json, remove_stale
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 
 
 def main() -> None:
-    dataset = sys.argv[1]
+    (dataset,) = stage_args("dataset")
     cfg = read_json(paths.source_config(dataset))
     spec = get_spec(
         dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")

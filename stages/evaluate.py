@@ -1,19 +1,17 @@
 """Evaluate one trained (dataset, model) pair on its test split: metrics JSON, and the
 predictions file with all the figures need of the model and data (gradattn.evaluation)."""
 
-import sys
-
 import numpy as np
 
 from gradattn import paths
 from gradattn.config import load_params
 from gradattn.evaluation import evaluate
 from gradattn.io import write_json, write_with
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 
 
 def main() -> None:
-    dataset, model_name = sys.argv[1], sys.argv[2]
+    dataset, model_name = stage_args("dataset", "model")
     cfg = load_params().evaluate
     metrics, arrays = evaluate(dataset, model_name, batch_size=cfg.batch_size,
                                ece_bins=cfg.ece_bins)

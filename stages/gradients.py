@@ -1,8 +1,6 @@
 """Gradient flow of one trained (dataset, model) pair: per-layer gradient norms and the
 Gradient Health Score (paper §4.4, Table 5) -> metrics/<dataset>/<model>.gradients.json."""
 
-import sys
-
 from gradattn import paths
 from gradattn.config import TrainConfig, load_params
 from gradattn.data import load_split
@@ -10,12 +8,12 @@ from gradattn.data.batches import Batches
 from gradattn.gradients import analyse_gradients
 from gradattn.io import write_json
 from gradattn.runs import dataset_meta, load_trained
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 from gradattn.train import resolve_device
 
 
 def main() -> None:
-    dataset, model_name = sys.argv[1], sys.argv[2]
+    dataset, model_name = stage_args("dataset", "model")
     cfg = load_params().gradients
     # The training settings of the run that made the model (its own record).
     model, record = load_trained(dataset, model_name)

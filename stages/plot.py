@@ -5,7 +5,6 @@ Reads files only: metrics/<dataset>/ and predictions/<dataset>/ (which the evalu
 writes with what the figures need of the models and data; see gradattn.evaluation)."""
 
 import json
-import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -16,7 +15,7 @@ from gradattn.config import load_params
 from gradattn.errors import GradattnError
 from gradattn.io import read_json, write_json
 from gradattn.names import model_label
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 
 NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
           "class_counts")
@@ -82,7 +81,7 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
 
 
 def main() -> None:
-    dataset = sys.argv[1]
+    (dataset,) = stage_args("dataset")
     models = load_params().models
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset
     labels, files = {}, {}

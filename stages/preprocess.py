@@ -1,16 +1,15 @@
 """Turn data/raw/<dataset>/ into data/prepared/<dataset>/ (uint8 arrays + meta.json)."""
 
-import sys
 import time
 
 from gradattn import paths
 from gradattn.data import PreparedWriter, get_spec
 from gradattn.io import read_json
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 
 
 def main() -> None:
-    dataset = sys.argv[1]
+    (dataset,) = stage_args("dataset")
     cfg = read_json(paths.prepare_config(dataset))
     spec = get_spec(
         dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")

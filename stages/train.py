@@ -3,8 +3,6 @@
 The history (DVC plot data) and the per-epoch gradient norms are rewritten after every
 epoch, so `dvc plots show` during a run shows the epochs so far."""
 
-import sys
-
 from gradattn import paths
 from gradattn.config import TrainConfig
 from gradattn.grad_probe import parameter_grad_norms, split_grad_history
@@ -19,7 +17,7 @@ from gradattn.runs import (
     save_trained,
     uses_legacy_defect,
 )
-from gradattn.stage import run
+from gradattn.stage import run, stage_args
 from gradattn.train import fit, make_deterministic, resolve_device
 
 
@@ -31,7 +29,7 @@ def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
 
 
 def main() -> None:
-    dataset, model_name = sys.argv[1], sys.argv[2]
+    dataset, model_name = stage_args("dataset", "model")
     cfg = load_run_config(dataset, model_name)
     train_cfg = TrainConfig(**cfg["train"])
     meta = dataset_meta(dataset)

@@ -114,3 +114,37 @@ def test_train_stage_without_prepared_data_fails_cleanly(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "preprocess@fashionmnist-mini" in lines[0], proc.stderr
     assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("typo, suggestion", [("trian", "train"), ("modles", "models"),
+                                              ("gradient", "gradients")])
+def test_an_unknown_top_level_key_is_refused_with_the_closest_known_one(typo, suggestion):
+    params = copy.deepcopy(DEFAULTS)
+    params[typo] = params.pop(suggestion)
+    with pytest.raises(ConfigError, match=rf"'{typo}' .*did you mean '{suggestion}'") as err:
+        parse_params(params)
+    assert "\n" not in str(err.value) and "known keys: data, models" in str(err.value)
+
+
+@pytest.mark.parametrize("text, expect", [("off", "off"), ("on", "on"), ("'off'", "off"),
+                                          ("auto", "auto"), ("no", "off"), ("true", "on")])
+def test_train_fast_accepts_on_and_off_however_yaml_reads_them(text, expect):
+    params = copy.deepcopy(DEFAULTS)
+    params["train"].update(yaml.safe_load(f"fast: {text}"))
+    assert parse_params(params).train.fast == expect
+
+
+def test_a_yaml_boolean_is_still_refused_where_on_off_is_not_a_choice():
+    with pytest.raises(ConfigError, match=r"train\.device = False .*auto, cpu, cuda"):
+        parse_params(with_change("train", "device", yaml.safe_load("off")))
+
+
+def test_configure_refuses_a_top_level_typo_with_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        (ROOT / "params.yaml").read_text().replace("\ntrain:", "\ntrian:"))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "'trian' is not a known top-level key" in lines[0] and "'train'" in lines[0]
+    assert not (tmp_path / "configs").exists()

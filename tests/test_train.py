@@ -60,7 +60,7 @@ def test_adam_and_plateau_schedule_use_the_papers_settings(tmp_path):
     train, val = data()
     ckpt = tmp_path / "run.pt"
     fit(tiny(), train, val, cfg, checkpoint=ckpt, run_id="r", log=quiet, progress=False)
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=True)
     group = state["optimizer"]["param_groups"][0]
     assert group["lr"] == 2e-3 and group["weight_decay"] == 3e-4
     assert group["betas"] == (0.9, 0.999) and group["eps"] == 1e-8
@@ -119,7 +119,7 @@ def test_a_checkpoint_of_another_run_is_ignored(tmp_path):
                  run_id="new", log=lines.append, progress=False)
     assert any(line.startswith("ignoring") for line in lines)
     assert result.resumed_from == 0 and [r["epoch"] for r in result.history] == [1, 2]
-    assert torch.load(ckpt, weights_only=False)["run_id"] == "new"
+    assert torch.load(ckpt, weights_only=True)["run_id"] == "new"
 
 
 def test_same_seed_same_history_and_weights():
