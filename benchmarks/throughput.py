@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without installing
     sys.path.insert(0, str(ROOT))
 
-from gradattn.config import TrainConfig  # noqa: E402
 from gradattn.data.batches import Batches  # noqa: E402
 from gradattn.data.prepared import load_meta, load_split  # noqa: E402
 from gradattn.errors import GradattnError  # noqa: E402
 from gradattn.fast import Plan, Trainer, make_optimizer, resolve_plan  # noqa: E402
 from gradattn.models import build_model, count_parameters  # noqa: E402
+from gradattn.settings import TrainConfig  # noqa: E402
 from gradattn.train import resolve_device  # noqa: E402
 
 SIZES = (28, 32, 64, 96)

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from gradattn import paths
-from gradattn.config import DataConfig, EvaluateConfig, TrainConfig
 from gradattn.errors import GradattnError
+from gradattn.settings import DataConfig, EvaluateConfig, TrainConfig
 
 # Settings that cannot change a run's numbers, so they do not split runs apart.
 IGNORED = {"train.num_workers", "evaluate.batch_size"}

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradattn.config import TrainConfig
 from gradattn.data.batches import Batches
+from gradattn.settings import TrainConfig
 
 # Warm-up steps before a capture (torch's docs use 3; DDP needs 11, we do not use DDP).
 WARMUP_STEPS = 3

@@ -4,22 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from gradattn import paths, torchfile
-from gradattn.config import TrainConfig, load_params
-from gradattn.data import get_spec, known_datasets, load_meta, load_split
+from gradattn.data import load_meta, load_split
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError, first_line
+from gradattn.io import read_json
 from gradattn.models import build_model
+from gradattn.settings import TrainConfig, load_section
 
 
 def load_run_config(dataset: str, model: str) -> dict:
-    """Everything one training run depends on, from params.yaml (validated)."""
-    return load_params().run_config(dataset, model)
+    """Everything one training run depends on, and nothing else: the train section and
+    data.legacy_preprocessing (native params of the stage) and the model's own options (from
+    configs/models/<model>.json, which `configure` resolves; see dvc.yaml)."""
+    path = paths.model_config(model)
+    if not path.exists():
+        raise GradattnError(f"{path} not found: run `dvc repro configure` (or `dvc repro`) first")
+    return {
+        "dataset": dataset,
+        "model": model,
+        "model_options": read_json(path)["options"],
+        "train": asdict(load_section("train")),
+        "legacy_preprocessing": load_section("data").legacy_preprocessing,
+    }
 
 
 def run_id(run_config: dict, meta: dict) -> str:
@@ -53,11 +66,10 @@ def make_batches(
     )
 
 
-def uses_legacy_defect(run_config: dict) -> bool:
-    if not run_config.get("legacy_preprocessing"):
-        return False
-    dataset = run_config["dataset"]
-    return dataset in known_datasets() and get_spec(dataset).notebook_defect
+def uses_legacy_defect(run_config: dict, meta: dict) -> bool:
+    """data.legacy_preprocessing is on and the dataset is one the notebooks' defect hit (its
+    meta.json says so)."""
+    return bool(run_config.get("legacy_preprocessing") and meta.get("notebook_defect"))
 
 
 def new_model(run_config: dict, meta: dict) -> nn.Module:

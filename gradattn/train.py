@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gradattn import torchfile
-from gradattn.config import TrainConfig
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
 from gradattn.fast import (
@@ -28,6 +27,7 @@ from gradattn.fast import (
     resolve_plan,
     settle_loaded_optimizer,
 )
+from gradattn.settings import TrainConfig
 
 # On the fast path a checkpoint is written at most this often (and after the last epoch).
 FAST_CHECKPOINT_INTERVAL_S = 30.0

@@ -7,8 +7,8 @@ the top of dvc.yaml).
 """
 
 from gradattn import paths
-from gradattn.config import load_params
-from gradattn.data import get_spec
+from gradattn.config import dataset_options, load_params
+from gradattn.data.registry import get_spec
 from gradattn.io import write_json
 from gradattn.stage import run
 
@@ -17,7 +17,7 @@ def main() -> None:
     params = load_params()
     data = params.data
     for dataset in data.datasets:
-        options = data.dataset_options(dataset)
+        options = dataset_options(data, dataset)
         spec = get_spec(dataset, data.custom, options)
         write_json(
             paths.source_config(dataset),

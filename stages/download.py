@@ -4,7 +4,7 @@ import time
 from pathlib import Path
 
 from gradattn import paths
-from gradattn.data import get_spec
+from gradattn.data.registry import get_spec
 from gradattn.io import read_json, remove_stale
 from gradattn.stage import run, stage_args
 

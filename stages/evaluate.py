@@ -4,15 +4,15 @@ predictions file with all the figures need of the model and data (gradattn.evalu
 import numpy as np
 
 from gradattn import paths
-from gradattn.config import load_params
 from gradattn.evaluation import evaluate
 from gradattn.io import write_json, write_with
+from gradattn.settings import load_section
 from gradattn.stage import run, stage_args
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
-    cfg = load_params().evaluate
+    cfg = load_section("evaluate")
     metrics, arrays = evaluate(dataset, model_name, batch_size=cfg.batch_size,
                                ece_bins=cfg.ece_bins)
     write_with(paths.predictions_file(dataset, model_name),

@@ -2,19 +2,19 @@
 Gradient Health Score (paper §4.4, Table 5) -> metrics/<dataset>/<model>.gradients.json."""
 
 from gradattn import paths
-from gradattn.config import TrainConfig, load_params
 from gradattn.data import load_split
 from gradattn.data.batches import Batches
 from gradattn.gradients import analyse_gradients
 from gradattn.io import write_json
 from gradattn.runs import dataset_meta, load_trained
+from gradattn.settings import TrainConfig, load_section
 from gradattn.stage import run, stage_args
 from gradattn.train import resolve_device
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
-    cfg = load_params().gradients
+    cfg = load_section("gradients")
     # The training settings of the run that made the model (its own record).
     model, record = load_trained(dataset, model_name)
     train_cfg = TrainConfig(**record["run_config"]["train"])

@@ -11,10 +11,10 @@ from tqdm import tqdm
 
 from gradattn import paths
 from gradattn import plots as P
-from gradattn.config import load_params
 from gradattn.errors import GradattnError
 from gradattn.io import read_json, write_json
 from gradattn.names import model_label
+from gradattn.settings import read_params
 from gradattn.stage import run, stage_args
 
 NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
@@ -82,7 +82,7 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
-    models = load_params().models
+    models = read_params()["models"]  # validated by the configure stage
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset
     labels, files = {}, {}
     for model in tqdm(models, desc=f"plots {dataset}", unit="model"):

@@ -3,7 +3,8 @@
 import time
 
 from gradattn import paths
-from gradattn.data import PreparedWriter, get_spec
+from gradattn.data import PreparedWriter
+from gradattn.data.registry import get_spec
 from gradattn.io import read_json
 from gradattn.stage import run, stage_args
 
@@ -20,6 +21,9 @@ def main() -> None:
         "split_seed": cfg["split_seed"],
         "augment": spec.augment,
         "split_note": spec.splits,
+        # Whether data.legacy_preprocessing applies here (the notebooks' defect hit only
+        # some datasets); training reads it from meta.json, not from the registry.
+        "notebook_defect": spec.notebook_defect,
     }
     with PreparedWriter(dataset, spec.classes, root=paths.PREPARED, notes=notes) as writer:
         spec.prepare(paths.RAW / dataset, writer, cfg["split"], cfg["split_seed"])

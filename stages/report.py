@@ -12,11 +12,11 @@ from pathlib import Path
 
 from gradattn import paths
 from gradattn import plots as P
-from gradattn.config import load_params
 from gradattn.errors import GradattnError
 from gradattn.experiments import read_workspace, runs_of
 from gradattn.io import read_json, write_json, write_with
 from gradattn.report import results_markdown, summary_entries
+from gradattn.settings import load_section
 from gradattn.stage import run
 from gradattn.table import Study
 
@@ -46,9 +46,9 @@ def figure_links(study: Study) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    params = load_params()
+    data, t = load_section("data"), load_section("train")
     files = {}
-    for dataset in params.data.datasets:
+    for dataset in data.datasets:
         digest = P.PLOTDATA / dataset / "runs.json"
         if not digest.exists():
             raise GradattnError(f"{digest} not found: run `dvc repro plot@{dataset}` first")
@@ -63,14 +63,13 @@ def main() -> None:
         top1.setdefault(r.dataset, {})[label] = r.metrics.get("top1")
     P.plot_comparison(histories, top1, COMPARISON)
 
-    t = params.train
     context = [
         f"Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), batch {t.batch_size}, "
         f"at most {t.max_epochs} epochs with early stopping (patience "
         f"{t.early_stopping_patience}) on validation accuracy, best weights restored; "
         f"seed {t.seed}; one run per dataset and model.",
-        f"Data split: {params.data.split}"
-        + (" (with the notebooks' preprocessing defect)" if params.data.legacy_preprocessing
+        f"Data split: {data.split}"
+        + (" (with the notebooks' preprocessing defect)" if data.legacy_preprocessing
            else "") + ".",
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
         "`metrics/<dataset>/<model>.gradients.json` (gradients); all of them flat in "

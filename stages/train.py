@@ -4,7 +4,6 @@ The history (DVC plot data) and the per-epoch gradient norms are rewritten after
 epoch, so `dvc plots show` during a run shows the epochs so far."""
 
 from gradattn import paths
-from gradattn.config import TrainConfig
 from gradattn.grad_probe import parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
@@ -17,6 +16,7 @@ from gradattn.runs import (
     save_trained,
     uses_legacy_defect,
 )
+from gradattn.settings import TrainConfig
 from gradattn.stage import run, stage_args
 from gradattn.train import fit, make_deterministic, resolve_device
 
@@ -37,7 +37,7 @@ def main() -> None:
     make_deterministic(train_cfg.seed, device)
     model = new_model(cfg, meta)
     train = make_batches(dataset, "train", meta, batch_size=train_cfg.batch_size, device=device,
-                         train=True, legacy=uses_legacy_defect(cfg))
+                         train=True, legacy=uses_legacy_defect(cfg, meta))
     val = make_batches(dataset, "val", meta, batch_size=max(train_cfg.batch_size, 256),
                        device=device)
     print(f"train {dataset}/{model_name}: {train.num_images:,} train / {val.num_images:,} val "

@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from gradattn import io
-from gradattn.data import PreparedWriter, get_spec, medmnist_sets, torchvision_sets
+from gradattn.data import PreparedWriter, medmnist_sets, torchvision_sets
 from gradattn.data.bundled import BUNDLED
+from gradattn.data.registry import get_spec
 from gradattn.errors import GradattnError
 
 ROOT = Path(__file__).resolve().parents[1]

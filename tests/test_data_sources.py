@@ -25,11 +25,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gradattn.config import DataConfig
+from gradattn.config import DataConfig, dataset_options
 from gradattn.data import (
     PreparedWriter,
-    get_spec,
-    known_datasets,
     load_meta,
     load_split,
     medmnist_sets,
@@ -41,7 +39,7 @@ from gradattn.data import (
 from gradattn.data import custom as custom_mod
 from gradattn.data import fetch as fetch_mod
 from gradattn.data.augment import AUGMENTATIONS, rotate_flip_jitter
-from gradattn.data.registry import DatasetSpec
+from gradattn.data.registry import DatasetSpec, get_spec, known_datasets
 from gradattn.errors import ConfigError, GradattnError
 
 SHARED = Path(os.environ.get("GRADATTN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -302,9 +300,9 @@ def test_every_dataset_is_registered_with_a_known_augmentation():
 
 def test_medmnist_size_option_picks_the_larger_files():
     cfg = DataConfig.parse({"datasets": ["bloodmnist", "cifar10"], "medmnist_size": 64})
-    assert cfg.dataset_options("bloodmnist") == {"medmnist_size": 64}
-    assert cfg.dataset_options("cifar10") == {}  # other datasets' stages are not touched
-    spec = get_spec("bloodmnist", None, cfg.dataset_options("bloodmnist"))
+    assert dataset_options(cfg, "bloodmnist") == {"medmnist_size": 64}
+    assert dataset_options(cfg, "cifar10") == {}  # other datasets' stages are not touched
+    spec = get_spec("bloodmnist", None, dataset_options(cfg, "bloodmnist"))
     assert spec.size == 64 and "bloodmnist_64.npz" in spec.url
     with pytest.raises(ConfigError, match="data.medmnist_size = 32"):
         DataConfig.parse({"medmnist_size": 32})
@@ -739,9 +737,12 @@ def test_legacy_preprocessing_changes_training_batches_only(cifar_source, tmp_pa
     spec.download(raw, cifar_source)
     meta = prepare(spec, raw, root)
     meta["augment"] = spec.augment
-    assert runs.uses_legacy_defect({"dataset": "cifar10", "legacy_preprocessing": True})
-    assert not runs.uses_legacy_defect({"dataset": "cifar10", "legacy_preprocessing": False})
-    assert not runs.uses_legacy_defect({"dataset": "svhn", "legacy_preprocessing": True})
+    meta["notebook_defect"] = spec.notebook_defect  # as stages/preprocess.py records it
+    assert spec.notebook_defect and not get_spec("svhn").notebook_defect
+    assert runs.uses_legacy_defect({"legacy_preprocessing": True}, meta)
+    assert not runs.uses_legacy_defect({"legacy_preprocessing": False}, meta)
+    assert not runs.uses_legacy_defect({"legacy_preprocessing": True},
+                                       {**meta, "notebook_defect": False})
 
     def first(split, train, legacy):
         batches = runs.make_batches(

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradattn.data import PreparedWriter, get_spec, load_meta, load_split
+from gradattn.data import PreparedWriter, load_meta, load_split
 from gradattn.data.augment import random_crop, random_rotation
 from gradattn.data.batches import Batches
+from gradattn.data.registry import get_spec
 from gradattn.data.splits import pooled_split
 from gradattn.errors import GradattnError
 

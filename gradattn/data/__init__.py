@@ -1,7 +1,10 @@
-"""Datasets: a registry of sources and the prepared-array format every stage reads."""
+"""Datasets: the prepared-array format every stage reads (here) and the sources that make it
+(`gradattn.data.registry`: name -> download/prepare).
+
+Only the format is imported here, so a stage that reads prepared data does not depend on
+(and is not re-run for) the code of every source.
+"""
 
 from gradattn.data.prepared import SPLITS, PreparedWriter, load_meta, load_split
-from gradattn.data.registry import DatasetSpec, get_spec, known_datasets
 
-__all__ = ["SPLITS", "DatasetSpec", "PreparedWriter", "get_spec", "known_datasets", "load_meta",
-           "load_split"]
+__all__ = ["SPLITS", "PreparedWriter", "load_meta", "load_split"]
