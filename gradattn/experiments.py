@@ -25,6 +25,7 @@ from gradattn.errors import GradattnError
 from gradattn.settings import DataConfig, EvaluateConfig, TrainConfig
 
 # Settings that cannot change a run's numbers, so they do not split runs apart.
+# Keys that cannot change a result (train.num_workers: retired, in old revisions only).
 IGNORED = {"train.num_workers", "evaluate.batch_size"}
 
 ReadJson = Callable[[str], "dict | None"]  # a repo-relative posix path → its JSON, or None

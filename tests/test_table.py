@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import pipeline_env
 
 from gradattn import stats, table
 from gradattn.cli import main
@@ -192,7 +193,8 @@ def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
 # --- real DVC experiments --------------------------------------------------------------------
 
 def _run(cmd, cwd):
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    # Stages run `python stages/...`: this interpreter, importing the copy under test.
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=pipeline_env(cwd))
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -206,7 +208,7 @@ def experiments(tmp_path_factory):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, repo / name)
     ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("stages", "gradattn"):  # gradattn/: dvc.yaml's deps (imports use the install)
+    for name in ("stages", "gradattn"):
         shutil.copytree(ROOT / name, repo / name, ignore=ignore)
     # 350 images of the bundled set as a custom npz dataset: ~10x faster than the whole set.
     bundled = np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz")
