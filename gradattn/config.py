@@ -9,7 +9,7 @@ registry and the models.
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,20 +62,6 @@ class Params:
         from gradattn.models import default_options
 
         return {key: self.model.get(key, default) for key, default in default_options(name).items()}
-
-    def run_config(self, dataset: str, model: str) -> dict[str, Any]:
-        """Everything one training run depends on, and nothing else.
-
-        The train stage depends on this resolved config (not on params.yaml), so changing a
-        GradAttn-only option leaves every other model's stage cached.
-        """
-        return {
-            "dataset": dataset,
-            "model": model,
-            "model_options": self.model_options(model),
-            "train": asdict(self.train),
-            "legacy_preprocessing": self.data.legacy_preprocessing,
-        }
 
 
 def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:

@@ -66,19 +66,14 @@ def test_rope_needs_an_even_head_size():
         parse_params(params)
 
 
-def test_run_config_holds_only_the_models_own_options():
+def test_each_model_gets_only_its_own_options():
     params = parse_params(DEFAULTS)
-    assert params.run_config("fashionmnist-mini", "resnet18")["model_options"] == {
-        "stem": "imagenet"
-    }
-    rope = with_change("model", "pe", "rope")
-    # A GradAttn-only change leaves ResNet-18's resolved config byte for byte the same.
-    assert parse_params(rope).run_config("fashionmnist-mini", "resnet18") == params.run_config(
-        "fashionmnist-mini", "resnet18"
-    )
-    assert parse_params(rope).run_config("fashionmnist-mini", "gradattn") != params.run_config(
-        "fashionmnist-mini", "gradattn"
-    )
+    assert params.model_options("resnet18") == {"stem": "imagenet"}
+    rope = parse_params(with_change("model", "pe", "rope"))
+    # A GradAttn-only change leaves ResNet-18's options (configs/models/resnet18.json, what
+    # its stages depend on) the same, and changes GradAttn's.
+    assert rope.model_options("resnet18") == params.model_options("resnet18")
+    assert rope.model_options("gradattn") == {**params.model_options("gradattn"), "pe": "rope"}
 
 
 def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
