@@ -188,15 +188,21 @@ def test_a_bundled_file_replaced_by_text_is_refused(tmp_path):
 # ---------------------------------------------------------------- classes
 
 
-def test_a_dataset_of_one_class_is_refused_at_preprocess(tmp_path):
-    folder = jpeg_folder(tmp_path / "one", classes=("cat",))
-    spec = get_spec("one", {"one": {"format": "imagefolder", "path": str(folder)}})
+def refusal_at_preprocess(tmp_path, name: str, folder) -> str:
+    """Download an image folder as data.custom.<name>, prepare it, and return the one-line
+    refusal; nothing may be written."""
+    spec = get_spec(name, {name: {"format": "imagefolder", "path": str(folder)}})
     spec.download(tmp_path / "raw", None)
     with pytest.raises(GradattnError) as err:
         prepare(spec, tmp_path / "raw", tmp_path / "prep")
-    message = one_line(err)
-    assert "'one'" in message and "1 class" in message and "at least two" in message
     assert nothing_written(tmp_path / "prep")
+    return one_line(err)
+
+
+def test_a_dataset_of_one_class_is_refused_at_preprocess(tmp_path):
+    folder = jpeg_folder(tmp_path / "one", classes=("cat",))
+    message = refusal_at_preprocess(tmp_path, "one", folder)
+    assert "'one'" in message and "1 class" in message and "at least two" in message
 
 
 def test_a_class_without_training_images_is_refused_at_preprocess(tmp_path):
@@ -204,14 +210,8 @@ def test_a_class_without_training_images_is_refused_at_preprocess(tmp_path):
     jpeg_folder(tmp_path / "pets" / "test", classes=("cat", "dog"))
     for image in (tmp_path / "pets" / "train" / "dog").iterdir():
         image.unlink()  # dog: test images only
-    folder = tmp_path / "pets"
-    spec = get_spec("pets", {"pets": {"format": "imagefolder", "path": str(folder)}})
-    spec.download(tmp_path / "raw", None)
-    with pytest.raises(GradattnError) as err:
-        prepare(spec, tmp_path / "raw", tmp_path / "prep")
-    message = one_line(err)
+    message = refusal_at_preprocess(tmp_path, "pets", tmp_path / "pets")
     assert "'pets'" in message and "'dog'" in message and "no training images" in message
-    assert nothing_written(tmp_path / "prep")
 
 
 # ---------------------------------------------------------------- the disk
