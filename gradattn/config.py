@@ -24,6 +24,7 @@ from gradattn.settings import (
     _fail,
     _section,
     read_params,
+    read_recipe,
 )
 
 __all__ = ["DataConfig", "EvaluateConfig", "GradientsConfig", "Params", "TrainConfig",
@@ -50,6 +51,7 @@ def _check_dataset_names(data: DataConfig) -> None:
 
 @dataclass(frozen=True)
 class Params:
+    recipe: str
     data: DataConfig
     models: tuple[str, ...]
     model: dict[str, Any]
@@ -130,6 +132,7 @@ def parse_params(params: dict) -> Params:
     data = DataConfig.parse(_section(params, "data", DataConfig))
     _check_dataset_names(data)
     return Params(
+        recipe=read_recipe(params),
         data=data,
         models=models,
         model=model,

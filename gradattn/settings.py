@@ -21,6 +21,11 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 FAST_MODES = ("auto", "off", "on")
 MEDMNIST_SIZES = (28, 64, 128, 224)
+# A recipe selects a whole protocol: `corrected` (this project's) or `notebooks` (the authors'
+# notebooks exactly, per dataset; docs/deviations.md lists every difference). A key whose
+# value is `auto` takes the recipe's value; any other value overrides the recipe.
+RECIPES = ("corrected", "notebooks")
+AUTO = "auto"
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -224,6 +229,20 @@ def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
         raise ConfigError(f"{path} must be a mapping of sections, not {type(params).__name__}: "
                           "fix params.yaml")
     return params
+
+
+def read_recipe(params: dict | None = None, path: str | Path = DEFAULT_PARAMS) -> str:
+    """The top-level `recipe` of params.yaml (default corrected), validated."""
+    if params is None:
+        params = read_params(path)
+    value = params.get("recipe", RECIPES[0])
+    if value not in RECIPES:
+        raise ConfigError(
+            f"recipe = {value!r} is not allowed: choose one of: {', '.join(RECIPES)} "
+            "(corrected: this project's protocol; notebooks: the authors' notebooks exactly); "
+            "fix it in params.yaml or with -S recipe=..."
+        )
+    return value
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig, "evaluate": EvaluateConfig,

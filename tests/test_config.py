@@ -118,7 +118,7 @@ def test_an_unknown_top_level_key_is_refused_with_the_closest_known_one(typo, su
     params[typo] = params.pop(suggestion)
     with pytest.raises(ConfigError, match=rf"'{typo}' .*did you mean '{suggestion}'") as err:
         parse_params(params)
-    assert "\n" not in str(err.value) and "known keys: data, models" in str(err.value)
+    assert "\n" not in str(err.value) and "known keys: recipe, data, models" in str(err.value)
 
 
 @pytest.mark.parametrize("text, expect", [("off", "off"), ("on", "on"), ("'off'", "off"),
@@ -142,4 +142,15 @@ def test_configure_refuses_a_top_level_typo_with_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "'trian' is not a known top-level key" in lines[0] and "'train'" in lines[0]
+    assert not (tmp_path / "configs").exists()
+
+
+def test_an_unknown_recipe_is_refused_with_one_line_naming_the_allowed_ones(tmp_path):
+    (tmp_path / "params.yaml").write_text(
+        (ROOT / "params.yaml").read_text().replace("recipe: corrected", "recipe: paper"))
+    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
+                          capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "recipe = 'paper'" in lines[0] and "corrected, notebooks" in lines[0]
     assert not (tmp_path / "configs").exists()
