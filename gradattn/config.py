@@ -15,6 +15,7 @@ from typing import Any
 
 from gradattn.errors import ConfigError
 from gradattn.settings import (
+    AUTO,
     DEFAULT_PARAMS,
     DataConfig,
     EvaluateConfig,
@@ -28,15 +29,32 @@ from gradattn.settings import (
 )
 
 __all__ = ["DataConfig", "EvaluateConfig", "GradientsConfig", "Params", "TrainConfig",
-           "dataset_options", "load_params", "parse_params"]
+           "dataset_options", "dataset_protocol", "load_params", "parse_params"]
 
 
-def dataset_options(data: DataConfig, name: str) -> dict[str, Any]:
-    """The data.* values that change `name`'s files (only those its spec declares), for
-    get_spec(name, custom, options) and for the configs/ files its stages depend on."""
+def dataset_protocol(data: DataConfig, recipe: str, name: str):
+    """`name`'s data protocol under `recipe` (gradattn.data.recipes.Protocol): split, size,
+    channels, normalisation, augmentation, the notebooks' defect; no `auto` left."""
+    from gradattn.data.recipes import resolve
     from gradattn.data.registry import get_spec
 
-    return {key: getattr(data, key) for key in get_spec(name, data.custom).options}
+    spec = get_spec(name, data.custom)
+    return resolve(data, recipe, name, augment=spec.augment, channels=spec.channels,
+                   notebook_defect=spec.notebook_defect)
+
+
+def dataset_options(data: DataConfig, name: str, protocol=None) -> dict[str, Any]:
+    """The values of the options `name`'s spec declares (data.medmnist_size; PAD-UFES-20's
+    image_size, resolved by `protocol`), for get_spec(name, custom, options) and the configs/
+    files its stages depend on. A value left to the source (None) is not an option."""
+    from gradattn.data.registry import get_spec
+
+    options = {}
+    for key in get_spec(name, data.custom).options:
+        value = getattr(protocol if hasattr(protocol, key) else data, key)
+        if value is not None and value != AUTO:
+            options[key] = value
+    return options
 
 
 def _check_dataset_names(data: DataConfig) -> None:

@@ -96,12 +96,30 @@ def _section(params: dict, name: str, cls: type) -> dict:
     return raw
 
 
+# data.augment's values (gradattn.data.augment.AUGMENTATIONS checks the same list in a test).
+AUGMENT_NAMES = ("none", "flip", "crop_flip", "rotate10", "flip_rotate_translate",
+                 "rotate_flip_jitter", "pad_notebook")
+NORMALISATIONS = ("split", "notebook")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
+
+
+def _auto_or(key: str, value: Any, check) -> Any:
+    """`auto` (the recipe decides, per dataset: gradattn.data.recipes) or a value `check` takes."""
+    return AUTO if value == AUTO else check(key, value)
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """data.*; a value `auto` is resolved per dataset and recipe by gradattn.data.recipes."""
+
     datasets: tuple[str, ...] = ("fashionmnist-mini",)
-    split: str = "official"
-    split_seed: int = 0
-    legacy_preprocessing: bool = False
+    split: str = AUTO  # auto | official | pooled
+    split_seed: int | str = AUTO  # auto | an integer
+    legacy_preprocessing: bool | str = AUTO  # auto | true | false
+    image_size: int | str = AUTO  # auto | pixels per side
+    grey_to_rgb: bool | str = AUTO  # auto | true | false
+    normalise: str = AUTO  # auto | split | notebook
+    augment: str = AUTO  # auto | a name in AUGMENT_NAMES
     sources: dict[str, str] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
     medmnist_size: int = 28  # MedMNIST image size: 28, or MedMNIST+'s 64 | 128 | 224
@@ -122,22 +140,31 @@ class DataConfig:
             raise _fail("data.datasets", datasets, "must be a non-empty list of dataset names")
         if len(set(datasets)) != len(datasets):
             raise _fail("data.datasets", datasets, "must not name a dataset twice")
+        get = lambda k: raw.get(k, getattr(cls, k))  # noqa: E731
         return cls(
             datasets=tuple(datasets),
-            split=_choice("data.split", raw.get("split", cls.split), SPLITS),
-            split_seed=_number(
-                "data.split_seed", raw.get("split_seed", cls.split_seed), integer=True, ge=0
-            ),
-            legacy_preprocessing=_bool(
-                "data.legacy_preprocessing",
-                raw.get("legacy_preprocessing", cls.legacy_preprocessing),
-            ),
+            split=_choice("data.split", get("split"), (AUTO, *SPLITS)),
+            split_seed=_auto_or("data.split_seed", get("split_seed"),
+                                lambda k, v: _number(k, v, integer=True, ge=0)),
+            legacy_preprocessing=_auto_or("data.legacy_preprocessing",
+                                          get("legacy_preprocessing"), _bool_or_auto),
+            image_size=_auto_or("data.image_size", get("image_size"), lambda k, v: _number(
+                k, v, integer=True, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)),
+            grey_to_rgb=_auto_or("data.grey_to_rgb", get("grey_to_rgb"), _bool_or_auto),
+            normalise=_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
+            augment=_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
             sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
             medmnist_size=_choice_int(
                 "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
             ),
         )
+
+
+def _bool_or_auto(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "must be auto, true or false")
+    return value
 
 
 @dataclass(frozen=True)

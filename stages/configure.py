@@ -1,13 +1,14 @@
 """Validate params.yaml once and resolve the settings DVC cannot select natively.
 
-Writes configs/<dataset>/{source,prepare}.json (per-dataset optional keys) and
+Writes configs/<dataset>/{source,prepare}.json (per-dataset optional keys; prepare.json holds
+the dataset's data protocol, resolved for the recipe: gradattn.data.recipes) and
 configs/models/<model>.json (the model.* options each model takes), so that -S model.pe=rope
 re-runs GradAttn's stages only. Every other setting is a native `params:` of its stage (see
 the top of dvc.yaml).
 """
 
 from gradattn import paths
-from gradattn.config import dataset_options, load_params
+from gradattn.config import dataset_options, dataset_protocol, load_params
 from gradattn.data.registry import get_spec
 from gradattn.io import write_json
 from gradattn.stage import run
@@ -17,26 +18,26 @@ def main() -> None:
     params = load_params()
     data = params.data
     for dataset in data.datasets:
-        options = dataset_options(data, dataset)
-        spec = get_spec(dataset, data.custom, options)
+        protocol = dataset_protocol(data, params.recipe, dataset)
+        options = dataset_options(data, dataset, protocol)
+        get_spec(dataset, data.custom, options)  # the options name a spec that exists
         write_json(
             paths.source_config(dataset),
             {
                 "dataset": dataset,
                 "source": data.sources.get(dataset),
                 "custom": data.custom.get(dataset),
-                "options": options,
+                # what changes the downloaded files only: not the protocol (e.g. PAD's size)
+                "options": dataset_options(data, dataset),
             },
         )
         write_json(
             paths.prepare_config(dataset),
             {
                 "dataset": dataset,
-                "split": data.split,
-                "split_seed": data.split_seed,
                 "custom": data.custom.get(dataset),
                 "options": options,
-                "augment": spec.augment,
+                "protocol": protocol.as_dict(),
             },
         )
     for model in params.models:

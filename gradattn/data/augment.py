@@ -3,11 +3,15 @@
 Each function takes float images in [0, 1], shape (B, C, H, W), and a torch.Generator on the
 images' device, and returns a batch of the same shape. They reproduce the notebooks'
 torchvision transforms (applied there one PIL image at a time):
-  crop_flip  RandomCrop(size, padding=4) + RandomHorizontalFlip   (CIFAR-10 and friends)
-  rotate10   RandomRotation(10), nearest, fill 0                  (Fashion-MNIST)
+  crop_flip  RandomCrop(size, padding=4) + RandomHorizontalFlip   (CIFAR cell 4)
+  rotate10   RandomRotation(10), nearest, fill 0
   flip       RandomHorizontalFlip
+  flip_rotate_translate  RandomHorizontalFlip + RandomRotation(10) + RandomAffine(0,
+             translate=(0.1, 0.1))                                (FMNIST cell 8)
   rotate_flip_jitter  RandomRotation(10) + RandomHorizontalFlip + ColorJitter(brightness=0.1,
-             contrast=0.1)                                        (the MedMNIST notebooks)
+             contrast=0.1)                                        (Blood, Tissue cell 5)
+  pad_notebook  RandomHorizontalFlip + RandomRotation(10) + ColorJitter(0.2, 0.2, 0.2, 0.1) +
+             RandomResizedCrop(size, scale=(0.8, 1.0))            (PAD cell 4)
 """
 
 from __future__ import annotations
@@ -28,10 +32,27 @@ def hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def random_crop(x: torch.Tensor, gen: torch.Generator, padding: int = 4) -> torch.Tensor:
-    b, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4)  # zero fill, as RandomCrop(padding=4)
+    b = x.shape[0]
     dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
     dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen, device=x.device)
+    return _window(x, padding, dy, dx)
+
+
+def random_translate(x: torch.Tensor, gen: torch.Generator, fraction: float = 0.1) -> torch.Tensor:
+    """RandomAffine(degrees=0, translate=(fraction, fraction)): each image shifted by
+    round(U(-fraction·W, fraction·W)) columns and round(U(-fraction·H, fraction·H)) rows
+    (torchvision's draw), zero fill."""
+    b, _, h, w = x.shape
+    tx = torch.round(_uniform(b, -fraction * w, fraction * w, gen, x.device)).long()
+    ty = torch.round(_uniform(b, -fraction * h, fraction * h, gen, x.device)).long()
+    pad = int(max(round(fraction * w), round(fraction * h)))
+    return _window(x, pad, pad - ty, pad - tx)
+
+
+def _window(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """The H×W window at (dy, dx) of each zero-padded image: a shift by (padding - dy, ...)."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)  # zero fill, as RandomCrop(padding=4)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
     batch = torch.arange(b, device=x.device)[:, None, None, None]
@@ -46,6 +67,62 @@ def random_rotation(x: torch.Tensor, gen: torch.Generator, degrees: float = 10.0
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0),
+                        ratio=(3 / 4, 4 / 3), tries: int = 10) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) to the images' own size: torchvision's box draw
+    (up to 10 tries of area and log-ratio, else the centre crop), resized bilinearly."""
+    b, _, h, w = x.shape
+    dev = x.device
+    area = _uniform(b * tries, *scale, gen, dev) * (h * w)
+    log_r = _uniform(b * tries, math.log(ratio[0]), math.log(ratio[1]), gen, dev)
+    cw = torch.round(torch.sqrt(area * torch.exp(log_r))).view(b, tries)
+    ch = torch.round(torch.sqrt(area / torch.exp(log_r))).view(b, tries)
+    ok = (cw > 0) & (cw <= w) & (ch > 0) & (ch <= h)
+    first = ok.float().argmax(1)  # the first box that fits (0 when none does)
+    pick = lambda t: t.gather(1, first[:, None])[:, 0]  # noqa: E731
+    # No box fits in `tries`: the centre crop of the whole image (ratio within bounds here).
+    cw = torch.where(ok.any(1), pick(cw), torch.full_like(cw[:, 0], w))
+    ch = torch.where(ok.any(1), pick(ch), torch.full_like(ch[:, 0], h))
+    top = torch.floor(torch.rand(b, generator=gen, device=dev) * (h - ch + 1))
+    left = torch.floor(torch.rand(b, generator=gen, device=dev) * (w - cw + 1))
+    # The box in affine_grid's coordinates (align_corners=False: the image spans [-1, 1]).
+    cx, cy = (left + cw / 2) / w * 2 - 1, (top + ch / 2) / h * 2 - 1
+    zero = torch.zeros_like(cx)
+    theta = torch.stack([torch.stack([cw / w, zero, cx], 1), torch.stack([zero, ch / h, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)  # (B, H, W, 2)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def color_jitter4(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.2,
+                  contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.1) -> torch.Tensor:
+    """ColorJitter(brightness, contrast, saturation, hue) on RGB images: per image, four
+    factors and a random order of the four adjustments (torchvision's functional ops)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    b, dev = x.shape[0], x.device
+    factors = torch.stack([_uniform(b, 1 - brightness, 1 + brightness, gen, dev),
+                           _uniform(b, 1 - contrast, 1 + contrast, gen, dev),
+                           _uniform(b, 1 - saturation, 1 + saturation, gen, dev),
+                           _uniform(b, -hue, hue, gen, dev)], 1).tolist()
+    orders = torch.argsort(torch.rand(b, 4, generator=gen, device=dev), dim=1).tolist()
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for img, f, order in zip(x, factors, orders, strict=True):
+        for k in order:
+            img = ops[k](img, f[k])
+        out.append(img)
+    return torch.stack(out)
+
+
+def pad_notebook(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    x = random_rotation(hflip(x, gen), gen, 10.0)
+    return random_resized_crop(color_jitter4(x, gen), gen)
+
+
+def flip_rotate_translate(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return random_translate(random_rotation(hflip(x, gen), gen, 10.0), gen)
 
 
 def crop_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -88,4 +165,5 @@ def identity(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 AUGMENTATIONS = {"none": identity, "flip": hflip, "crop_flip": crop_flip, "rotate10": rotate10,
-                 "rotate_flip_jitter": rotate_flip_jitter}
+                 "flip_rotate_translate": flip_rotate_translate,
+                 "rotate_flip_jitter": rotate_flip_jitter, "pad_notebook": pad_notebook}

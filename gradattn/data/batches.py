@@ -125,12 +125,11 @@ class Batches:
     def _finish(self, rows: torch.Tensor, aug_gen: torch.Generator) -> torch.Tensor:
         """uint8 (B, H, W, C) on the device -> augmented, normalised float (B, C, H, W)."""
         x = rows.permute(0, 3, 1, 2).float() / 255.0
+        if self.shuffle and self.legacy_defect:  # the notebooks' order: wrap, augment, normalise
+            x = legacy_wrap((x - self.mean) / self.std)
         if self.shuffle:
             x = self.augment(x, aug_gen)
-        x = (x - self.mean) / self.std
-        if self.shuffle and self.legacy_defect:
-            x = legacy_renormalise(x, self.mean, self.std)
-        return x.contiguous()
+        return ((x - self.mean) / self.std).contiguous()
 
     def epoch(self, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One pass; with shuffle, the order and augmentation depend only on `seed`."""
@@ -168,8 +167,10 @@ class Batches:
             yield self._finish(rows, aug_gen), self._device_labels.index_select(0, idx)
 
 
-def legacy_renormalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """The notebooks' defect for training images: a normalised tensor goes through ToPILImage
-    (x*255 truncated to uint8, so negatives wrap around modulo 256) and is normalised again."""
-    wrapped = torch.remainder(torch.trunc(x * 255.0), 256.0) / 255.0
-    return (wrapped - mean) / std
+def legacy_wrap(x: torch.Tensor) -> torch.Tensor:
+    """The notebooks' defect (CIFAR cell 4, FMNIST cell 8): their training images arrive
+    already normalised, and `ToPILImage` turns that float tensor into bytes with
+    `x.mul(255).byte()` (truncated, modulo 256 below 0 and from 256/255 up); their
+    augmentation then runs on that image and `ToTensor` + `Normalize` follow. This is the
+    image `ToTensor` gives back, in [0, 1]."""
+    return torch.remainder(torch.trunc(x * 255.0), 256.0) / 255.0

@@ -3,15 +3,17 @@
 The Mendeley Data archive (`zr7vgbcyr2-1.zip`, CC BY 4.0) holds `metadata.csv` (one row per
 image: `patient_id`, `lesion_id`, `diagnostic`, `img_id`, …) and `images/imgs_part_{1,2,3}.zip`
 of PNGs of varying size. raw/ keeps `metadata.csv` and one `images.zip` of the PNGs by
-`img_id`. Images are resized to SIZE×SIZE (64 px; aspect ratio not kept, as the notebooks'
-`Resize((s, s))`). The source has no split: ours keeps every patient's images in one split,
-so no patient is seen in training and tested on.
+`img_id`. Images are resized to SIZE×SIZE (64 px, or data.image_size: the notebook's 224;
+aspect ratio not kept, as the notebooks' `Resize((s, s))`). The source has no split: ours
+(`official`) keeps every patient's images in one split, so no patient is seen in training and
+tested on; `pooled` is the notebook's split per image (patients leak across splits).
 """
 
 from __future__ import annotations
 
 import csv
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from tqdm import tqdm
 from gradattn.data.fetch import check_source, fetch, find_file, install, manual_hint
 from gradattn.data.prepared import SPLITS, PreparedWriter
 from gradattn.data.registry import DatasetSpec, register
-from gradattn.data.splits import POOLED, percent
+from gradattn.data.splits import POOLED, percent, shuffled_split
 from gradattn.data.streaming import LazyImages, decode_image, write_plan
 from gradattn.errors import GradattnError
 from gradattn.io import atomic_path, scratch_dir
@@ -152,21 +154,28 @@ def patient_split(
     return {s: np.flatnonzero(row_split == k) for k, s in enumerate(SPLITS)}
 
 
-def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) -> None:
+def prepare(
+    raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int, *, size: int = SIZE
+) -> None:
     rows = read_metadata(raw_dir / "metadata.csv")
     labels = np.array([CLASSES.index(r["diagnostic"]) for r in rows], dtype=np.int64)
     patients = np.array([r["patient_id"] for r in rows])
-    if split not in ("official", "pooled"):
+    if split == "official":
+        by_split = patient_split(labels, patients, split_seed, stratify=True)
+        writer.notes["split_detail"] = (
+            f"by patient ({len(set(patients)):,} patients, none in two splits), stratified by "
+            f"diagnosis, about {percent(POOLED)} of the images, seed {split_seed}"
+        )
+    elif split == "pooled":  # the notebook's, in metadata.csv's row order (PAD cell 4)
+        by_split = shuffled_split(len(rows), split_seed)
+        writer.notes["split_detail"] = (
+            f"per image ({len(rows):,} images in metadata.csv order, np.random.shuffle with "
+            f"seed {split_seed}), {percent(POOLED)}: patients leak across splits"
+        )
+    else:
         raise GradattnError(f"unknown split mode {split!r}: choose official or pooled")
-    # PAD-UFES-20 has no official split; `pooled` drops the class stratification only.
-    by_split = patient_split(labels, patients, split_seed, stratify=split == "official")
-    writer.notes["split_detail"] = (
-        f"by patient ({len(set(patients)):,} patients, none in two splits), "
-        f"{'stratified by diagnosis, ' if split == 'official' else ''}"
-        f"about {percent(POOLED)} of the images, seed {split_seed}"
-    )
     writer.notes["class_names"] = CLASS_NAMES
-    writer.notes["image_resize"] = f"{SIZE}x{SIZE}, bilinear, aspect ratio not kept"
+    writer.notes["image_resize"] = f"{size}x{size}, bilinear, aspect ratio not kept"
     with zipfile.ZipFile(raw_dir / "images.zip") as archive:
 
         def load(i: int) -> np.ndarray:
@@ -175,25 +184,30 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
                 archive, name, "RGB", where=f"padufes20: {name} in {raw_dir / 'images.zip'}",
                 fix="replace it in the source and run `dvc repro -f download@padufes20`",
             )
-            return np.asarray(im.resize((SIZE, SIZE), Image.Resampling.BILINEAR))
+            return np.asarray(im.resize((size, size), Image.Resampling.BILINEAR))
 
-        images = LazyImages(len(rows), (SIZE, SIZE, 3), load)
+        images = LazyImages(len(rows), (size, size, 3), load)
         write_plan(
             writer, {"all": (images, labels)}, {s: [("all", r)] for s, r in by_split.items()}
         )
 
 
-register(
-    DatasetSpec(
+def padufes_spec(image_size: int = SIZE) -> DatasetSpec:
+    return DatasetSpec(
         name="padufes20",
         classes=CLASSES,
         channels=3,
-        size=SIZE,
+        size=image_size,
         augment="flip",
         download=download,
-        prepare=prepare,
+        prepare=partial(prepare, size=image_size),
         splits="no official split: by patient, stratified by diagnosis, "
         f"about {percent(POOLED)} of images",
         url=PAGE,
+        # PAD-UFES-20's photos are larger than any size asked for: read at that size
+        options=("image_size",),
+        variant=lambda image_size=SIZE: padufes_spec(image_size),
     )
-)
+
+
+register(padufes_spec())

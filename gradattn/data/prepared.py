@@ -1,7 +1,9 @@
 """The prepared-array format that every stage after preprocess reads.
 
 data/prepared/<dataset>/
-    meta.json                       classes, channels, size, counts, per-channel mean/std
+    meta.json                       classes, channels, size, counts, the per-channel mean/std
+                                    training normalises with, the split's own statistics, and
+                                    the resolved data protocol (gradattn.data.recipes)
     <split>_images.npy              uint8, (N, H, W, C), memory-mappable
     <split>_labels.npy              int64, (N,)
 
@@ -15,9 +17,11 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from gradattn.errors import GradattnError
@@ -59,6 +63,38 @@ def load_meta(name: str, root: str | Path = DEFAULT_ROOT) -> dict:
     return json.loads(path.read_text())
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """What preprocess does to every image of a source: resize to size×size (PIL bilinear, as
+    the notebooks' `Resize((s, s))` on a PIL image) and repeat a grey channel to three (their
+    `x.repeat(3, 1, 1)`)."""
+
+    size: int | None = None
+    grey_to_rgb: bool = False
+
+    def shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        h, w, c = shape
+        if self.size:
+            h = w = self.size
+        return h, w, (3 if self.grey_to_rgb and c == 1 else c)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, C) -> uint8 (N, *shape)."""
+        if self.size and images.shape[1:3] != (self.size, self.size):
+            images = np.stack([_resize(im, self.size) for im in images]) if len(images) else (
+                np.empty((0, self.size, self.size, images.shape[3]), np.uint8))
+        if self.grey_to_rgb and images.shape[3] == 1:
+            images = np.repeat(images, 3, axis=3)
+        return images
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    grey = image.shape[2] == 1
+    pil = Image.fromarray(image[..., 0] if grey else image)
+    out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+    return out[..., None] if grey else out
+
+
 class PreparedWriter:
     """Streams splits into a temporary folder; `commit()` moves it into place.
 
@@ -73,6 +109,7 @@ class PreparedWriter:
         classes: Iterable[str],
         root: str | Path = DEFAULT_ROOT,
         notes: dict | None = None,
+        conversion: Conversion | None = None,
     ):
         self.name = name
         self.classes = list(classes)
@@ -83,6 +120,7 @@ class PreparedWriter:
         self._train_per_class: np.ndarray | None = None
         self.shape: tuple[int, int, int] | None = None
         self.notes = notes or {}
+        self.conversion = conversion
         self._sums: np.ndarray | None = None
         self._squares: np.ndarray | None = None
 
@@ -122,6 +160,10 @@ class PreparedWriter:
         shape = tuple(int(s) for s in shape)
         if len(shape) == 2:
             shape = (*shape, 1)
+        if self.conversion is not None:
+            convert = self.conversion
+            shape = convert.shape(shape)
+            chunks = ((convert(_nhwc(images)), labels) for images, labels in chunks)
         if self.shape is not None and shape != self.shape:
             raise GradattnError(
                 f"{self.name}: split {split} has images of shape {shape}, other splits {self.shape}"
@@ -188,6 +230,9 @@ class PreparedWriter:
             )
 
     def commit(self) -> dict:
+        """Write meta.json and move the folder into place. `mean`/`std` are what training
+        normalises with: the notes' (a notebook's constants) or else the split's statistics,
+        which `split_mean`/`split_std` always hold."""
         missing = [s for s in SPLITS if s not in self.counts]
         if missing:
             raise GradattnError(f"{self.name}: splits {missing} were never written")
@@ -204,9 +249,16 @@ class PreparedWriter:
             "counts": self.counts,
             "mean": [round(float(m), 6) for m in mean],
             "std": [round(float(s), 6) for s in std],
+            "split_mean": [round(float(m), 6) for m in mean],
+            "split_std": [round(float(s), 6) for s in std],
             **self.notes,
         }
         with disk_errors(self.final.parent):
             (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         move_into_place(self.tmp, self.final)
         return meta
+
+
+def _nhwc(images) -> np.ndarray:
+    images = np.asarray(images, dtype=np.uint8)
+    return images[..., None] if images.ndim == 3 else images

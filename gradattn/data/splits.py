@@ -2,7 +2,8 @@
 
 official  the source's own split; a source with train/test only gets val carved from train
           (a stratified VAL_FROM_TRAIN), a source with no split a stratified NO_SPLIT.
-pooled    the notebooks' split: every image pooled, shuffled with the seed, cut POOLED.
+pooled    the notebooks' split: every part pooled in order, cut POOLED by torch's random_split
+          (the same images as the notebooks' for the same seed; PAD-UFES-20: `shuffled_split`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,33 @@ def val_note(fraction: float = VAL_FROM_TRAIN) -> str:
     return f"val = a stratified {fraction:.0%} of train"
 
 
-def pooled_split(labels: np.ndarray, seed: int, fractions=POOLED) -> dict[str, np.ndarray]:
-    """The notebooks' split: all images pooled, shuffled with `seed`, cut 70/15/15."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    n_train = int(round(fractions[0] * len(labels)))
-    n_val = int(round(fractions[1] * len(labels)))
-    return {
-        "train": np.sort(order[:n_train]),
-        "val": np.sort(order[n_train : n_train + n_val]),
-        "test": np.sort(order[n_train + n_val :]),
-    }
+def _sizes(n: int, fractions) -> list[int]:
+    """The notebooks' split sizes: int(0.7 n), int(0.15 n), and the rest (CIFAR cell 4)."""
+    train, val = int(fractions[0] * n), int(fractions[1] * n)
+    return [train, val, n - train - val]
+
+
+def pooled_split(n: int, seed: int, fractions=POOLED) -> dict[str, np.ndarray]:
+    """Rows 0..n-1 (the parts concatenated in order, as the notebooks' ConcatDataset) split as
+    `random_split(dataset, sizes, generator=torch.Generator().manual_seed(seed))` splits them."""
+    import torch  # only the pooled split needs it
+    from torch.utils.data import random_split
+
+    subsets = random_split(range(n), _sizes(n, fractions),
+                           generator=torch.Generator().manual_seed(seed))
+    return {s: np.sort(np.asarray(sub.indices, dtype=np.int64))
+            for s, sub in zip(SPLITS, subsets, strict=True)}
+
+
+def shuffled_split(n: int, seed: int, fractions=POOLED) -> dict[str, np.ndarray]:
+    """PAD-UFES-20's notebook split (PAD cell 4): np.random.seed(seed), np.random.shuffle of
+    list(range(n)), cut int(0.7 n), int(0.15 n), rest. A private RandomState draws the same."""
+    order = list(range(n))
+    np.random.RandomState(seed).shuffle(order)
+    sizes = _sizes(n, fractions)
+    cuts = np.cumsum(sizes)[:2]
+    return {s: np.sort(np.asarray(rows, dtype=np.int64))
+            for s, rows in zip(SPLITS, np.split(np.asarray(order), cuts), strict=True)}
 
 
 def stratified_split(labels: np.ndarray, seed: int, fractions=POOLED) -> dict[str, np.ndarray]:
@@ -76,22 +94,22 @@ def plan_splits(
 
     official: parts train/val/test are kept; train/test → val carved from train (stratified);
               a single part `all` → stratified `fractions`.
-    pooled:   the notebooks' split — every part pooled, shuffled with `seed`, cut 70/15/15.
+    pooled:   the notebooks' split — every part pooled in order, random_split 70/15/15.
     """
     names = tuple(labels)
     if split == "pooled":
         pooled = np.concatenate([labels[n] for n in names])
         starts = np.cumsum([0] + [len(labels[n]) for n in names])
         plan: Plan = {}
-        for out, rows in pooled_split(pooled, seed).items():
+        for out, rows in pooled_split(len(pooled), seed).items():
             plan[out] = [
                 (n, rows[(rows >= a) & (rows < b)] - a)
                 for n, a, b in zip(names, starts[:-1], starts[1:], strict=True)
             ]
         return (
             plan,
-            f"pooled {'+'.join(names)} ({len(pooled):,} images), random {percent(POOLED)}, "
-            f"seed {seed}",
+            f"pooled {'+'.join(names)} ({len(pooled):,} images), torch random_split "
+            f"{percent(POOLED)}, seed {seed}",
         )
     if split != "official":
         raise GradattnError(f"unknown split mode {split!r}: choose official or pooled")
