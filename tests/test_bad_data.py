@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from gradattn import io
+from gradattn.config import DataConfig, dataset_protocol
 from gradattn.data import PreparedWriter, medmnist_sets, torchvision_sets
 from gradattn.data.bundled import BUNDLED
 from gradattn.data.registry import get_spec
@@ -255,7 +256,9 @@ def project_for(dataset: str, base: Path) -> Path:
         path = base / "configs" / dataset / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         config = {"dataset": dataset, "source": None, "custom": None, "options": {}}
-        config |= {"split": "official", "split_seed": 0, "augment": "none"}
+        if name == "prepare":  # the corrected recipe's protocol, as configure resolves it
+            protocol = dataset_protocol(DataConfig(), "corrected", dataset)
+            config["protocol"] = protocol.as_dict()
         path.write_text(json.dumps(config))
     return base
 

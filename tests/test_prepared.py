@@ -68,13 +68,17 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
             writer.write_split("train", np.zeros((3, 4, 4), np.uint8), np.array([0, 1, 5]))
 
 
-def test_pooled_split_is_the_notebooks_70_15_15_and_seeded():
-    labels = np.arange(1000) % 10
-    a, b, c = pooled_split(labels, 1), pooled_split(labels, 1), pooled_split(labels, 2)
-    assert [len(a[s]) for s in ("train", "val", "test")] == [700, 150, 150]
-    assert all(np.array_equal(a[s], b[s]) for s in a)
-    assert not np.array_equal(a["train"], c["train"])
-    assert len(np.unique(np.concatenate(list(a.values())))) == 1000
+@pytest.mark.parametrize("n", [1000, 1003, 4200])
+def test_pooled_split_is_torch_random_split_with_the_seed(n):
+    # The notebooks' statement (CIFAR cell 4): sizes int(0.7 n), int(0.15 n), the rest.
+    sizes = [int(0.70 * n), int(0.15 * n)]
+    sizes.append(n - sum(sizes))
+    expected = torch.utils.data.random_split(
+        range(n), sizes, generator=torch.Generator().manual_seed(42))
+    got = pooled_split(n, 42)
+    for split, subset in zip(("train", "val", "test"), expected, strict=True):
+        assert got[split].tolist() == sorted(subset.indices)
+    assert not np.array_equal(pooled_split(n, 43)["train"], got["train"])
 
 
 def test_batches_cover_every_image_once_including_the_short_last_batch():

@@ -2,7 +2,8 @@
 
 `resolve(data, recipe, name)` turns data.* (where a value `auto` lets the recipe decide) into
 one dataset's protocol; `configure` writes it to configs/<dataset>/prepare.json, `preprocess`
-applies it and records it in meta.json, and training reads it from meta.json only.
+applies it and records it in meta.json (gradattn.data.preparation), and training reads it
+from meta.json only.
 
 `corrected` is this project's protocol; `notebooks` is each notebook's, as NOTEBOOKS below
 states it (cells are 0-based indices into the notebook's `cells`; docs/deviations.md rows 7,
@@ -112,3 +113,4 @@ def resolve(data: DataConfig, recipe: str, name: str, *, augment: str, channels:
         augment=pick(data.augment, augment, notebook and notebook.augment),
         legacy_defect=bool(notebook_defect and pick(data.legacy_preprocessing, False, True)),
     )
+
