@@ -54,11 +54,6 @@ NOTEBOOKS = {
     "bloodmnist": ("official", 64, True, *IMAGENET, "rotate_flip_jitter", False),
     "tissuemnist": ("official", 64, True, *IMAGENET, "rotate_flip_jitter", False),
 }
-# This project's augmentation per dataset (docs/deviations.md row 14).
-CORRECTED_AUGMENT = {"cifar10": "crop_flip", "fashionmnist": "rotate10",
-                     "fashionmnist-mini": "rotate10", "svhn": "none", "tinyimagenet": "crop_flip",
-                     "pcam": "flip", "padufes20": "flip", "bloodmnist": "rotate_flip_jitter",
-                     "tissuemnist": "rotate_flip_jitter"}
 
 
 def protocol(dataset: str, recipe: str, **data) -> dict:
@@ -100,7 +95,8 @@ def test_corrected_recipe_keeps_this_projects_protocol(dataset):
     assert protocol(dataset, "corrected") == {
         "recipe": "corrected", "split": "official", "split_seed": 0, "image_size": None,
         "grey_to_rgb": False, "normalise": "split", "mean": None, "std": None,
-        "augment": CORRECTED_AUGMENT[dataset], "legacy_defect": False}
+        # the notebook's augmentation in both recipes (docs/deviations.md row 14)
+        "augment": NOTEBOOKS[dataset][5], "legacy_defect": False}
 
 
 def test_a_set_key_overrides_the_recipe():
@@ -171,7 +167,7 @@ def test_real_fashionmnist_pooled_split_is_the_notebooks_images(tmp_path):
     corrected = prepare_as("fashionmnist", raw, tmp_path / "ok", "corrected")
     assert corrected["counts"] == {"train": 54000, "val": 6000, "test": 10000}
     assert corrected["mean"] == corrected["split_mean"] and corrected["split"] == "official"
-    assert (corrected["augment"], corrected["notebook_defect"]) == ("rotate10", False)
+    assert (corrected["augment"], corrected["notebook_defect"]) == ("flip_rotate_translate", False)
 
 
 def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
@@ -215,7 +211,7 @@ def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
     assert {k: ok[k] for k in ("recipe", "split", "split_seed", "normalise", "augment",
                                "notebook_defect", "channels", "height")} == {
         "recipe": "corrected", "split": "official", "split_seed": 0, "normalise": "split",
-        "augment": "rotate10", "notebook_defect": False, "channels": 1, "height": 28}
+        "augment": "flip_rotate_translate", "notebook_defect": False, "channels": 1, "height": 28}
     assert ok["mean"] == ok["split_mean"] != [0.286]
 
 
@@ -338,3 +334,71 @@ def test_colour_jitter_and_the_pad_augmentation_stay_in_range_per_image():
     assert ratios.std() > 0.005  # each image its own factors
     pad = pad_notebook(torch.rand(4, 3, 224, 224), torch.Generator().manual_seed(0))
     assert pad.shape == (4, 3, 224, 224) and pad.min() >= 0 and pad.max() <= 1
+
+
+# ---------------------------------------------------------------- PAD-UFES-20 and CIFAR-10
+
+
+def test_padufes_notebook_split_is_per_image_with_numpys_shuffle(tmp_path):
+    from test_data_sources import write_padufes
+
+    rows = write_padufes(tmp_path / "src")
+    raw = tmp_path / "raw"
+    get_spec("padufes20").download(raw, tmp_path / "src")
+    meta = prepare_as("padufes20", raw, tmp_path / "nb", "notebooks", image_size=96)
+    # PAD cell 4: np.random.seed(42); indices = list(range(n)); np.random.shuffle(indices)
+    n = len(rows)
+    np.random.seed(42)
+    indices = list(range(n))
+    np.random.shuffle(indices)
+    cut = [int(0.70 * n), int(0.70 * n) + int(0.15 * n)]
+    expected = [indices[:cut[0]], indices[cut[0]:cut[1]], indices[cut[1]:]]
+    colour = np.array([5 * r["patient"] for r in rows])  # each image is its patient's grey
+    for split, want in zip(("train", "val", "test"), expected, strict=True):
+        images, labels = load_split("padufes20", split, tmp_path / "nb")
+        assert sorted(images[:, 0, 0, 0].tolist()) == sorted(colour[want].tolist())
+    assert (meta["height"], meta["augment"], meta["split"]) == (96, "pad_notebook", "pooled")
+    assert "patients leak" in meta["split_detail"]
+
+
+def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
+    from test_data_sources import DATASETS, md5
+
+    from gradattn.data import torchvision_sets
+
+    archive = DATASETS / "cifar10-jpeg.tar.gz"
+    if not archive.exists():
+        pytest.skip(f"{archive} not found (set GRADATTN_SHARED to the shared folder)")
+    import pickle
+    import tarfile
+
+    per_batch, per_class = 20, {"train": 10, "test": 2}  # real images, the source's format
+    found = {"train": [], "test": []}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            part = member.name.split("/")[-3] if member.isfile() else ""
+            if part not in found:
+                continue
+            label = torchvision_sets.CIFAR_CLASSES.index(member.name.split("/")[-2])
+            if sum(lab == label for _, lab in found[part]) < per_class[part]:
+                with tar.extractfile(member) as f:
+                    found[part].append((np.asarray(Image.open(f).convert("RGB")), label))
+    raw = tmp_path / "raw" / "cifar-10-batches-py"
+    raw.mkdir(parents=True)
+    batches = [found["train"][i:i + per_batch] for i in range(0, 100, per_batch)]
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name, batch in zip(names, [*batches, found["test"]], strict=True):
+        data = np.stack([p.transpose(2, 0, 1).reshape(-1) for p, _ in batch])
+        with open(raw / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [lab for _, lab in batch]}, f)
+    with open(raw / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": list(torchvision_sets.CIFAR_CLASSES)}, f)
+    for name in torchvision_sets.CIFAR_MD5:
+        monkeypatch.setitem(torchvision_sets.CIFAR_MD5, name, md5(raw / name))
+    meta = prepare_as("cifar10", tmp_path / "raw", tmp_path / "nb", "notebooks")
+    pooled = np.stack([p for p, _ in found["train"] + found["test"]])  # CIFAR 4's ConcatDataset
+    for split, rows in zip(("train", "val", "test"), notebook_split(120), strict=True):
+        assert np.array_equal(load_split("cifar10", split, tmp_path / "nb")[0], pooled[rows])
+    assert (meta["mean"], meta["std"]) == ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+    assert (meta["augment"], meta["notebook_defect"], meta["counts"]["train"]) == (
+        "crop_flip", True, 84)

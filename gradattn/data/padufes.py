@@ -198,7 +198,7 @@ def padufes_spec(image_size: int = SIZE) -> DatasetSpec:
         classes=CLASSES,
         channels=3,
         size=image_size,
-        augment="flip",
+        augment="pad_notebook",  # PAD cell 4 (RandomResizedCrop to the image size)
         download=download,
         prepare=partial(prepare, size=image_size),
         splits="no official split: by patient, stratified by diagnosis, "

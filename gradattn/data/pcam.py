@@ -156,7 +156,7 @@ register(
         classes=CLASSES,
         channels=3,
         size=96,
-        augment="flip",
+        augment="none",  # PCam cell 4
         download=download,
         prepare=prepare,
         splits="official 262,144 train / 32,768 valid / 32,768 test",

@@ -136,7 +136,7 @@ register(
         classes=(),  # the 200 names are read from the archive's wnids.txt/words.txt when preparing
         channels=3,
         size=SIZE,
-        augment="crop_flip",
+        augment="none",  # Tiny cell 4
         download=download,
         prepare=prepare,
         splits=f"official 100,000 train / 10,000 val (our test); {val_note()}",

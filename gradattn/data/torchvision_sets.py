@@ -103,7 +103,7 @@ register(
         classes=FASHION_CLASSES,
         channels=1,
         size=28,
-        augment="rotate10",
+        augment="flip_rotate_translate",  # FMNIST cell 8
         download=fashion_download,
         prepare=fashion_prepare,
         splits="official 60,000 train / 10,000 test; " + val_note(),
@@ -212,7 +212,7 @@ register(
         classes=CIFAR_CLASSES,
         channels=3,
         size=32,
-        augment="crop_flip",
+        augment="crop_flip",  # CIFAR cell 4
         download=cifar_download,
         prepare=cifar_prepare,
         splits="official 50,000 train / 10,000 test; " + val_note(),
