@@ -43,14 +43,22 @@ def dataset_protocol(data: DataConfig, recipe: str, name: str):
                    notebook_defect=spec.notebook_defect)
 
 
-def dataset_options(data: DataConfig, name: str, protocol=None) -> dict[str, Any]:
+# Options that change how a source is prepared, not which files it downloads.
+PREPARE_ONLY = ("image_size",)
+
+
+def dataset_options(data: DataConfig, name: str, protocol=None, *, download: bool = False
+                    ) -> dict[str, Any]:
     """The values of the options `name`'s spec declares (data.medmnist_size; PAD-UFES-20's
-    image_size, resolved by `protocol`), for get_spec(name, custom, options) and the configs/
-    files its stages depend on. A value left to the source (None) is not an option."""
+    image_size and SVHN's svhn_extra, as `protocol` resolved them), for get_spec(name, custom,
+    options) and the configs/ files its stages depend on (`download`: only those that change
+    the downloaded files). A value left to the source (None) is not an option."""
     from gradattn.data.registry import get_spec
 
     options = {}
     for key in get_spec(name, data.custom).options:
+        if download and key in PREPARE_ONLY:
+            continue
         value = getattr(protocol if hasattr(protocol, key) else data, key)
         if value is not None and value != AUTO:
             options[key] = value

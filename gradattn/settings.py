@@ -120,6 +120,7 @@ class DataConfig:
     grey_to_rgb: bool | str = AUTO  # auto | true | false
     normalise: str = AUTO  # auto | split | notebook
     augment: str = AUTO  # auto | a name in AUGMENT_NAMES
+    svhn_extra: bool | str = AUTO  # auto | true | false: SVHN's 531,131 `extra` images too
     sources: dict[str, str] = field(default_factory=dict)
     custom: dict[str, dict] = field(default_factory=dict)
     medmnist_size: int = 28  # MedMNIST image size: 28, or MedMNIST+'s 64 | 128 | 224
@@ -153,6 +154,7 @@ class DataConfig:
             grey_to_rgb=_auto_or("data.grey_to_rgb", get("grey_to_rgb"), _bool_or_auto),
             normalise=_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
             augment=_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
+            svhn_extra=_auto_or("data.svhn_extra", get("svhn_extra"), _bool_or_auto),
             sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
             medmnist_size=_choice_int(

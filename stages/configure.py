@@ -27,8 +27,7 @@ def main() -> None:
                 "dataset": dataset,
                 "source": data.sources.get(dataset),
                 "custom": data.custom.get(dataset),
-                # what changes the downloaded files only: not the protocol (e.g. PAD's size)
-                "options": dataset_options(data, dataset),
+                "options": dataset_options(data, dataset, protocol, download=True),
             },
         )
         write_json(

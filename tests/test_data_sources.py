@@ -389,8 +389,9 @@ def test_svhn_from_mat_files(tmp_path, monkeypatch):
     src.mkdir()
     write_svhn(src / "train_32x32.mat", 100)
     write_svhn(src / "test_32x32.mat", 10)
-    files = [(n, u, md5(src / n)) for n, u, _ in torchvision_sets.SVHN_FILES]
-    monkeypatch.setattr(torchvision_sets, "SVHN_FILES", files)
+    for part in ("train", "test"):
+        name, url, _ = torchvision_sets.SVHN_FILES[part]
+        monkeypatch.setitem(torchvision_sets.SVHN_FILES, part, (name, url, md5(src / name)))
     spec, raw = get_spec("svhn"), tmp_path / "raw"
     spec.download(raw, src)
     meta = prepare(spec, raw, tmp_path / "prep")

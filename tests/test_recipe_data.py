@@ -87,7 +87,8 @@ def test_notebooks_recipe_resolves_each_datasets_notebook_protocol(dataset):
     got = protocol(dataset, "notebooks")
     assert got == {"recipe": "notebooks", "split": split, "split_seed": 42, "image_size": size,
                    "grey_to_rgb": rgb, "normalise": "notebook", "mean": mean, "std": std,
-                   "augment": augment, "legacy_defect": defect}
+                   "augment": augment, "legacy_defect": defect,
+                   "svhn_extra": dataset == "svhn"}
 
 
 @pytest.mark.parametrize("dataset", sorted(NOTEBOOKS))
@@ -96,7 +97,7 @@ def test_corrected_recipe_keeps_this_projects_protocol(dataset):
         "recipe": "corrected", "split": "official", "split_seed": 0, "image_size": None,
         "grey_to_rgb": False, "normalise": "split", "mean": None, "std": None,
         # the notebook's augmentation in both recipes (docs/deviations.md row 14)
-        "augment": NOTEBOOKS[dataset][5], "legacy_defect": False}
+        "augment": NOTEBOOKS[dataset][5], "legacy_defect": False, "svhn_extra": False}
 
 
 def test_a_set_key_overrides_the_recipe():
@@ -402,3 +403,46 @@ def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
     assert (meta["mean"], meta["std"]) == ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
     assert (meta["augment"], meta["notebook_defect"], meta["counts"]["train"]) == (
         "crop_flip", True, 84)
+
+
+def test_svhn_notebook_split_pools_train_test_and_extra_in_that_order(tmp_path, monkeypatch):
+    from test_data_sources import md5, write_svhn
+
+    from gradattn.data import torchvision_sets
+
+    src = tmp_path / "src"
+    src.mkdir()
+    pooled = []
+    for part, n in (("train", 50), ("test", 20), ("extra", 30)):
+        name, url, _ = torchvision_sets.SVHN_FILES[part]
+        images, _ = write_svhn(src / name, n)
+        images[:, 5, 5, 2] = np.arange(n) + {"train": 0, "test": 100, "extra": 200}[part]
+        write_svhn_images(src / name, images)
+        pooled.append(images)
+        monkeypatch.setitem(torchvision_sets.SVHN_FILES, part, (name, url, md5(src / name)))
+    cfg = DataConfig.parse({})
+    resolved = dataset_protocol(cfg, "notebooks", "svhn")
+    source_options = dataset_options(cfg, "svhn", resolved, download=True)
+    assert source_options == {"svhn_extra": True}  # the download fetches extra_32x32.mat too
+    raw = tmp_path / "raw"
+    get_spec("svhn", None, source_options).download(raw, src)
+    assert (raw / "extra_32x32.mat").exists()
+    meta = prepare_as("svhn", raw, tmp_path / "nb", "notebooks")
+    pooled = np.concatenate(pooled)  # SVHN cell 8: ConcatDataset([train, test, extra])
+    for split, rows in zip(("train", "val", "test"), notebook_split(100), strict=True):
+        images, _ = load_split("svhn", split, tmp_path / "nb")
+        assert np.array_equal(images, pooled[rows])
+    assert meta["counts"] == {"train": 70, "val": 15, "test": 15}
+    assert not protocol("svhn", "corrected")["svhn_extra"]
+    # official split with extra: extra joins train, the test set stays the official one
+    official = prepare_as("svhn", raw, tmp_path / "ok", "corrected", svhn_extra=True)
+    assert official["counts"]["test"] == 20
+    assert official["counts"]["train"] + official["counts"]["val"] == 50 + 30
+
+
+def write_svhn_images(path: Path, images: np.ndarray) -> None:
+    """Rewrite an SVHN .mat with these images (labels kept)."""
+    from scipy.io import loadmat, savemat
+
+    y = loadmat(path, variable_names=["y"])["y"]
+    savemat(path, {"X": np.transpose(images, (1, 2, 3, 0)), "y": y})

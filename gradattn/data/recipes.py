@@ -73,6 +73,7 @@ class Protocol:
     std: tuple[float, ...] | None
     augment: str  # a key of gradattn.data.augment.AUGMENTATIONS
     legacy_defect: bool  # the notebooks' double normalisation on training batches
+    svhn_extra: bool  # SVHN: its `extra` images too (SVHN cell 8 pools them)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,5 +113,6 @@ def resolve(data: DataConfig, recipe: str, name: str, *, augment: str, channels:
         std=constants.std if constants else None,
         augment=pick(data.augment, augment, notebook and notebook.augment),
         legacy_defect=bool(notebook_defect and pick(data.legacy_preprocessing, False, True)),
+        svhn_extra=name == "svhn" and bool(pick(data.svhn_extra, False, True)),
     )
 

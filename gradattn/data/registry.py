@@ -63,7 +63,7 @@ def known_datasets() -> tuple[str, ...]:
 
 def get_spec(name: str, custom: dict | None = None, options: dict | None = None) -> DatasetSpec:
     """The spec of `name`; `options` gives values for the keys in its `options` (others are
-    ignored), as gradattn.config.dataset_options(data, name) returns them."""
+    ignored), as gradattn.config.dataset_options(data, name, protocol) returns them."""
     _load_builtin()
     if custom and name in custom:
         from gradattn.data.custom import custom_spec

@@ -108,8 +108,11 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
         for line in archive.read(f"{top}val/val_annotations.txt").decode().splitlines():
             fields = line.split("\t")
             if len(fields) >= 2:
-                val.append((f"{top}val/images/{fields[0]}", index[fields[1]]))
-        val.sort()
+                val.append((fields[1], f"{top}val/images/{fields[0]}"))
+        # In ImageFolder's order, by class folder then file name, as the notebook reads val
+        # (Tiny cell 4 moves val/images/* into val/<wnid>/): a pooled split then takes the
+        # notebook's images. `train` above is in that order already.
+        val = [(member, index[wnid]) for wnid, member in sorted(val)]
 
         def images(members: list[str]) -> LazyImages:
             def load(i: int) -> np.ndarray:
