@@ -326,6 +326,26 @@ def test_random_resized_crop_keeps_size_and_crops_at_least_80_percent():
     assert (width > 0.7).all() and (width <= 1.0).all() and width.std() > 0.01
 
 
+def test_colour_jitter_is_torchvisions_four_adjustments_in_each_images_order():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(6, 3, 16, 16)
+    x[0] = 0.5  # a grey image: no hue
+    gen = torch.Generator().manual_seed(3)
+    out = color_jitter4(x, gen, 0.2, 0.2, 0.2, 0.1)
+    # the same draws, in color_jitter4's order: four factors, then the per-image order
+    gen = torch.Generator().manual_seed(3)
+    draw = [torch.rand(6, generator=gen) * (hi - lo) + lo
+            for lo, hi in ((0.8, 1.2), (0.8, 1.2), (0.8, 1.2), (-0.1, 0.1))]
+    orders = torch.argsort(torch.rand(6, 4, generator=gen), dim=1)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for i in range(6):
+        img = x[i]
+        for k in orders[i].tolist():  # torchvision's ColorJitter: a random order of the four
+            img = ops[k](img, float(draw[k][i]))
+        assert torch.allclose(out[i], img, atol=1e-5), i
+
+
 def test_colour_jitter_and_the_pad_augmentation_stay_in_range_per_image():
     x = torch.rand(8, 3, 32, 32)
     out = color_jitter4(x, torch.Generator().manual_seed(0))

@@ -95,25 +95,71 @@ def random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.8, 1.0),
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W), the ITU-R 601 weights torchvision's rgb_to_grayscale uses."""
+    return (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
+def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> HSV, hue in [0, 1) (torchvision's formulas, after PIL)."""
+    r, g, b = x.unbind(1)
+    maxc, minc = x.amax(1), x.amin(1)
+    flat = maxc == minc  # grey: hue and saturation 0 (no division by zero)
+    span = torch.where(flat, torch.ones_like(maxc), maxc - minc)
+    s = (maxc - minc) / torch.where(flat, torch.ones_like(maxc), maxc)
+    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
+    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    h = torch.where(flat, torch.zeros_like(h), h)
+    return torch.stack([(h / 6.0 + 1.0).remainder(1.0), s, maxc], 1)
+
+
+def _hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    h, s, v = x.unbind(1)
+    h6 = h * 6.0
+    i = torch.floor(h6)
+    f = h6 - i
+    i = i.long().remainder(6)[:, None]  # (B, 1, H, W) sector
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    vpqt = torch.stack([v, p, q, t], 1)  # (B, 4, H, W)
+    # which of v, p, q, t each of r, g, b is, per sector 0..5
+    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]],
+                          device=x.device)
+    index = select[:, i[:, 0]].permute(1, 0, 2, 3)  # (B, 3, H, W)
+    return vpqt.gather(1, index)
+
+
 def color_jitter4(x: torch.Tensor, gen: torch.Generator, brightness: float = 0.2,
                   contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.1) -> torch.Tensor:
     """ColorJitter(brightness, contrast, saturation, hue) on RGB images: per image, four
-    factors and a random order of the four adjustments (torchvision's functional ops)."""
-    from torchvision.transforms.v2 import functional as TF
-
+    factors and a random order of the four adjustments, each as torchvision's (blend with
+    black, with the mean grey, with the grey image; a hue shift in HSV)."""
     b, dev = x.shape[0], x.device
-    factors = torch.stack([_uniform(b, 1 - brightness, 1 + brightness, gen, dev),
-                           _uniform(b, 1 - contrast, 1 + contrast, gen, dev),
-                           _uniform(b, 1 - saturation, 1 + saturation, gen, dev),
-                           _uniform(b, -hue, hue, gen, dev)], 1).tolist()
-    orders = torch.argsort(torch.rand(b, 4, generator=gen, device=dev), dim=1).tolist()
-    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    out = []
-    for img, f, order in zip(x, factors, orders, strict=True):
-        for k in order:
-            img = ops[k](img, f[k])
-        out.append(img)
-    return torch.stack(out)
+    view = (b, 1, 1, 1)
+    factors = [_uniform(b, 1 - brightness, 1 + brightness, gen, dev),
+               _uniform(b, 1 - contrast, 1 + contrast, gen, dev),
+               _uniform(b, 1 - saturation, 1 + saturation, gen, dev),
+               _uniform(b, -hue, hue, gen, dev)]
+    orders = torch.argsort(torch.rand(b, 4, generator=gen, device=dev), dim=1)  # (B, 4)
+    f_b, f_c, f_s, f_h = (f.to(x.dtype).view(view) for f in factors)
+
+    def blend(img, other, ratio):
+        return (ratio * img + (1 - ratio) * other).clamp(0, 1)
+
+    def hue_shift(img):
+        h, s_, v = _rgb_to_hsv(img).unbind(1)
+        return _hsv_to_rgb(torch.stack([(h + f_h[:, 0]).remainder(1.0), s_, v], 1))
+
+    ops = (lambda t: blend(t, torch.zeros_like(t), f_b),
+           lambda t: blend(t, _grey(t).mean(dim=(1, 2, 3), keepdim=True), f_c),
+           lambda t: blend(t, _grey(t), f_s),
+           hue_shift)
+    for step in range(4):  # every image takes its own op at each step
+        k = orders[:, step].view(view)
+        x = torch.where(k == 0, ops[0](x), torch.where(k == 1, ops[1](x), torch.where(
+            k == 2, ops[2](x), ops[3](x))))
+    return x
 
 
 def pad_notebook(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
