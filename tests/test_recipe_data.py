@@ -466,3 +466,16 @@ def write_svhn_images(path: Path, images: np.ndarray) -> None:
 
     y = loadmat(path, variable_names=["y"])["y"]
     savemat(path, {"X": np.transpose(images, (1, 2, 3, 0)), "y": y})
+
+
+@pytest.mark.parametrize("augment, channels", [("flip_rotate_translate", 1),
+                                               ("pad_notebook", 3)])
+def test_new_augmentations_give_the_same_batches_on_the_resident_and_host_paths(augment,
+                                                                                 channels):
+    images = np.random.default_rng(0).integers(0, 256, (20, 24, 24, channels), dtype=np.uint8)
+    meta = {"mean": [0.5] * channels, "std": [0.25] * channels}
+    kw = dict(batch_size=8, shuffle=True, augment=augment, legacy_defect=True)
+    host = list(Batches(images, np.arange(20), meta, resident=False, **kw).epoch(3))
+    resident = list(Batches(images, np.arange(20), meta, resident=True, **kw).epoch(3))
+    for (xa, ya), (xb, yb) in zip(host, resident, strict=True):
+        assert torch.equal(ya, yb) and torch.allclose(xa, xb, atol=1e-6)
