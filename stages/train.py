@@ -4,6 +4,7 @@ The history (DVC plot data) and the per-epoch gradient norms are rewritten after
 epoch, so `dvc plots show` during a run shows the epochs so far."""
 
 from gradattn import paths
+from gradattn.fast import resolve_plan
 from gradattn.grad_probe import parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
@@ -53,7 +54,11 @@ def main() -> None:
     save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
                  best_epoch=result.best_epoch, epochs=len(result.history),
                  weights_epoch=weights_epoch)
-    write_run_record(dataset, model_name, "train", cfg["recipe"], cfg["train"],
+    # What train.device/precision/fast `auto` became on this machine, too.
+    plan = resolve_plan(train_cfg, device)
+    ran = {**cfg["train"], "device": device.type, "precision": plan.precision,
+           "fast": "on" if plan.fast else "off"}
+    write_run_record(dataset, model_name, "train", cfg["recipe"], ran,
                      model_options=cfg["model_options"],
                      legacy_preprocessing=cfg["legacy_preprocessing"],
                      best_epoch=result.best_epoch, weights_epoch=weights_epoch,
