@@ -75,9 +75,12 @@ def overview_sample(labels: np.ndarray, num_classes: int, *, per_class: int = 8,
     return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
 
-def evaluate(dataset: str, model_name: str, *, batch_size: int,
-             ece_bins: int) -> tuple[dict, dict[str, np.ndarray]]:
-    """(metrics, arrays of the predictions file) of one trained run on its test split."""
+def evaluate(dataset: str, model_name: str, *, batch_size: int, ece_bins: int,
+             gap: str = "signed") -> tuple[dict, dict[str, np.ndarray]]:
+    """(metrics, arrays of the predictions file) of one trained run on its test split.
+
+    The model evaluated holds the weights training kept (train.weights: the best epoch's or
+    the last one's); the train-val gap and val_top1 are those of that epoch."""
     model, record = load_trained(dataset, model_name)
     device = resolve_device(record["run_config"]["train"]["device"])
     model.to(device)
@@ -86,11 +89,13 @@ def evaluate(dataset: str, model_name: str, *, batch_size: int,
     logits, labels = predict(model, test)
     history = read_json(paths.history_file(dataset, model_name))
     best = record["best_epoch"]
+    evaluated = record.get("weights_epoch", best)  # older checkpoints: always the best
     metrics = classification_metrics(logits, labels, ece_bins=ece_bins)
     metrics.update({
-        "train_val_gap": train_val_gap(history, best),
-        "val_top1": next(r["val_accuracy"] for r in history if r["epoch"] == best),
+        "train_val_gap": train_val_gap(history, evaluated, kind=gap),
+        "val_top1": next(r["val_accuracy"] for r in history if r["epoch"] == evaluated),
         "best_epoch": best,
+        "evaluated_epoch": evaluated,
         "epochs": len(history),
         "params": count_parameters(model),
         "test_images": len(labels),

@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradattn.models.gradattn import EncoderLayer
-
-ENCODER_TYPES = (EncoderLayer, nn.TransformerEncoderLayer)
+# The notebooks' analyser (cell 2) hooks every nn.Conv2d, nn.Linear and
+# nn.TransformerEncoderLayer; so do we. Their RoPE layer, like ours, is none of these.
+ENCODER_TYPES = (nn.TransformerEncoderLayer,)
 
 
 def layer_type(module: nn.Module) -> str | None:
@@ -26,7 +26,8 @@ def layer_type(module: nn.Module) -> str | None:
 
 
 def analysed_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every conv, linear and encoder layer, in module order."""
+    """(name, module) of every conv, linear and torch encoder layer, in module order: the
+    modules the notebooks' analyser hooks (cell 2)."""
     return [(name, m) for name, m in model.named_modules() if layer_type(m) is not None]
 
 

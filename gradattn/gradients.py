@@ -1,9 +1,17 @@
 """Per-layer gradient norms and the paper's Gradient Health Score (GHS, §4.4, Table 5).
 
-A *layer* is every conv, linear and transformer-encoder layer (ours and torch's), named by
-its module path (`conv1`, `layer3.0.conv2`, `encoder.layers.1`, `head`, ...), in module
-order, as the notebooks hook them. Encoder layers are analysed as a whole *and* through the
-linear layers inside them, again as the notebooks do.
+A *layer* is every nn.Conv2d, nn.Linear and nn.TransformerEncoderLayer, named by its module
+path (`conv1`, `layer3.0.conv2`, `encoder.layers.1`, `head`, ...), in module order: the
+modules the notebooks' analyser (cell 2) hooks. Encoder layers are analysed as a whole *and*
+through the linear layers inside them, again as the notebooks do.
+
+Which layers count (`silent`, docs/deviations.md row 20): some hooked layers never report a
+gradient in the notebooks: torch's attention uses `self_attn.out_proj`'s weight without
+calling the module, and the RoPE layer's in-place ReLU on linear1's output drops linear1's
+legacy backward hook. `skip` (corrected) leaves a layer out of the GHS denominator when it
+was never called, and measures every called layer through a tensor hook on its output;
+`count` (the notebooks) keeps every hooked layer in the denominator and counts one whose
+legacy `register_backward_hook` (theirs) never fired as silent, i.e. unhealthy.
 
 Two norms per layer, each the mean over the analysed batches of one batch's L2 (Frobenius)
 norm of the gradient of the mean cross-entropy:
@@ -22,6 +30,7 @@ running statistics), `.grad`, each module's train/eval mode, hooks and torch's g
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
@@ -40,6 +49,7 @@ from gradattn.grad_probe import (  # noqa: F401  (re-exported: the analysis' pub
 )
 
 NORM_KINDS = ("output", "parameter")
+SILENT_KINDS = ("skip", "count")
 
 
 # --- Gradient Health Score ---------------------------------------------------------------
@@ -55,17 +65,21 @@ def layer_status(norm: float, low: float, high: float) -> str:
     return "unhealthy"
 
 
-def gradient_health(norms: dict[str, float], low: float, high: float) -> dict:
-    """GHS, counts and the statistics of Table 5 over per-layer norms."""
+def gradient_health(norms: dict[str, float], low: float, high: float, *,
+                    silent: int = 0) -> dict:
+    """GHS, counts and the statistics of Table 5 over per-layer norms; `silent` more layers
+    count in the denominator (unhealthy, no norm)."""
     values = list(norms.values())
     status = [layer_status(v, low, high) for v in values]
     n = len(values)
+    total = n + silent
     mean = sum(values) / n if n else math.nan
     return {
-        "ghs": status.count("healthy") / n if n else math.nan,
+        "ghs": status.count("healthy") / total if total else math.nan,
         "vanishing": status.count("vanishing"),
         "exploding": status.count("exploding"),
-        "layers": n,
+        "layers": total,
+        "silent": silent,
         "norm_mean": mean,
         "norm_min": min(values) if n else math.nan,
         "norm_max": max(values) if n else math.nan,
@@ -115,8 +129,10 @@ def measure_gradient_norms(
 ) -> dict:
     """Mean per-batch output- and parameter-gradient norms of every analysed layer.
 
-    Returns {"layers": [(name, type)], "output": {name: norm}, "parameter": {name: norm},
-    "batches": number analysed}. Output gradients come from tensor hooks that forward hooks
+    Returns {"layers": [(name, type)] of the layers called, "output": {name: norm},
+    "parameter": {name: norm}, "batches": number analysed, "unused": names never called,
+    "legacy_silent": names whose legacy backward hook (the notebooks') never fired}.
+    Output gradients come from tensor hooks that forward hooks
     put on each layer's output (registered before any later in-place op, so they see the
     layer's own output); parameter gradients from torch.autograd.grad, which leaves .grad
     alone. A layer called more than once per batch contributes every call, as the notebooks'.
@@ -135,6 +151,11 @@ def measure_gradient_norms(
             calls[name] = calls.get(name, 0) + 1
             t = _first_tensor(output)
             if t is not None and t.requires_grad:
+                # nn.Linear on a 3-D input returns a view of its 2-D result; an in-place op
+                # on the view (the RoPE layer's ReLU on linear1) drops a hook on the view
+                # but not one on the base, which holds the same elements.
+                if t._base is not None and t._base.numel() == t.numel():
+                    t = t._base
                 t.register_hook(lambda g: batch_norms.setdefault(name, []).append(
                     torch.linalg.vector_norm(g.detach().float())))
         return hook
@@ -143,10 +164,20 @@ def measure_gradient_norms(
     index = {id(p): i for i, p in enumerate(params)}
     layer_params = {name: [index[id(p)] for p in m.parameters() if id(p) in index]
                     for name, m in layers}
+    legacy_fired: set[str] = set()
+
+    def legacy_hook(name: str):
+        def hook(_module, _grad_input, _grad_output):
+            legacy_fired.add(name)
+        return hook
+
     handles = [m.register_forward_hook(forward_hook(name)) for name, m in layers]
+    # Deprecated (torch warns on every call), but it is what the notebooks observed with.
+    handles += [m.register_backward_hook(legacy_hook(name)) for name, m in layers]
     done = 0
     try:
-        with _preserved(model), torch.enable_grad():
+        with _preserved(model), torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a non-full backward hook")
             torch.manual_seed(seed)  # dropout masks: the same every time
             model.train()
             bar = tqdm(total=num_batches, desc="gradient norms", unit="batch", leave=False,
@@ -188,6 +219,7 @@ def measure_gradient_norms(
         "parameter": {name: param_sums[name] / done for name, _ in used},
         "batches": done,
         "unused": [name for name, _ in layers if name not in seen],
+        "legacy_silent": [name for name, _ in layers if name not in legacy_fired],
     }
 
 
@@ -199,17 +231,25 @@ def analyse_gradients(
     low: float,
     high: float,
     norm: str = "output",
+    silent: str = "skip",
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
     """The gradients JSON: GHS and Table 5's statistics from the `norm` kind of norm, the
-    same for the other kind under its name, and every layer's two norms and status."""
+    same for the other kind under its name, and every measured layer's two norms and status.
+    `silent`: skip or count (module docstring); the layers counted silent are listed."""
     if norm not in NORM_KINDS:
         raise ValueError(f"norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
+    if silent not in SILENT_KINDS:
+        raise ValueError(f"silent must be one of {', '.join(SILENT_KINDS)}, got {silent!r}")
     measured = measure_gradient_norms(model, batches, num_batches, loss_fn=loss_fn, seed=seed,
                                       progress=progress)
-    health = {kind: gradient_health(measured[kind], low, high) for kind in NORM_KINDS}
+    silent_layers = measured["legacy_silent"] if silent == "count" else []
+    layers = [(name, kind) for name, kind in measured["layers"] if name not in silent_layers]
+    health = {kind: gradient_health({name: measured[kind][name] for name, _ in layers},
+                                    low, high, silent=len(silent_layers))
+              for kind in NORM_KINDS}
     chosen = measured[norm]
     return {
         **health[norm],
@@ -227,7 +267,8 @@ def analyse_gradients(
                 "parameter_norm": measured["parameter"][name],
                 "status": layer_status(chosen[name], low, high),
             }
-            for name, kind in measured["layers"]
+            for name, kind in layers
         ],
+        "silent_layers": silent_layers,
         "unused_layers": measured["unused"],
     }

@@ -14,25 +14,44 @@ from gradattn import paths, torchfile
 from gradattn.data import load_meta, load_split
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError, first_line
-from gradattn.io import read_json
+from gradattn.io import read_json, write_json
 from gradattn.models import build_model
-from gradattn.settings import TrainConfig, load_section
+from gradattn.settings import TrainConfig, load_resolved, read_recipe
+
+RUN_STAGES = ("train", "evaluate", "gradients")
 
 
 def load_run_config(dataset: str, model: str) -> dict:
-    """Everything one training run depends on, and nothing else: the train section and
-    data.legacy_preprocessing (native params of the stage) and the model's own options (from
-    configs/models/<model>.json, which `configure` resolves; see dvc.yaml)."""
+    """Everything one training run depends on, and nothing else: the recipe and the train
+    section with every `auto` resolved for this dataset, and the model's own options (from configs/models/<model>.json,
+    which `configure` resolves; see dvc.yaml)."""
     path = paths.model_config(model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro configure` (or `dvc repro`) first")
     return {
+        "recipe": read_recipe(),
         "dataset": dataset,
         "model": model,
         "model_options": read_json(path)["options"],
-        "train": asdict(load_section("train")),
-        "legacy_preprocessing": load_section("data").legacy_preprocessing,
+        "train": asdict(load_resolved("train", dataset)),
     }
+
+
+def run_record_file(dataset: str, model: str, stage: str) -> Path:
+    """metrics/<dataset>/<model>.<stage>.run.json: what `stage` (train, evaluate, gradients)
+    ran with, every setting resolved (never `auto`), beside the recipe."""
+    if stage not in RUN_STAGES:
+        raise ValueError(f"stage must be one of {', '.join(RUN_STAGES)}, got {stage!r}")
+    return paths.METRICS / dataset / f"{model}.{stage}.run.json"
+
+
+def write_run_record(dataset: str, model: str, stage: str, recipe: str, settings: dict,
+                     **extra) -> dict:
+    """Write (and return) a stage's run record: {recipe, dataset, model, <stage>: settings,
+    **extra}."""
+    record = {"recipe": recipe, "dataset": dataset, "model": model, stage: settings, **extra}
+    write_json(run_record_file(dataset, model, stage), record)
+    return record
 
 
 def run_id(run_config: dict, meta: dict) -> str:
@@ -66,10 +85,10 @@ def make_batches(
     )
 
 
-def uses_legacy_defect(run_config: dict, meta: dict) -> bool:
-    """data.legacy_preprocessing is on and the dataset is one the notebooks' defect hit (its
-    meta.json says so)."""
-    return bool(run_config.get("legacy_preprocessing") and meta.get("notebook_defect"))
+def uses_legacy_defect(meta: dict) -> bool:
+    """The notebooks' double normalisation on this dataset's training batches, as configure
+    resolved data.legacy_preprocessing for the recipe and dataset (meta.json)."""
+    return bool(meta.get("notebook_defect"))
 
 
 def new_model(run_config: dict, meta: dict) -> nn.Module:

@@ -7,7 +7,7 @@ on this module only; gradattn.config adds what needs the dataset registry and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,36 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 # value is `auto` takes the recipe's value; any other value overrides the recipe.
 RECIPES = ("corrected", "notebooks")
 AUTO = "auto"
+# What `auto` means under each recipe: the one table of the training/evaluation side
+# (docs/deviations.md names each row). train.batch_size is the one per-dataset value
+# (recipe_batch_size).
+RECIPE_VALUES: dict[str, dict[str, str]] = {
+    # Row 8: the notebooks' "best weights" copy is shallow, so they evaluate the last epoch.
+    "train.weights": {"corrected": "best", "notebooks": "last"},
+    # Row 9: their own plateau callback (CIFAR-10 cell 4) vs torch's ReduceLROnPlateau.
+    "train.plateau": {"corrected": "torch", "notebooks": "notebooks"},
+    # Row 17: Table 4's gap, signed at the evaluated epoch vs its absolute value.
+    "evaluate.gap": {"corrected": "signed", "notebooks": "absolute"},
+    # Row 18: GHS on training batches (no augmentation) vs on test batches.
+    "gradients.split": {"corrected": "train", "notebooks": "test"},
+    # Row 20: a layer whose hook never fired is left out vs counted (as unhealthy).
+    "gradients.silent": {"corrected": "skip", "notebooks": "count"},
+}
+WEIGHTS = ("best", "last")
+PLATEAUS = ("torch", "notebooks")
+GAPS = ("signed", "absolute")
+GRADIENT_SPLITS = ("train", "test")
+SILENT_LAYERS = ("skip", "count")
+
+
+def recipe_value(recipe: str, key: str, value: Any) -> Any:
+    """`value` unless it is `auto`, else what the recipe sets for `key`."""
+    return RECIPE_VALUES[key][recipe] if value == AUTO else value
+
+
+def recipe_batch_size(recipe: str, dataset: str) -> int:
+    """train.batch_size `auto`: 128 (§3.3), but 64 for PAD-UFES-20 in the notebooks (PAD cell 4)."""
+    return 64 if recipe == "notebooks" and dataset == "padufes20" else 128
 
 
 def _fail(key: str, value: Any, allowed: str) -> ConfigError:
@@ -75,6 +105,17 @@ def _choice_int(key: str, value: Any, choices: tuple[int, ...]) -> int:
     if isinstance(value, bool) or value not in choices:
         raise _fail(key, value, "choose one of: " + ", ".join(map(str, choices)))
     return int(value)
+
+
+def _auto_or(value: Any, check) -> Any:
+    """`auto` (the recipe decides), or a value `check` accepts (its error names `auto` too)."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return check(value)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(
+            " is not allowed: ", " is not allowed: auto (the recipe's value), or ", 1)) from None
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -173,7 +214,7 @@ def _bool_or_auto(key: str, value: Any) -> bool:
 class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 128
+    batch_size: int | str = 128  # params.yaml's auto: recipe_batch_size
     max_epochs: int = 100
     plateau_factor: float = 0.2
     plateau_patience: int = 3
@@ -183,14 +224,20 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     fast: str = "auto"
+    weights: str = "best"  # best | last: the weights training ends with (evaluated)
+    plateau: str = "torch"  # torch | notebooks: the LR plateau rule
 
+    # The defaults above are the corrected recipe's, resolved; a key params.yaml leaves out
+    # is `auto` (the recipe decides).
     @classmethod
     def parse(cls, raw: dict) -> TrainConfig:
-        get = lambda k: raw.get(k, getattr(cls, k))  # noqa: E731
+        get = lambda k: raw.get(k, AUTO if k in ("batch_size", "weights", "plateau")  # noqa: E731
+                                else getattr(cls, k))
         return cls(
             lr=_number("train.lr", get("lr"), gt=0),
             weight_decay=_number("train.weight_decay", get("weight_decay"), ge=0),
-            batch_size=_number("train.batch_size", get("batch_size"), integer=True, ge=1),
+            batch_size=_auto_or(get("batch_size"), lambda v: _number(
+                "train.batch_size", v, integer=True, ge=1)),
             max_epochs=_number("train.max_epochs", get("max_epochs"), integer=True, ge=1),
             plateau_factor=_number("train.plateau_factor", get("plateau_factor"), gt=0, lt=1),
             plateau_patience=_number(
@@ -204,13 +251,26 @@ class TrainConfig:
             device=_choice("train.device", get("device"), DEVICES),
             precision=_choice("train.precision", get("precision"), PRECISIONS),
             fast=_choice("train.fast", get("fast"), FAST_MODES),
+            weights=_choice("train.weights", get("weights"), (AUTO, *WEIGHTS)),
+            plateau=_choice("train.plateau", get("plateau"), (AUTO, *PLATEAUS)),
+        )
+
+    def resolve(self, recipe: str, dataset: str) -> TrainConfig:
+        """Every `auto` replaced by the recipe's value for `dataset`."""
+        return replace(
+            self,
+            batch_size=(recipe_batch_size(recipe, dataset) if self.batch_size == AUTO
+                        else self.batch_size),
+            weights=recipe_value(recipe, "train.weights", self.weights),
+            plateau=recipe_value(recipe, "train.plateau", self.plateau),
         )
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    ece_bins: int = 15
+    ece_bins: int = 10
     batch_size: int = 512
+    gap: str = "signed"  # signed | absolute: Table 4's train-val gap (params.yaml: auto)
 
     @classmethod
     def parse(cls, raw: dict) -> EvaluateConfig:
@@ -221,15 +281,21 @@ class EvaluateConfig:
             batch_size=_number(
                 "evaluate.batch_size", raw.get("batch_size", cls.batch_size), integer=True, ge=1
             ),
+            gap=_choice("evaluate.gap", raw.get("gap", AUTO), (AUTO, *GAPS)),
         )
+
+    def resolve(self, recipe: str) -> EvaluateConfig:
+        return replace(self, gap=recipe_value(recipe, "evaluate.gap", self.gap))
 
 
 @dataclass(frozen=True)
 class GradientsConfig:
-    batches: int = 10
+    batches: int = 20
     low: float = 1e-6
     high: float = 10.0
     norm: str = "output"
+    split: str = "train"  # train | test: the batches GHS is measured on (params.yaml: auto)
+    silent: str = "skip"  # skip | count: a layer whose hook never fired, in the denominator?
 
     @classmethod
     def parse(cls, raw: dict) -> GradientsConfig:
@@ -242,7 +308,13 @@ class GradientsConfig:
             low=low,
             high=high,
             norm=_choice("gradients.norm", raw.get("norm", cls.norm), ("output", "parameter")),
+            split=_choice("gradients.split", raw.get("split", AUTO), (AUTO, *GRADIENT_SPLITS)),
+            silent=_choice("gradients.silent", raw.get("silent", AUTO), (AUTO, *SILENT_LAYERS)),
         )
+
+    def resolve(self, recipe: str) -> GradientsConfig:
+        return replace(self, split=recipe_value(recipe, "gradients.split", self.split),
+                       silent=recipe_value(recipe, "gradients.silent", self.silent))
 
 
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
@@ -282,3 +354,13 @@ def load_section(name: str, path: str | Path = DEFAULT_PARAMS):
     """One validated section of params.yaml, e.g. load_section("train") -> TrainConfig."""
     cls = SECTIONS[name]
     return cls.parse(_section(read_params(path), name, cls))
+
+
+def load_resolved(name: str, dataset: str | None = None, path: str | Path = DEFAULT_PARAMS):
+    """Section `name` (train, evaluate or gradients) with every `auto` resolved through the
+    recipe (train needs the dataset: its batch size is per dataset)."""
+    params = read_params(path)
+    recipe = read_recipe(params)
+    cls = SECTIONS[name]
+    section = cls.parse(_section(params, name, cls))
+    return section.resolve(recipe, dataset) if name == "train" else section.resolve(recipe)

@@ -1,6 +1,12 @@
 """The paper's training protocol: Adam, plateau schedule and early stopping on validation
 accuracy, best weights restored; a checkpoint every epoch so a killed run resumes exactly
-(on the fast GPU path of gradattn.fast, at most every FAST_CHECKPOINT_INTERVAL_S)."""
+(on the fast GPU path of gradattn.fast, at most every FAST_CHECKPOINT_INTERVAL_S).
+
+Two settings switch to the authors' notebooks (the `notebooks` recipe): `train.weights: last`
+ends with the last epoch's weights (their best-weights copy is shallow and restores nothing)
+and `train.plateau: notebooks` cuts the learning rate with their own callback
+(`NotebooksPlateau`) instead of torch's ReduceLROnPlateau. `fit` expects a resolved
+TrainConfig (no `auto`; TrainConfig.resolve)."""
 
 from __future__ import annotations
 
@@ -83,6 +89,58 @@ class EarlyStopping:
             state["best"], state["best_epoch"], state["bad_epochs"])
 
 
+class NotebooksPlateau:
+    """The notebooks' ReduceLROnPlateau callback (CIFAR-10 cell 4, the same in every model
+    cell), on a maximised metric: a strictly better value resets the wait (no threshold);
+    otherwise wait += 1 and, once wait >= patience, lr = max(lr * factor, min_lr) and wait = 0
+    (only when that changed the lr). torch's cuts after *more than* patience bad epochs and
+    ignores relative gains below 1e-4.
+
+    Sets the lr in place when it is a tensor (the fast path's graph reads that tensor)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float, patience: int,
+                 min_lr: float):
+        self.optimizer = optimizer
+        self.factor, self.patience, self.min_lr = factor, patience, min_lr
+        self.best: float | None = None
+        self.wait = 0
+
+    def step(self, value: float) -> None:
+        if self.best is None or value > self.best:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait < self.patience:
+            return
+        for group in self.optimizer.param_groups:
+            old = float(group["lr"])
+            new = max(old * self.factor, self.min_lr)
+            if new != old:
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(new)
+                else:
+                    group["lr"] = new
+                self.wait = 0
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait = state["best"], state["wait"]
+
+
+def make_plateau(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """train.plateau's scheduler: torch's ReduceLROnPlateau or the notebooks' rule."""
+    if cfg.plateau == "notebooks":
+        return NotebooksPlateau(optimizer, factor=cfg.plateau_factor,
+                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    if cfg.plateau == "torch":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
+            min_lr=cfg.min_lr)
+    raise ValueError(f"train.plateau must be resolved to torch or notebooks, got {cfg.plateau!r}")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N,) of a whole split, in eval mode, on the CPU."""
@@ -112,7 +170,8 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         grad_probe: Callable[[nn.Module], dict] | None = None,
         on_epoch: Callable[[list[dict]], None] | None = None,
         log: Callable[[str], None] = tqdm.write, progress: bool = True) -> FitResult:
-    """Train `model` in place and leave it holding the best epoch's weights.
+    """Train `model` in place and leave it holding the best epoch's weights (`cfg.weights`
+    best) or the last epoch's (last); best_epoch is recorded either way.
 
     `on_epoch(history)` is called with the rows so far after every epoch (and once after a
     resume), so a caller can publish the curves while training runs.
@@ -128,9 +187,9 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, plan)
     lr_tensor = TensorLR(optimizer) if plan.fast else None
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-        min_lr=cfg.min_lr)
+    if cfg.weights not in ("best", "last"):
+        raise ValueError(f"train.weights must be resolved to best or last, got {cfg.weights!r}")
+    scheduler = make_plateau(optimizer, cfg)
     stopper = EarlyStopping(cfg.early_stopping_patience)
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
@@ -226,7 +285,8 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
                 f"{stopper.patience} epochs")
             break
 
-    model.load_state_dict(best_state)
+    if cfg.weights == "best":
+        model.load_state_dict(best_state)
     if plan.channels_last:
         model.to(memory_format=torch.contiguous_format)
     return FitResult(history=history, best_epoch=stopper.best_epoch,

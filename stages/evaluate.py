@@ -1,27 +1,34 @@
 """Evaluate one trained (dataset, model) pair on its test split: metrics JSON, and the
 predictions file with all the figures need of the model and data (gradattn.evaluation)."""
 
+from dataclasses import asdict
+
 import numpy as np
 
 from gradattn import paths
 from gradattn.evaluation import evaluate
 from gradattn.io import write_json, write_with
-from gradattn.settings import load_section
+from gradattn.runs import write_run_record
+from gradattn.settings import load_resolved, read_recipe
 from gradattn.stage import run, stage_args
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
-    cfg = load_section("evaluate")
+    cfg = load_resolved("evaluate")
     metrics, arrays = evaluate(dataset, model_name, batch_size=cfg.batch_size,
-                               ece_bins=cfg.ece_bins)
+                               ece_bins=cfg.ece_bins, gap=cfg.gap)
+    write_run_record(dataset, model_name, "evaluate", read_recipe(), asdict(cfg),
+                     evaluated_epoch=metrics["evaluated_epoch"],
+                     best_epoch=metrics["best_epoch"])
     write_with(paths.predictions_file(dataset, model_name),
                lambda tmp: np.savez_compressed(tmp, **arrays), suffix=".npz")
     write_json(paths.metrics_file(dataset, model_name), metrics)
     print(
         f"evaluate {dataset}/{model_name}: top-1 {metrics['top1']:.4f}, "
         f"F1 (macro) {metrics['f1_macro']:.4f}, ECE {metrics['ece']:.4f} "
-        f"({cfg.ece_bins} bins), train-val gap {metrics['train_val_gap']:+.4f} "
+        f"({cfg.ece_bins} bins), train-val gap {metrics['train_val_gap']:+.4f} ({cfg.gap}, "
+        f"epoch {metrics['evaluated_epoch']}) "
         f"on {metrics['test_images']:,} test images"
         + (", attention over the taps saved" if "attention" in arrays else "")
     )

@@ -1,44 +1,55 @@
 """Gradient flow of one trained (dataset, model) pair: per-layer gradient norms and the
-Gradient Health Score (paper §4.4, Table 5) -> metrics/<dataset>/<model>.gradients.json."""
+Gradient Health Score (paper §4.4, Table 5) -> metrics/<dataset>/<model>.gradients.json,
+and the settings it ran with -> metrics/<dataset>/<model>.gradients.run.json."""
+
+from dataclasses import asdict
 
 from gradattn import paths
 from gradattn.data import load_split
 from gradattn.data.batches import Batches
 from gradattn.gradients import analyse_gradients
 from gradattn.io import write_json
-from gradattn.runs import dataset_meta, load_trained
-from gradattn.settings import TrainConfig, load_section
+from gradattn.runs import dataset_meta, load_trained, write_run_record
+from gradattn.settings import TrainConfig, load_resolved, read_recipe
 from gradattn.stage import run, stage_args
 from gradattn.train import resolve_device
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
-    cfg = load_section("gradients")
+    cfg = load_resolved("gradients")
     # The training settings of the run that made the model (its own record).
     model, record = load_trained(dataset, model_name)
     train_cfg = TrainConfig(**record["run_config"]["train"])
     device = resolve_device(train_cfg.device)
     model.to(device)
     meta = dataset_meta(dataset)
-    images, labels = load_split(dataset, "train", paths.PREPARED)
-    # Training images at the training batch size, in a seeded random order, without
-    # augmentation (so the numbers depend only on the model, the data and the seed).
+    images, labels = load_split(dataset, cfg.split, paths.PREPARED)
+    # At the training batch size, without augmentation (so the numbers depend only on the
+    # model, the data and the seed): training images in a seeded random order (corrected),
+    # or the test split in order, as the notebooks' test loader (split test).
+    shuffle = cfg.split == "train"
     batches = Batches(images, labels, meta, batch_size=train_cfg.batch_size, device=device,
-                      shuffle=True, augment="none")
+                      shuffle=shuffle, augment="none")
     result = analyse_gradients(model, batches.epoch(train_cfg.seed), num_batches=cfg.batches,
-                               low=cfg.low, high=cfg.high, norm=cfg.norm, seed=train_cfg.seed)
+                               low=cfg.low, high=cfg.high, norm=cfg.norm, silent=cfg.silent,
+                               seed=train_cfg.seed)
     # Where the numbers come from, before the long per-layer list.
-    per_layer = {k: result.pop(k) for k in ("per_layer", "unused_layers")}
-    result["data"] = (f"train split, first {result['batches']} batches of {train_cfg.batch_size} "
-                      f"in a random order (seed {train_cfg.seed}), no augmentation")
+    per_layer = {k: result.pop(k) for k in ("per_layer", "silent_layers", "unused_layers")}
+    order = f"in a random order (seed {train_cfg.seed})" if shuffle else "in order"
+    result["data"] = (f"{cfg.split} split, first {result['batches']} batches of "
+                      f"{train_cfg.batch_size} {order}, no augmentation")
     result["mode"] = "train mode (batch-norm batch statistics, dropout on), as the notebooks"
     result.update(per_layer)
+    write_run_record(dataset, model_name, "gradients", read_recipe(), asdict(cfg),
+                     weights_epoch=record.get("weights_epoch", record.get("best_epoch")))
     write_json(paths.gradients_file(dataset, model_name), result)
+    silent = f", {result['silent']} silent (counted)" if result["silent"] else ""
     print(f"gradients {dataset}/{model_name}: GHS {result['ghs']:.3f} ({cfg.norm} norm), "
-          f"{result['vanishing']} vanishing / {result['exploding']} exploding of "
+          f"{result['vanishing']} vanishing / {result['exploding']} exploding{silent} of "
           f"{result['layers']} layers, norms {result['norm_min']:.2e}-{result['norm_max']:.2e} "
-          f"(mean {result['norm_mean']:.2e}) over {result['batches']} batches")
+          f"(mean {result['norm_mean']:.2e}) over {result['batches']} batches of the "
+          f"{cfg.split} split")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ The history (DVC plot data) and the per-epoch gradient norms are rewritten after
 epoch, so `dvc plots show` during a run shows the epochs so far."""
 
 from gradattn import paths
+from gradattn.fast import resolve_plan
 from gradattn.grad_probe import parameter_grad_norms, split_grad_history
 from gradattn.io import write_json
 from gradattn.models import count_parameters
@@ -15,6 +16,7 @@ from gradattn.runs import (
     run_id,
     save_trained,
     uses_legacy_defect,
+    write_run_record,
 )
 from gradattn.settings import TrainConfig
 from gradattn.stage import run, stage_args
@@ -37,7 +39,7 @@ def main() -> None:
     make_deterministic(train_cfg.seed, device)
     model = new_model(cfg, meta)
     train = make_batches(dataset, "train", meta, batch_size=train_cfg.batch_size, device=device,
-                         train=True, legacy=uses_legacy_defect(cfg, meta))
+                         train=True, legacy=uses_legacy_defect(meta))
     val = make_batches(dataset, "val", meta, batch_size=max(train_cfg.batch_size, 256),
                        device=device)
     print(f"train {dataset}/{model_name}: {train.num_images:,} train / {val.num_images:,} val "
@@ -46,17 +48,31 @@ def main() -> None:
     result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta),
                  grad_probe=parameter_grad_norms,
                  on_epoch=lambda rows: publish_history(dataset, model_name, rows))
+    # The weights saved are the best epoch's (train.weights best) or the last one's (last).
+    weights_epoch = (result.best_epoch if train_cfg.weights == "best"
+                     else result.history[-1]["epoch"])
     save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
-                 best_epoch=result.best_epoch, epochs=len(result.history))
+                 best_epoch=result.best_epoch, epochs=len(result.history),
+                 weights_epoch=weights_epoch)
+    # What train.device/precision/fast `auto` became on this machine, too.
+    plan = resolve_plan(train_cfg, device)
+    ran = {**cfg["train"], "device": device.type, "precision": plan.precision,
+           "fast": "on" if plan.fast else "off"}
+    write_run_record(dataset, model_name, "train", cfg["recipe"], ran,
+                     model_options=cfg["model_options"],
+                     legacy_preprocessing=uses_legacy_defect(meta),
+                     best_epoch=result.best_epoch, weights_epoch=weights_epoch,
+                     epochs=len(result.history))
     resume.unlink(missing_ok=True)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     trained = result.history[result.resumed_from:]
     train_seconds = sum(r["seconds"] for r in trained)
     speed = (f", {len(trained) * train.num_images / train_seconds:,.0f} images/s"
              if train_seconds > 0 else "")
-    print(f"train {dataset}/{model_name}: best val accuracy {result.best_val_accuracy:.4f} at "
-          f"epoch {result.best_epoch} of {len(result.history)} ({result.seconds:.0f}s{resumed}"
-          f"{speed})")
+    print(f"train {dataset}/{model_name} ({cfg['recipe']} recipe): best val accuracy "
+          f"{result.best_val_accuracy:.4f} at epoch {result.best_epoch} of "
+          f"{len(result.history)}, kept the weights of epoch {weights_epoch} "
+          f"({result.seconds:.0f}s{resumed}{speed})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,10 @@ def with_change(section: str, key: str | None, value) -> dict:
 
 def test_defaults_are_the_papers_protocol():
     p = load_params(ROOT / "params.yaml")
-    assert (p.train.lr, p.train.weight_decay, p.train.batch_size) == (1e-3, 1e-4, 128)
+    assert p.recipe == "corrected"
+    train = p.train.resolve(p.recipe, "fashionmnist-mini")
+    assert (train.lr, train.weight_decay, train.batch_size) == (1e-3, 1e-4, 128)
+    assert (train.weights, train.plateau) == ("best", "torch")
     assert (p.train.plateau_factor, p.train.plateau_patience, p.train.min_lr) == (0.2, 3, 1e-7)
     assert (p.train.early_stopping_patience, p.train.seed) == (7, 42)
     assert p.models == ("resnet18", "gradattn")
@@ -45,8 +48,13 @@ def test_defaults_are_the_papers_protocol():
         ("model", "heads", 7, r"dim 256 is not divisible by heads 7"),
         ("train", "lr", 0, r"train\.lr = 0 .*> 0"),
         ("train", "lr", -0.1, r"train\.lr = -0\.1 .*> 0"),
-        ("train", "batch_size", 0, r"train\.batch_size = 0 .*integer >= 1"),
+        ("train", "batch_size", 0, r"train\.batch_size = 0 .*auto .*integer >= 1"),
         ("train", "batch_size", 12.5, r"train\.batch_size = 12\.5 .*integer"),
+        ("train", "weights", "best_epoch", r"train\.weights = 'best_epoch'.*auto, best, last"),
+        ("train", "plateau", "keras", r"train\.plateau = 'keras'.*auto, torch, notebooks"),
+        ("evaluate", "gap", "abs", r"evaluate\.gap = 'abs'.*auto, signed, absolute"),
+        ("gradients", "split", "val", r"gradients\.split = 'val'.*auto, train, test"),
+        ("gradients", "silent", "drop", r"gradients\.silent = 'drop'.*auto, skip, count"),
         ("train", "device", "tpu", r"train\.device = 'tpu'.*auto, cpu, cuda"),
         ("train", "lrr", 0.1, r"train\.lrr = 0\.1 .*unknown key.*lr"),
         ("data", "split", "random", r"data\.split = 'random'.*official, pooled"),

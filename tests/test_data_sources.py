@@ -740,10 +740,8 @@ def test_legacy_preprocessing_changes_training_batches_only(cifar_source, tmp_pa
     meta["augment"] = spec.augment
     meta["notebook_defect"] = spec.notebook_defect  # as stages/preprocess.py records it
     assert spec.notebook_defect and not get_spec("svhn").notebook_defect
-    assert runs.uses_legacy_defect({"legacy_preprocessing": True}, meta)
-    assert not runs.uses_legacy_defect({"legacy_preprocessing": False}, meta)
-    assert not runs.uses_legacy_defect({"legacy_preprocessing": True},
-                                       {**meta, "notebook_defect": False})
+    assert runs.uses_legacy_defect(meta)
+    assert not runs.uses_legacy_defect({**meta, "notebook_defect": False})
 
     def first(split, train, legacy):
         batches = runs.make_batches(

@@ -4,6 +4,7 @@ that the analysis leaves the model exactly as it found it."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -141,7 +142,11 @@ def test_analysis_leaves_the_model_as_it_found_it():
     result = analyse_gradients(model, [(x, y)] * 2, num_batches=2, low=LOW, high=HIGH,
                                progress=False)
 
-    assert result["batches"] == 2 and result["layers"] == len(analysed_layers(model))
+    # Every hooked layer is measured, except the attention's out_proj, which torch's layer
+    # never calls as a module (skip: left out).
+    assert result["batches"] == 2
+    assert result["layers"] + len(result["unused_layers"]) == len(analysed_layers(model))
+    assert result["unused_layers"] == ["encoder.layers.0.self_attn.out_proj"]
     for k, v in model.state_dict().items():
         assert torch.equal(v, weights[k]), k
     for n, p in model.named_parameters():
@@ -161,7 +166,7 @@ def test_analysed_layers_cover_conv_linear_and_encoder_layers():
     assert types["conv1"] == "conv" and types["layer4.1.conv2"] == "conv"
     assert types["proj.0"] == "linear" and types["head"] == "linear"
     assert types["encoder.layers.0"] == "encoder"
-    assert types["encoder.layers.0.self_attn.in_proj"] == "linear"
+    assert types["encoder.layers.0.linear1"] == "linear"
     assert result["batches"] == 1  # fewer batches than asked: all there are
     assert all(r["output_norm"] > 0 and r["parameter_norm"] > 0 for r in result["per_layer"])
     # Deterministic: the same seed gives the same dropout masks, hence the same norms.
@@ -207,3 +212,80 @@ def test_bad_norm_kind_is_refused():
     with pytest.raises(ValueError, match="norm must be one of"):
         analyse_gradients(Branches(), ones_batches(1), num_batches=1, low=LOW, high=HIGH,
                           norm="weights", progress=False)
+
+
+def test_silent_layers_count_only_under_count():
+    class WithSpare(Branches):
+        def __init__(self):
+            super().__init__()
+            self.spare = nn.Linear(2, 2)
+
+    result = analyse_gradients(WithSpare(), ones_batches(1), num_batches=1, low=LOW, high=HIGH,
+                               loss_fn=sum_loss, silent="count", progress=False)
+    # 1 healthy of 4 hooked: the spare layer's hook never fired, and it counts.
+    assert result["layers"] == 4 and result["silent"] == 1 and result["silent_layers"] == ["spare"]
+    assert result["ghs"] == pytest.approx(1 / 4)
+    with pytest.raises(ValueError, match="silent must be one of"):
+        analyse_gradients(Branches(), ones_batches(1), num_batches=1, low=LOW, high=HIGH,
+                          silent="drop", progress=False)
+
+
+def _cell2_hook_counts(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    """(hooks registered, hooks that fired) by the notebooks' GradientFlowAnalyzer (cell 2
+    of every notebook): a legacy register_backward_hook on every nn.Conv2d, nn.Linear and
+    nn.TransformerEncoderLayer, one backward pass in train mode."""
+    fired: set[str] = set()
+    handles, names = [], []
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.TransformerEncoderLayer)):
+            names.append(name)
+            handles.append(module.register_backward_hook(
+                lambda _m, _gi, go, name=name: fired.add(name) if go[0] is not None else None))
+    model.train()
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    for handle in handles:
+        handle.remove()
+    return len(names), len(fired)
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook")
+@pytest.mark.parametrize("pe, hooked", [("none", 35), ("learnable", 35), ("rope", 41)])
+def test_gradattn_ghs_denominator_is_the_notebooks_35_and_41_with_3_silent(pe, hooked):
+    """The paper's GHS values decompose over these denominators (docs/deviations.md row 20):
+    torch's attention never calls out_proj (none, learnable); the RoPE layer's in-place ReLU
+    silences linear1's legacy hook."""
+    torch.manual_seed(0)
+    model = build_model("gradattn", num_classes=10, in_channels=3, pe=pe)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 7])
+    assert _cell2_hook_counts(model, x, y) == (hooked, hooked - 3)
+
+    count = analyse_gradients(model, [(x, y)], num_batches=1, low=LOW, high=HIGH,
+                              silent="count", progress=False)
+    assert count["layers"] == hooked and count["silent"] == 3
+    assert len(count["per_layer"]) == hooked - 3
+    silent = "self_attn.out_proj" if pe != "rope" else "linear1"
+    assert count["silent_layers"] == [f"encoder.layers.{i}.{silent}" for i in range(3)]
+    # corrected: every layer in the denominator was measured (RoPE's linear1 through a
+    # tensor hook on its output; torch's out_proj never runs, so it is not in it).
+    skip = analyse_gradients(model, [(x, y)], num_batches=1, low=LOW, high=HIGH,
+                             silent="skip", progress=False)
+    assert skip["silent"] == 0 and skip["silent_layers"] == []
+    assert skip["layers"] == len(skip["per_layer"]) == (41 if pe == "rope" else 32)
+    assert all(r["output_norm"] > 0 for r in skip["per_layer"])
+
+
+def test_rope_linear1_is_measured_through_its_in_place_relu():
+    """corrected measures linear1 under the in-place ReLU exactly as without it."""
+    from gradattn.models.gradattn import RopeEncoderLayer
+
+    torch.manual_seed(0)
+    layer = RopeEncoderLayer(dim=16, heads=2, ff_dim=8, dropout=0.0)
+    out_of_place = copy.deepcopy(layer)
+    out_of_place.activation = nn.ReLU()
+    x = torch.randn(3, 5, 16)
+    norms = [analyse_gradients(m, [(x, None)], num_batches=1, low=LOW, high=HIGH,
+                               loss_fn=sum_loss, progress=False)["per_layer"]
+             for m in (layer, out_of_place)]
+    assert norms[0] == norms[1]
+    assert {r["layer"] for r in norms[0]} >= {"linear1", "linear2", "self_attn.w_q"}

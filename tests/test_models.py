@@ -13,7 +13,7 @@ from torchvision.models.resnet import BasicBlock
 
 from gradattn.errors import ConfigError
 from gradattn.models import MODELS, PE_CHOICES, build_model, count_parameters, default_options
-from gradattn.models.gradattn import EncoderLayer, GradAttn, TapsMean
+from gradattn.models.gradattn import GradAttn, RopeEncoderLayer, TapsMean
 from gradattn.models.resnet import TAP_CHANNELS, PlainBlock, SkipFreeBackbone
 from gradattn.models.rope import RotaryEmbedding
 
@@ -231,9 +231,13 @@ def test_gate_mlps_and_rope_qkv_have_no_bias():
     for pe in PE_CHOICES:
         model = build_model("gradattn", 10, 3, pe=pe, **SMALL)
         for layer in model.encoder.layers:
-            has_bias = layer.self_attn.in_proj.bias is not None
-            assert has_bias == (pe != "rope")  # torch's layer has q/k/v biases; theirs none
-            assert layer.self_attn.out_proj.bias is not None
+            attn = layer.self_attn
+            if pe == "rope":  # the notebooks' RoPE attention: q/k/v without bias, w_o with
+                assert all(w.bias is None for w in (attn.w_q, attn.w_k, attn.w_v))
+                assert attn.w_o.bias is not None
+            else:  # torch's layer, q/k/v biases included (CIFAR-10 cells 6, 8)
+                assert isinstance(layer, nn.TransformerEncoderLayer)
+                assert attn.in_proj_bias is not None and attn.out_proj.bias is not None
 
 
 def _assert_default_uniform(weight: torch.Tensor) -> None:
@@ -273,17 +277,18 @@ def test_attention_init_follows_its_source():
     rope: the notebooks' plain nn.Linear projections (default init, bias on out_proj)."""
     torch_like = build_model("gradattn", 10, 3, pe="none").encoder.layers[0].self_attn
     rope = build_model("gradattn", 10, 3, pe="rope").encoder.layers[0].self_attn
-    assert torch_like.in_proj.weight.abs().max() > 1 / 16  # xavier bound sqrt(6/1024) > 1/16
-    assert not torch_like.in_proj.bias.any() and not torch_like.out_proj.bias.any()
-    _assert_default_uniform(rope.in_proj.weight.detach())
-    _assert_default_uniform(rope.out_proj.weight.detach())
-    assert rope.out_proj.bias.abs().min() > 0
+    assert torch_like.in_proj_weight.abs().max() > 1 / 16  # xavier bound sqrt(6/1024) > 1/16
+    assert not torch_like.in_proj_bias.any() and not torch_like.out_proj.bias.any()
+    for w in (rope.w_q, rope.w_k, rope.w_v, rope.w_o):
+        _assert_default_uniform(w.weight.detach())
+    assert rope.w_o.bias.abs().min() > 0
 
 
-def test_encoder_layer_has_torch_parameter_count():
-    ours = EncoderLayer(dim=256, heads=8, ff_dim=512)
+def test_rope_layer_has_torch_parameter_count_less_the_qkv_biases():
+    ours = RopeEncoderLayer(dim=256, heads=8, ff_dim=512)
     torch_layer = nn.TransformerEncoderLayer(256, 8, 512)
-    assert count_parameters(ours) == count_parameters(torch_layer) == 527_104
+    assert count_parameters(torch_layer) == 527_104
+    assert count_parameters(ours) == 527_104 - 3 * 256
 
 
 # --- positional encoding --------------------------------------------------------------------
@@ -304,7 +309,8 @@ def test_token_permutation(pe):
 def test_taps_mean_is_order_blind_and_has_no_attention():
     model = build_model("taps_mean", 10, 3, dim=32).eval()
     assert isinstance(model, TapsMean)
-    assert not any(isinstance(m, nn.MultiheadAttention | EncoderLayer) for m in model.modules())
+    attention = nn.MultiheadAttention | nn.TransformerEncoderLayer | RopeEncoderLayer
+    assert not any(isinstance(m, attention) for m in model.modules())
     tokens = model.tokens(torch.randn(2, 3, 32, 32))
     assert torch.allclose(model.classify_tokens(tokens), model.classify_tokens(tokens.flip(1)))
     assert torch.allclose(
@@ -378,29 +384,61 @@ def test_return_attention(pe):
     assert (attn >= 0).all()
 
 
-@pytest.mark.parametrize("norm_first", [False, True])
+def _notebooks_rope_layer(layer: RopeEncoderLayer, src: torch.Tensor) -> torch.Tensor:
+    """TransformerEncoderLayerWithRoPE.forward and MultiHeadAttentionWithRoPE.forward of the
+    notebooks (CIFAR-10 cell 10), written out, in eval mode, reading `layer`'s weights."""
+    a = layer.self_attn
+    B, T, D = src.shape
+    H = a.heads
+    dk = D // H
+    Q = a.w_q(src).view(B, T, H, dk)
+    K = a.w_k(src).view(B, T, H, dk)
+    V = a.w_v(src).view(B, T, H, dk)
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dk, 2).float() / dk))
+    freqs = torch.einsum("i,j->ij", torch.arange(T).float(), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    cos, sin = emb.cos()[:, None, :], emb.sin()[:, None, :]
+
+    def rotate_half(x):
+        x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
+        return torch.cat((-x2, x1), dim=x1.ndim - 1)
+
+    Q, K = Q * cos + rotate_half(Q) * sin, K * cos + rotate_half(K) * sin
+    Q, K, V = Q.transpose(1, 2), K.transpose(1, 2), V.transpose(1, 2)
+    weights = torch.softmax(Q @ K.transpose(-2, -1) / math.sqrt(dk), dim=-1)
+    attn = a.w_o((weights @ V).transpose(1, 2).contiguous().view(B, T, D))
+    src = layer.norm1(src + attn)
+    return layer.norm2(src + layer.linear2(torch.relu(layer.linear1(src))))
+
+
 @torch.no_grad()
-def test_encoder_layer_matches_torch(norm_first):
-    dim, heads, ff = 32, 4, 48
-    ours = EncoderLayer(dim=dim, heads=heads, ff_dim=ff, dropout=0.1, norm_first=norm_first)
-    ref = nn.TransformerEncoderLayer(
-        dim, heads, ff, dropout=0.1, batch_first=True, norm_first=norm_first
-    )
-    ours.self_attn.in_proj.weight.copy_(ref.self_attn.in_proj_weight)
-    ours.self_attn.in_proj.bias.copy_(torch.randn(3 * dim))  # non-zero, to test q/k/v order
-    ref.self_attn.in_proj_bias.copy_(ours.self_attn.in_proj.bias)
-    ours.self_attn.out_proj.load_state_dict(ref.self_attn.out_proj.state_dict())
-    for name in ("linear1", "linear2", "norm1", "norm2"):
-        getattr(ref, name).weight.normal_()  # LayerNorm starts at 1/0: make it matter
-        getattr(ref, name).bias.normal_()
-        getattr(ours, name).load_state_dict(getattr(ref, name).state_dict())
-    ours.eval()
-    ref.eval()
-    x = torch.randn(3, 5, dim)
-    out, weights = ours(x)
-    assert weights is None
-    assert torch.allclose(out, ref(x), atol=1e-5)
-    assert torch.allclose(ours(x, need_weights=True)[0], out, atol=1e-5)
+def test_rope_layer_computes_the_notebooks_layer():
+    torch.manual_seed(0)
+    layer = RopeEncoderLayer(dim=32, heads=4, ff_dim=48, dropout=0.1).eval()
+    for norm in (layer.norm1, layer.norm2):  # LayerNorm starts at 1/0: make it matter
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(3, 5, 32)
+    assert torch.allclose(layer(x), _notebooks_rope_layer(layer, x), atol=1e-5)
+    assert isinstance(layer.activation, nn.ReLU) and layer.activation.inplace
+    assert not isinstance(layer, nn.TransformerEncoderLayer)  # as theirs: not hooked whole
+
+
+@pytest.mark.parametrize("pe", ["none", "rope"])
+@torch.no_grad()
+def test_returned_attention_is_each_layers_softmax(pe):
+    model = build_model("gradattn", 10, 3, pe=pe, **SMALL).eval()
+    tokens = model.tokens(torch.randn(2, 3, 32, 32))
+    _, attn = model.classify_tokens(tokens, return_attention=True)
+    layer = model.encoder.layers[0]
+    if pe == "rope":
+        a = layer.self_attn
+        q = a.rope(a.w_q(tokens).view(2, 5, 4, 8).transpose(1, 2))
+        k = a.rope(a.w_k(tokens).view(2, 5, 4, 8).transpose(1, 2))
+        expected = (q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1).mean(1)
+    else:
+        expected = layer.self_attn(tokens, tokens, tokens, need_weights=True)[1]
+    assert torch.allclose(attn[0], expected, atol=1e-6)
 
 
 def test_encoder_dropout_is_active_in_training_only():
@@ -465,9 +503,13 @@ def test_every_listed_option_changes_the_model(name):
         **default_options(name),
         **({"dim": 32, "heads": 4, "ff_dim": 48} if name == "gradattn" else {"dim": 32}),
     }
-    reference = repr(build_model(name, 10, 3, **base))
+    def describe(model):  # torch's attention layers leave heads and norm_first out of repr
+        return repr(model) + repr([(getattr(m, "num_heads", None), getattr(m, "norm_first", None))
+                                   for m in model.modules()])
+
+    reference = describe(build_model(name, 10, 3, **base))
     for key in default_options(name):
-        assert repr(build_model(name, 10, 3, **{**base, key: CHANGED[key]})) != reference, key
+        assert describe(build_model(name, 10, 3, **{**base, key: CHANGED[key]})) != reference, key
 
 
 def test_model_classes():

@@ -3,9 +3,10 @@
     image -> skip-free backbone -> 5 taps -> GAP -> Linear(c_i, dim) each -> tokens (B, 5, dim)
           -> positional encoding (none | learnable | rope) -> encoder x depth -> mean -> head
 
-The encoder layer is our own, written to match `nn.TransformerEncoderLayer` at its defaults
-(post-norm, ReLU, dropout on attention weights and both residual branches) so that RoPE can
-rotate queries and keys inside it; tests check it against torch's layer with copied weights.
+The encoder layers are the notebooks': torch's `nn.TransformerEncoderLayer` for no PE and
+learnable PE, and for RoPE their own layer (separate bias-free q/k/v projections, queries and
+keys rotated inside the attention), module for module, so that the notebooks' gradient
+analyser hooks the same modules in ours as in theirs (docs/deviations.md rows 2, 20).
 `TapsMean` is the same model with the encoder replaced by a plain mean (no attention).
 """
 
@@ -38,67 +39,59 @@ def check_attention_shape(*, dim: int, heads: int, pe: str) -> None:
         )
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention like nn.MultiheadAttention (packed qkv, biases), plus RoPE.
+class RopeSelfAttention(nn.Module):
+    """The notebooks' RoPE attention (`MultiHeadAttentionWithRoPE`, CIFAR-10 cell 10): plain
+    nn.Linear projections `w_q`, `w_k`, `w_v` without bias and `w_o` with bias (default
+    init), queries and keys rotated by token position, dropout on the attention weights."""
 
-    With RoPE it is the notebooks' RoPE attention instead: q/k/v projections without bias,
-    and every projection with nn.Linear's default init (they are plain nn.Linear there).
-    """
-
-    def __init__(self, *, dim: int, heads: int, dropout: float, rope: bool = False) -> None:
+    def __init__(self, *, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        check_attention_shape(dim=dim, heads=heads, pe="rope" if rope else "none")
+        check_attention_shape(dim=dim, heads=heads, pe="rope")
         self.heads = heads
         self.dropout = dropout
-        self.in_proj = nn.Linear(dim, 3 * dim, bias=not rope)  # q, k, v packed
-        self.out_proj = nn.Linear(dim, dim)
-        self.rope = RotaryEmbedding(head_dim=dim // heads) if rope else None
-        if not rope:
-            # nn.MultiheadAttention's init: xavier in-projection, zero biases.
-            nn.init.xavier_uniform_(self.in_proj.weight)
-            nn.init.zeros_(self.in_proj.bias)
-            nn.init.zeros_(self.out_proj.bias)
+        self.w_q = nn.Linear(dim, dim, bias=False)
+        self.w_k = nn.Linear(dim, dim, bias=False)
+        self.w_v = nn.Linear(dim, dim, bias=False)
+        self.w_o = nn.Linear(dim, dim)
+        self.rope = RotaryEmbedding(head_dim=dim // heads)
 
-    def forward(self, x: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, dim) -> (out (B, T, dim), head-averaged softmax weights (B, T, T) or None)."""
+    def _heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, dim) -> rotated q, rotated k and v, each (B, H, T, hd)."""
         B, T, D = x.shape
-        qkv = self.in_proj(x).view(B, T, 3, self.heads, D // self.heads)  # (B, T, 3, H, hd)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, hd)
-        if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)  # rotated by token position along T
+        q, k, v = (w(x).view(B, T, self.heads, D // self.heads).transpose(1, 2)
+                   for w in (self.w_q, self.w_k, self.w_v))
+        return self.rope(q), self.rope(k), v
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, dim) -> (B, T, dim)."""
+        B, T, D = x.shape
+        q, k, v = self._heads(x)
         p = self.dropout if self.training else 0.0
-        if need_weights:
-            # Explicit path, same maths as SDPA, kept only to expose the weights.
-            scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5  # (B, H, T, T)
-            weights = scores.softmax(dim=-1)
-            out = F.dropout(weights, p=p, training=self.training) @ v  # (B, H, T, hd)
-            avg_weights = weights.mean(dim=1)  # (B, T, T), before dropout
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, hd)
-            avg_weights = None
-        out = out.transpose(1, 2).reshape(B, T, D)  # (B, T, dim): heads concatenated
-        return self.out_proj(out), avg_weights
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, H, T, hd)
+        return self.w_o(out.transpose(1, 2).reshape(B, T, D))  # heads concatenated
+
+    @torch.no_grad()
+    def weights(self, x: Tensor) -> Tensor:
+        """Softmax attention weights averaged over heads (B, T, T), before dropout."""
+        q, k, _ = self._heads(x)
+        return (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1).mean(dim=1)
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, dropout={self.dropout}"
 
 
-class EncoderLayer(nn.Module):
-    """nn.TransformerEncoderLayer's maths (batch_first, ReLU), names and parameter count."""
+class RopeEncoderLayer(nn.Module):
+    """The notebooks' `TransformerEncoderLayerWithRoPE` (CIFAR-10 cell 10): torch's layer
+    (post-norm by default, ReLU feed-forward) with RopeSelfAttention, module for module,
+    including its in-place ReLU on linear1's output (which silences a legacy backward hook
+    on linear1, as in theirs: docs/deviations.md row 20). Not an nn.TransformerEncoderLayer,
+    as theirs is not."""
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        heads: int,
-        ff_dim: int,
-        dropout: float = 0.1,
-        norm_first: bool = False,
-        rope: bool = False,
-    ) -> None:
+    def __init__(self, *, dim: int, heads: int, ff_dim: int, dropout: float = 0.1,
+                 norm_first: bool = False) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = SelfAttention(dim=dim, heads=heads, dropout=dropout, rope=rope)
+        self.self_attn = RopeSelfAttention(dim=dim, heads=heads, dropout=dropout)
         self.linear1 = nn.Linear(dim, ff_dim)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(ff_dim, dim)
@@ -106,32 +99,53 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
-
-    def _sa_block(self, x: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
-        out, weights = self.self_attn(x, need_weights=need_weights)
-        return self.dropout1(out), weights
+        self.activation = nn.ReLU(inplace=True)
 
     def _ff_block(self, x: Tensor) -> Tensor:
-        return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
 
-    def forward(self, x: Tensor, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """x (B, T, dim) -> (B, T, dim), and the layer's attention weights (B, T, T) or None."""
+    def forward(self, x: Tensor) -> Tensor:
+        """x (B, T, dim) -> (B, T, dim)."""
         if self.norm_first:  # pre-norm
-            attn, weights = self._sa_block(self.norm1(x), need_weights)
-            x = x + attn
-            x = x + self._ff_block(self.norm2(x))
-        else:  # post-norm: torch's default and the notebooks'
-            attn, weights = self._sa_block(x, need_weights)
-            x = self.norm1(x + attn)
-            x = self.norm2(x + self._ff_block(x))
-        return x, weights
+            x = x + self.dropout1(self.self_attn(self.norm1(x)))
+            return x + self._ff_block(self.norm2(x))
+        x = self.norm1(x + self.dropout1(self.self_attn(x)))  # post-norm: the notebooks'
+        return self.norm2(x + self._ff_block(x))
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"
 
 
+def attention_weights(layer: nn.Module, x: Tensor) -> Tensor:
+    """A layer's softmax attention weights for its input x (B, T, dim), averaged over heads:
+    (B, T, T), before dropout."""
+    h = layer.norm1(x) if layer.norm_first else x
+    if isinstance(layer, RopeEncoderLayer):
+        return layer.self_attn.weights(h)
+    was_training = layer.self_attn.training
+    layer.self_attn.eval()  # weights before dropout
+    try:
+        with torch.no_grad():
+            return layer.self_attn(h, h, h, need_weights=True, average_attn_weights=True)[1]
+    finally:
+        layer.self_attn.train(was_training)
+
+
+def encoder_layer(*, dim: int, heads: int, ff_dim: int, dropout: float, norm_first: bool,
+                  rope: bool) -> nn.Module:
+    """One encoder layer as the notebooks build it: torch's nn.TransformerEncoderLayer for
+    no PE and learnable PE (CIFAR-10 cells 6, 8), their RoPE layer for RoPE (cell 10)."""
+    if rope:
+        return RopeEncoderLayer(dim=dim, heads=heads, ff_dim=ff_dim, dropout=dropout,
+                                norm_first=norm_first)
+    return nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout=dropout, batch_first=True,
+                                      norm_first=norm_first)
+
+
 class Encoder(nn.Module):
-    """A stack of encoder layers (no final norm, as nn.TransformerEncoder's default)."""
+    """A stack of encoder layers (no final norm, as nn.TransformerEncoder's default), each
+    drawn independently (nn.TransformerEncoder would deep-copy one: docs/deviations.md
+    row 4)."""
 
     def __init__(
         self,
@@ -146,14 +160,8 @@ class Encoder(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            EncoderLayer(
-                dim=dim,
-                heads=heads,
-                ff_dim=ff_dim,
-                dropout=dropout,
-                norm_first=norm_first,
-                rope=rope,
-            )
+            encoder_layer(dim=dim, heads=heads, ff_dim=ff_dim, dropout=dropout,
+                          norm_first=norm_first, rope=rope)
             for _ in range(depth)
         )
 
@@ -161,8 +169,9 @@ class Encoder(nn.Module):
         """x (B, T, dim) -> (B, T, dim), and weights (depth, B, T, T) if asked, else None."""
         all_weights = []
         for layer in self.layers:
-            x, weights = layer(x, need_weights=return_attention)
-            all_weights.append(weights)
+            if return_attention:
+                all_weights.append(attention_weights(layer, x))
+            x = layer(x)
         return x, torch.stack(all_weights) if return_attention else None
 
 
