@@ -23,8 +23,9 @@ RUN_STAGES = ("train", "evaluate", "gradients")
 
 def load_run_config(dataset: str, model: str) -> dict:
     """Everything one training run depends on, and nothing else: the recipe and the train
-    section with every `auto` resolved for this dataset, and the model's own options (from configs/models/<model>.json,
-    which `configure` resolves; see dvc.yaml)."""
+    section with every `auto` resolved for this dataset, and the model's own options (from
+    configs/models/<model>.json, which `configure` resolves; see dvc.yaml). Whether the
+    notebooks' preprocessing defect applies is the dataset's (meta.json)."""
     path = paths.model_config(model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro configure` (or `dvc repro`) first")
