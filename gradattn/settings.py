@@ -144,11 +144,6 @@ NORMALISATIONS = ("split", "notebook")
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
 
 
-def _auto_or(key: str, value: Any, check) -> Any:
-    """`auto` (the recipe decides, per dataset: gradattn.data.recipes) or a value `check` takes."""
-    return AUTO if value == AUTO else check(key, value)
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """data.*; a value `auto` is resolved per dataset and recipe by gradattn.data.recipes."""
@@ -186,28 +181,22 @@ class DataConfig:
         return cls(
             datasets=tuple(datasets),
             split=_choice("data.split", get("split"), (AUTO, *SPLITS)),
-            split_seed=_auto_or("data.split_seed", get("split_seed"),
-                                lambda k, v: _number(k, v, integer=True, ge=0)),
-            legacy_preprocessing=_auto_or("data.legacy_preprocessing",
-                                          get("legacy_preprocessing"), _bool_or_auto),
-            image_size=_auto_or("data.image_size", get("image_size"), lambda k, v: _number(
-                k, v, integer=True, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)),
-            grey_to_rgb=_auto_or("data.grey_to_rgb", get("grey_to_rgb"), _bool_or_auto),
+            split_seed=_auto_or(get("split_seed"), lambda v: _number(
+                "data.split_seed", v, integer=True, ge=0)),
+            legacy_preprocessing=_auto_or(get("legacy_preprocessing"),
+                                          lambda v: _bool("data.legacy_preprocessing", v)),
+            image_size=_auto_or(get("image_size"), lambda v: _number(
+                "data.image_size", v, integer=True, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)),
+            grey_to_rgb=_auto_or(get("grey_to_rgb"), lambda v: _bool("data.grey_to_rgb", v)),
             normalise=_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
             augment=_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
-            svhn_extra=_auto_or("data.svhn_extra", get("svhn_extra"), _bool_or_auto),
+            svhn_extra=_auto_or(get("svhn_extra"), lambda v: _bool("data.svhn_extra", v)),
             sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
             medmnist_size=_choice_int(
                 "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
             ),
         )
-
-
-def _bool_or_auto(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _fail(key, value, "must be auto, true or false")
-    return value
 
 
 @dataclass(frozen=True)

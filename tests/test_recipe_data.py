@@ -119,8 +119,10 @@ def test_the_augmentation_names_params_yaml_accepts_are_the_implemented_ones():
     ({"split": "paper"}, "data.split = 'paper' is not allowed: choose one of: auto, official, "
                          "pooled"),
     ({"augment": "mixup"}, "data.augment = 'mixup' is not allowed: choose one of: auto, none"),
-    ({"image_size": 3}, "data.image_size = 3 is not allowed: must be an integer >= 8"),
-    ({"grey_to_rgb": "yes"}, "data.grey_to_rgb = 'yes' is not allowed: must be auto, true"),
+    ({"image_size": 3}, "data.image_size = 3 is not allowed: auto (the recipe's value), "
+                       "or must be an integer >= 8"),
+    ({"grey_to_rgb": "yes"}, "data.grey_to_rgb = 'yes' is not allowed: auto (the recipe's "
+                          "value), or must be true or false"),
     ({"normalise": "imagenet"}, "data.normalise = 'imagenet' is not allowed: choose one of: "
                                 "auto, split, notebook"),
     ({"split_seed": -1}, "data.split_seed = -1 is not allowed"),
