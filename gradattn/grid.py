@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from gradattn.errors import ConfigError, GradattnError
 from gradattn.settings import read_params, read_recipe
 
@@ -93,7 +95,19 @@ def cells(params: dict) -> list[Cell]:
 
 
 def load_cells(params_file: Path = Path("params.yaml")) -> list[Cell]:
-    return cells(read_params(params_file))
+    """The cells of the committed study (HEAD's params.yaml). Not the working tree's: each
+    `dvc exp run -S` leaves its overrides there, and every worker and array task must agree
+    on what index I means. Outside git (nothing committed yet), the working tree's."""
+    proc = subprocess.run(["git", "show", f"HEAD:./{params_file.as_posix()}"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return cells(read_params(params_file))
+    try:
+        params = yaml.safe_load(proc.stdout) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"params.yaml at HEAD is not valid YAML: "
+                          f"{str(err).splitlines()[0]}") from None
+    return cells(params)
 
 
 def pick(all_cells: list[Cell], index: int) -> Cell:
