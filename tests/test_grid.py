@@ -4,6 +4,8 @@ shared through a git remote and a DVC remote (real git, real DVC, real training)
 from __future__ import annotations
 
 import io
+import re
+import shlex
 import subprocess
 
 import pandas as pd
@@ -142,3 +144,19 @@ def test_the_slurm_array_script_runs_gradattn_grid():
     assert "#SBATCH --gres=gpu:1" in text
     proc = subprocess.run(["bash", "-n", script], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_every_gradattn_command_printed_in_docs_scale_is_accepted():
+    """Each `gradattn ...` line of docs/scale.md's code blocks parses as printed (shell
+    variables stand for a number)."""
+    from gradattn.cli import parser
+
+    text = (ROOT / "docs/scale.md").read_text()
+    commands = re.findall(r"^[ ]*(gradattn [^#\n]+)", text, re.M)
+    assert len(commands) >= 6, commands
+    for command in commands:
+        words = shlex.split(re.sub(r'"?\$\w+"?', "0", command))
+        try:
+            parser().parse_args(words[1:])
+        except SystemExit:
+            pytest.fail(f"docs/scale.md prints a command gradattn refuses: {command}")
