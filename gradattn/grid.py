@@ -14,6 +14,7 @@ to run, not how one runs.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -166,10 +167,16 @@ def check_remotes() -> str:
     return remote
 
 
+@functools.cache
+def _experiment_names() -> frozenset[str]:
+    # Once per command: queueing the whole grid asks DVC once, not once per cell.
+    names = _output(sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only")
+    return frozenset(names.split())
+
+
 def done_here(name: str) -> bool:
     """Whether this repository already holds an experiment called `name` (on any commit)."""
-    names = _output(sys.executable, "-m", "dvc", "exp", "list", "--all-commits", "--name-only")
-    return name in names.split()
+    return name in _experiment_names()
 
 
 def run_cell(cell: Cell, targets: list[str] = (), *, queue: bool = False, push: bool = False,
@@ -183,12 +190,13 @@ def run_cell(cell: Cell, targets: list[str] = (), *, queue: bool = False, push: 
     if not force and done_here(cell.name):
         print(f"grid: {cell.name} is already an experiment here: skipped (--force runs it "
               "again)", file=sys.stderr)
-        return 0
-    args = ["exp", "run", *targets, "-n", cell.name,
-            *[a for s in cell.overrides for a in ("-S", s)]]
-    args += ["--queue"] * queue + ["--pull"] * pull + ["--force"] * force
-    print(f"grid: dvc {' '.join(args)}", file=sys.stderr, flush=True)
-    status = _dvc(*args, check=False).returncode
+        status = 0  # pushed again below: an earlier try may have trained but failed to push
+    else:
+        args = ["exp", "run", *targets, "-n", cell.name,
+                *[a for s in cell.overrides for a in ("-S", s)]]
+        args += ["--queue"] * queue + ["--pull"] * pull + ["--force"] * force
+        print(f"grid: dvc {' '.join(args)}", file=sys.stderr, flush=True)
+        status = _dvc(*args, check=False).returncode
     if status == 0 and push:
         status = _dvc("exp", "push", remote, cell.name, check=False).returncode
     return status

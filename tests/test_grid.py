@@ -121,6 +121,10 @@ def test_two_workers_share_a_grid_through_git_and_a_dvc_remote(tmp_path):
         for index in indices:
             # `evaluate`: train and test only, no figures (they do not enter the table).
             gradattn("grid", "--index", index, "--push", "evaluate", cwd=clone)
+    # A task run again (a resubmitted array) skips its finished cell and pushes it again.
+    again = gradattn("grid", "--index", 1, "--push", "evaluate", cwd=tmp_path / "b")
+    assert "tiny-resnet18-s2 is already an experiment here: skipped" in again.stderr
+    assert "Running stage" not in again.stdout
 
     analyst = tmp_path / "analyst"
     sh("git", "clone", "-q", origin, analyst, cwd=tmp_path)

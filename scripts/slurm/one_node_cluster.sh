@@ -20,7 +20,7 @@ export PATH="$venv_bin:$PATH" DVC_NO_ANALYTICS=1
 export GIT_AUTHOR_NAME=grid GIT_AUTHOR_EMAIL=grid@localhost
 export GIT_COMMITTER_NAME=grid GIT_COMMITTER_EMAIL=grid@localhost
 started=()
-stop() {
+stop() {  # only the daemons this script started
     for pid in "${started[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
 trap stop EXIT
@@ -56,7 +56,8 @@ export SLURM_CONF="$dir/slurm.conf"
 
 if ! munge -n >/dev/null 2>&1; then
     mkdir -p /run/munge && chown munge:munge /run/munge
-    runuser -u munge -- /usr/sbin/munged
+    runuser -u munge -- /usr/sbin/munged --foreground & started+=($!)
+    for _ in $(seq 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 munge -n | unmunge >/dev/null && echo "munge: credentials work"
 /usr/sbin/slurmctld -D -f "$SLURM_CONF" >"$dir/slurmctld.out" 2>&1 & started+=($!)
