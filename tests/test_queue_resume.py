@@ -5,6 +5,8 @@ the queue deletes. Real `dvc queue`, real training (bundled data, 3 epochs, tiny
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -22,6 +24,23 @@ def wait_until(done, what: str, timeout: float = 600, every: float = 0.5):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(every)
     return found
+
+
+def kill_process_group_of_training(project: Path) -> None:
+    """SIGKILL the process group of the queued run's training: DVC's executor and its stage,
+    as a preempted or crashed worker. (`dvc queue kill` sends SIGINT, which a stage could
+    handle; --force sends SIGKILL to DVC's process only.)"""
+    workspaces = (project / ".dvc" / "tmp" / "exps").resolve()
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cwd = (proc / "cwd").resolve()
+        except OSError:  # not a process, or gone
+            continue
+        if b"stages/train.py" in cmdline and workspaces in cwd.parents:
+            os.killpg(os.getpgid(int(proc.name)), signal.SIGKILL)
+            return
+    raise AssertionError(f"no training process runs in {workspaces}")
 
 
 def queue_and_start(project: Path) -> None:
@@ -62,7 +81,7 @@ def test_a_killed_queued_experiment_resumes_when_queued_again(tmp_path):
     queue_and_start(project)
     checkpoint = wait_until(lambda: next(checkpoints.glob("gradattn.*.resume.pt"), None),
                             "the first epoch's checkpoint in the parent repository")
-    dvc("queue", "kill", "--force", name, cwd=project)  # SIGKILL to its process group
+    kill_process_group_of_training(project)
     wait_until(lambda: "Running" not in dvc("queue", "status", cwd=project).stdout,
                "the killed experiment to stop")
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]

@@ -86,6 +86,8 @@ p["gradients"]["batches"] = 1
 p["grid"] = {"seeds": [1, 2], "pe": ["none"]}
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
 PY
+# A fresh study: without the committed results of the default one, whose params differ.
+rm -rf dvc.lock metrics plotdata plots
 git init -q && git add -A && git commit -qm "study at $(git -C "$project" rev-parse --short HEAD), small grid"
 git remote add origin "$dir/origin.git"
 dvc remote add -d storage "$dir/dvc-store"
