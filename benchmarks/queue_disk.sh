@@ -38,9 +38,10 @@ PY
     before=$(kib .dvc data)  # du counts a hard-linked file once per call
     dvc queue start -j "$n" >/dev/null
     peak=$before; peak_exps=0
-    while dvc queue status 2>/dev/null | grep -qE "Queued|Running"; do
+    # (The status is read whole first: `grep -q` closing the pipe early would fail it.)
+    while status=$(dvc queue status 2>/dev/null) && grep -qE "Queued|Running" <<<"$status"; do
         now=$(kib .dvc data)
-        exps=$(find .dvc/tmp/exps -mindepth 2 -maxdepth 2 -name data -type d 2>/dev/null | wc -l)
+        exps=$(ls -d .dvc/tmp/exps/tmp*/data/prepared 2>/dev/null | wc -l)
         if [ "$now" -gt "$peak" ]; then peak=$now; peak_exps=$exps; fi
         sleep 0.2
     done
