@@ -41,7 +41,7 @@ PY
     # (The status is read whole first: `grep -q` closing the pipe early would fail it.)
     while status=$(dvc queue status 2>/dev/null) && grep -qE "Queued|Running" <<<"$status"; do
         now=$(kib .dvc data)
-        exps=$(ls -d .dvc/tmp/exps/tmp*/data/prepared 2>/dev/null | wc -l)
+        exps=$(ls -d .dvc/tmp/exps/tmp*/data/prepared 2>/dev/null | wc -l || true)
         if [ "$now" -gt "$peak" ]; then peak=$now; peak_exps=$exps; fi
         sleep 0.2
     done

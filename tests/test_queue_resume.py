@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from grid_helpers import dvc, gradattn, tiny_project
+from grid_helpers import dvc, env_for, gradattn, tiny_project
 
 DATASET = "fashionmnist-mini"
 METRICS = f"metrics/{DATASET}/gradattn.json"
@@ -46,7 +48,10 @@ def kill_process_group_of_training(project: Path) -> None:
 def queue_and_start(project: Path) -> None:
     # `evaluate` as the target: train and test, without gradients and figures.
     gradattn("grid", "--index", "0", "--queue", "evaluate", cwd=project)
-    dvc("queue", "start", cwd=project)
+    # Not through pipes: the worker it starts would hold them open, and us, until it ends.
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start"], cwd=project,
+                   env=env_for(project), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   check=True, timeout=120)
 
 
 def finished(project: Path, name: str) -> bool:
