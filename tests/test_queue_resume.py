@@ -28,19 +28,30 @@ def wait_until(done, what: str, timeout: float = 600, every: float = 0.5):
     return found
 
 
-def kill_process_group_of_training(project: Path) -> None:
-    """SIGKILL the process group of the queued run's training: DVC's executor and its stage,
-    as a preempted or crashed worker. (`dvc queue kill` sends SIGINT, which a stage could
-    handle; --force sends SIGKILL to DVC's process only.)"""
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def kill_queued_experiment(project: Path) -> None:
+    """SIGKILL the queued experiment: its training stage, the shell DVC ran it with and DVC's
+    executor (`dvc exp exec-run`), as the OOM killer or a crash would. Not the queue's worker,
+    which shares their process group: it sees its task die and marks it failed.
+    (`dvc queue kill` sends SIGINT, which a stage may handle; its --force kills the executor
+    only, and the training goes on.)"""
     workspaces = (project / ".dvc" / "tmp" / "exps").resolve()
     for proc in Path("/proc").iterdir():
         try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
             cwd = (proc / "cwd").resolve()
         except OSError:  # not a process, or gone
             continue
         if b"stages/train.py" in cmdline and workspaces in cwd.parents:
-            os.killpg(os.getpgid(int(proc.name)), signal.SIGKILL)
+            chain = [int(proc.name)]
+            while b"exec-run" not in Path(f"/proc/{chain[-1]}/cmdline").read_bytes():
+                chain.append(_parent(chain[-1]))
+            for pid in reversed(chain):  # the executor first: it must not report the rest
+                os.kill(pid, signal.SIGKILL)
             return
     raise AssertionError(f"no training process runs in {workspaces}")
 
@@ -86,7 +97,7 @@ def test_a_killed_queued_experiment_resumes_when_queued_again(tmp_path):
     queue_and_start(project)
     checkpoint = wait_until(lambda: next(checkpoints.glob("gradattn.*.resume.pt"), None),
                             "the first epoch's checkpoint in the parent repository")
-    kill_process_group_of_training(project)
+    kill_queued_experiment(project)
     wait_until(lambda: "Running" not in dvc("queue", "status", cwd=project).stdout,
                "the killed experiment to stop")
     epoch = torch.load(checkpoint, weights_only=True)["epoch"]
