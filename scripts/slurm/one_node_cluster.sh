@@ -56,7 +56,9 @@ export SLURM_CONF="$dir/slurm.conf"
 
 if ! munge -n >/dev/null 2>&1; then
     mkdir -p /run/munge && chown munge:munge /run/munge
-    runuser -u munge -- /usr/sbin/munged --foreground & started+=($!)
+    # Its own session: stopping runuser signals its whole process group, not this script.
+    setsid runuser -u munge -- /usr/sbin/munged --foreground 2>"$dir/munged.log" &
+    started+=($!)
     for _ in $(seq 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 munge -n | unmunge >/dev/null && echo "munge: credentials work"
