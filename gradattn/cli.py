@@ -1,5 +1,6 @@
-"""The `gradattn` command: `gradattn table` (the paper's tables over runs and seeds) and
-`gradattn compare` (what changed against a git revision, as markdown)."""
+"""The `gradattn` command: `gradattn table` (the paper's tables over runs and seeds),
+`gradattn compare` (what changed against a git revision, as markdown) and `gradattn grid`
+(the study's cells, each one DVC experiment)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,23 @@ def _compare(args: argparse.Namespace) -> str:
     from gradattn.compare import compare_markdown
 
     return compare_markdown(args.rev, args.repo, images=args.images)
+
+
+def _grid(args: argparse.Namespace) -> str:
+    from gradattn import grid
+
+    cells = grid.load_cells()
+    if args.count:
+        return f"{len(cells)}\n"
+    if args.index is None and not args.queue:
+        return grid.listing(cells)
+    chosen = cells if args.index is None else [grid.pick(cells, args.index)]
+    for cell in chosen:
+        status = grid.run_cell(cell, args.targets, queue=args.queue, push=args.push,
+                               pull=args.pull, force=args.force)
+        if status:
+            raise SystemExit(status)  # DVC has said what failed
+    return ""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +82,33 @@ def parser() -> argparse.ArgumentParser:
     for s in (t, c):
         s.add_argument("--repo", type=Path, default=Path("."), help="project root (default .)")
         s.add_argument("-o", "--out", type=Path, help="write to this file instead of stdout")
+
+    g = sub.add_parser(
+        "grid", help="the study's cells (datasets x models/encodings x seeds), one DVC "
+        "experiment each",
+        description="List the cells params.yaml's data.datasets, models, recipe and grid "
+        "section (seeds, pe) make, or run one as `dvc exp run -n <name> -S ...`: the body of "
+        "a SLURM array task, a Kubernetes Indexed Job or a SkyPilot job (docs/scale.md). Run "
+        "from the project root.")
+    what = g.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true",
+                      help="print index, name and -S overrides of every cell (the default)")
+    what.add_argument("--count", action="store_true", help="print the number of cells")
+    what.add_argument("--index", type=int, metavar="I", help="run cell I (0-based)")
+    g.add_argument("--queue", action="store_true",
+                   help="queue the cell (every cell without --index) for `dvc queue start`")
+    g.add_argument("--push", action="store_true",
+                   help="push the finished experiment (`dvc exp push`) to the git remote and "
+                   "the DVC remote; checked before training starts")
+    g.add_argument("--pull", action="store_true",
+                   help="pass --pull to `dvc exp run`: fetch cached stage outputs (prepared "
+                   "data) from the DVC remote instead of recomputing them")
+    g.add_argument("--force", action="store_true",
+                   help="run a cell even if an experiment of that name exists here (replaces it)")
+    g.add_argument("targets", nargs="*", metavar="STAGE",
+                   help="stages for `dvc exp run` to reproduce (default: the whole pipeline)")
+    g.add_argument("-o", "--out", type=Path, help=argparse.SUPPRESS)
+    g.set_defaults(run=_grid)
     return p
 
 

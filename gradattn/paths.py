@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 CONFIGS = Path("configs")
@@ -31,8 +32,23 @@ def model_file(dataset: str, model: str) -> Path:
     return MODELS_DIR / dataset / f"{model}.pt"
 
 
-def resume_file(dataset: str, model: str) -> Path:
-    return RESUME / dataset / f"{model}.resume.pt"
+def parent_root() -> Path:
+    """The repository the user works in. A queued or `--temp` experiment runs in a temporary
+    copy that DVC deletes afterwards; DVC points DVC_ROOT at the parent repository there (and
+    at the project itself under `dvc repro`), so files kept here outlive the copy."""
+    return Path(os.environ.get("DVC_ROOT") or ".")
+
+
+def resume_file(dataset: str, model: str, run_id: str) -> Path:
+    """A run's checkpoint, keyed by its identity (`gradattn.runs.run_id`) and kept in the
+    parent repository: a killed queued or array-task run finds it when started again, and
+    concurrent runs of other cells never share one."""
+    return parent_root() / RESUME / dataset / f"{model}.{run_id}.resume.pt"
+
+
+def lock_dir() -> Path:
+    """Where processes of one repository coordinate (the GPU locks): DVC's own tmp folder."""
+    return parent_root() / ".dvc" / "tmp" / "gradattn-locks"
 
 
 def history_file(dataset: str, model: str) -> Path:

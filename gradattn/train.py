@@ -11,6 +11,7 @@ TrainConfig (no `auto`; TrainConfig.resolve)."""
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gradattn import torchfile
+from gradattn import paths, torchfile
 from gradattn.data.batches import Batches
 from gradattn.errors import GradattnError
 from gradattn.fast import (
@@ -33,6 +34,7 @@ from gradattn.fast import (
     resolve_plan,
     settle_loaded_optimizer,
 )
+from gradattn.gpu import claim_device
 from gradattn.settings import TrainConfig
 
 # On the fast path a checkpoint is written at most this often (and after the last epoch).
@@ -41,10 +43,18 @@ FAST_CHECKPOINT_INTERVAL_S = 30.0
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise GradattnError("train.device = 'cuda' but no CUDA GPU is visible: "
                             "use train.device=auto or cpu")
+    if name == "cuda" and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        count = torch.cuda.device_count()
+        if count > 1:  # queue workers share one environment: each takes a free GPU
+            index = claim_device(count, paths.lock_dir())
+            torch.cuda.set_device(index)
+            print(f"using GPU {index} of {count} (locked in {paths.lock_dir()} until exit; "
+                  "set CUDA_VISIBLE_DEVICES to choose)")
+            return torch.device("cuda", index)
     return torch.device(name)
 
 

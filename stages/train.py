@@ -44,8 +44,9 @@ def main() -> None:
                        device=device)
     print(f"train {dataset}/{model_name}: {train.num_images:,} train / {val.num_images:,} val "
           f"images on {device}, {count_parameters(model):,} parameters")
-    resume = paths.resume_file(dataset, model_name)
-    result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=run_id(cfg, meta),
+    identity = run_id(cfg, meta)
+    resume = paths.resume_file(dataset, model_name, identity)
+    result = fit(model, train, val, train_cfg, checkpoint=resume, run_id=identity,
                  grad_probe=parameter_grad_norms,
                  on_epoch=lambda rows: publish_history(dataset, model_name, rows))
     # The weights saved are the best epoch's (train.weights best) or the last one's (last).

@@ -75,7 +75,7 @@ def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
 
 
 def _kill_when_checkpointed(repo, args, checkpoint, timeout=600):
-    """Start `dvc repro`, SIGKILL its whole process group once `checkpoint` exists."""
+    """Start `dvc repro`, SIGKILL its whole process group once a file matches `checkpoint`."""
     log = repo.path.parent / "killed-run.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -87,7 +87,7 @@ def _kill_when_checkpointed(repo, args, checkpoint, timeout=600):
             start_new_session=True,
         )
     deadline = time.monotonic() + timeout
-    while not checkpoint.exists():
+    while not list(checkpoint.parent.glob(checkpoint.name)):
         assert proc.poll() is None, f"finished before a checkpoint was written:\n{log.read_text()}"
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.2)
@@ -99,7 +99,8 @@ def _kill_when_checkpointed(repo, args, checkpoint, timeout=600):
 def test_sigkill_mid_training_resumes_to_the_same_result(dvc_repo):
     dvc_repo.set_params({"models": ["gradattn"], "train": {"max_epochs": 3}})
     train = f"train@{DATASET}-gradattn"
-    checkpoint = dvc_repo.path / f"checkpoints/{DATASET}/gradattn.resume.pt"
+    # Keyed by the run's identity: gradattn.<run_id>.resume.pt
+    checkpoint = dvc_repo.path / f"checkpoints/{DATASET}/gradattn.*.resume.pt"
     # `evaluate` as the target: train and evaluate, without the figures downstream.
     _kill_when_checkpointed(
         dvc_repo, [sys.executable, "-m", "dvc", "repro", "evaluate"], checkpoint
@@ -108,7 +109,7 @@ def test_sigkill_mid_training_resumes_to_the_same_result(dvc_repo):
 
     out = dvc_repo.dvc("repro", "evaluate").stdout
     assert "resuming from epoch 2" in out, out[-3000:]
-    assert not checkpoint.exists()
+    assert not list(checkpoint.parent.glob(checkpoint.name))
     resumed_metrics = (dvc_repo.path / f"metrics/{DATASET}/gradattn.json").read_text()
     resumed_history = json.loads(
         (dvc_repo.path / f"metrics/{DATASET}/gradattn.history.json").read_text()
