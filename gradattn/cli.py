@@ -18,8 +18,6 @@ def _table(args: argparse.Namespace) -> str:
     runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
                               all_commits=args.all_commits, workspace=not args.no_workspace)
     study = table.Study(runs)
-    for warning in study.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     tables = args.table or list(table.TABLES)
     return table.csv(study, tables) if args.format == "csv" else table.markdown(study, tables)
 
