@@ -21,6 +21,8 @@ stages:
     metrics:
       - metrics.json:
           cache: false
+      - metrics/summary.json:
+          cache: false
     plots:
       - history.json:
           cache: false
@@ -38,6 +40,9 @@ plots:
 def _write(repo: Path, lr: float, top1: float, val: float, seconds: float, png: bytes) -> None:
     (repo / "params.yaml").write_text(f"train:\n  lr: {lr}\n  seed: 42\n")
     (repo / "metrics.json").write_text(json.dumps({"top1": top1, "loss": 1.25}))
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics/summary.json").write_text(json.dumps(
+        {"d-1/resnet18": {"top1": top1, "ece": 0.125, "epochs": 3}}))
     (repo / "history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": val}]))
     # Only its wall-clock column changes: not a changed plot.
     (repo / "timing.json").write_text(
@@ -74,18 +79,38 @@ def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, 
     report = out.read_text()
 
     assert report.startswith("# Changes against `base`")
+    assert "Warning" not in report  # a param and the metrics changed together
     lines = [line.replace(" ", "") for line in report.splitlines()]
-    assert "|params.yaml|train.lr|0.001|0.01|" in lines
-    assert "|metrics.json|top1|0.5|0.55|0.05|" in lines  # base, workspace, delta
-    assert not any("|loss|" in line for line in lines)  # unchanged metrics are left out
+    # The headline: top-1 (%) and ECE per dataset × model, base → workspace, Δ.
+    assert "|d-1|resnet18|50.00→55.00|+5.00|0.125→0.125|+0.0000|" in lines
+    assert "|params.yaml|train.lr|0.001|0.01|" in "".join(lines)
+    assert "|metrics.json|top1|0.5|0.55|+0.0500|" in lines  # base, workspace, delta
+    # Each metric once: summary's top-1 is in the headline only; unchanged ones not at all.
+    assert sum("|top1|" in line for line in lines) == 1
+    assert not any("|loss|" in line or "|d-1/resnet18.epochs|" in line for line in lines)
     assert "- `history.json`: changed" in report
     assert "- `figure.png`: changed" in report
     assert "timing.json" not in report
     shown = sorted(p.name for p in images.iterdir())
-    assert shown == ["base.figure.png", "workspace.figure.png"]
+    assert shown == ["base.figure.png", "history.json.png", "workspace.figure.png"]
     assert (images / "workspace.figure.png").read_bytes() == b"\x89PNG new"
     assert f"![workspace]({images.as_posix()}/workspace.figure.png)" in report
+    # The changed data plot is drawn (both revisions), not copied.
+    drawn = images / "history.json.png"
+    assert drawn.read_bytes()[:4] == b"\x89PNG" and f"]({drawn.as_posix()})" in report
     assert capsys.readouterr().out == ""  # with --out, nothing on stdout
+
+
+def test_compare_warns_when_metrics_change_without_params(repo, capsys):
+    (repo / "params.yaml").write_text("train:\n  lr: 0.001\n  seed: 42\n")  # as in base
+    assert main(["compare", "--rev", "base", "--repo", str(repo)]) == 0
+    report = capsys.readouterr().out
+    assert "**Warning: metrics changed but no param did**" in report
+    assert "No params changed." in report
+    _git(repo, "checkout", "-q", "base", "--", "metrics.json", "metrics", "params.yaml")
+    (repo / "params.yaml").write_text("train:\n  lr: 0.5\n  seed: 42\n")
+    assert main(["compare", "--rev", "base", "--repo", str(repo)]) == 0
+    assert "**Warning: params changed but no metric did**" in capsys.readouterr().out
 
 
 def test_compare_with_nothing_changed(repo, capsys):
@@ -102,4 +127,4 @@ def test_compare_with_nothing_changed(repo, capsys):
 def test_compare_unknown_revision_is_one_line_error(repo, capsys):
     assert main(["compare", "--rev", "no-such-branch", "--repo", str(repo)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: `dvc params diff no-such-branch --md` failed")
+    assert err.startswith("error: `dvc params diff no-such-branch --all --json` failed")
