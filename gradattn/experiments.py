@@ -16,9 +16,9 @@ before it; otherwise the revision holds results of another run than its dvc.lock
 reading it is refused with one line naming both. Settings keep the values recorded, `auto`
 included.
 
-The working tree is read as files; commits and experiments (git commits under refs/exps) from
-git through DVC's own repo object (`dvc.repo.Repo`: `scm.get_fs`, and `dvc.api.exp_show` to
-list them) — metrics, dvc.lock and configs are all in git (`cache: false`).
+The working tree is read as files; commits and experiments (`dvc.api.exp_show` lists them)
+through `dvc.fs.DVCFileSystem` at their revision: dvc.lock, configs and the headline metrics
+from git, a run's full metrics files from the DVC cache.
 """
 
 from __future__ import annotations
@@ -261,23 +261,24 @@ def workspace_reader(root: Path) -> ReadBytes:
     return read
 
 
-def revision_reader(repo, rev: str) -> ReadBytes:
-    """read of a git revision or DVC experiment name (a dvc.repo.Repo's git tree);
-    GradattnError if rev names neither."""
+def revision_reader(root: Path, scm, rev: str) -> ReadBytes:
+    """read of a git revision or DVC experiment name: git-tracked files from git, DVC-tracked
+    ones (a run's metrics) from the DVC cache; GradattnError if rev names neither."""
+    from dvc.exceptions import DvcException
+    from dvc.fs import DVCFileSystem
     from dvc.scm import RevError, resolve_rev
 
     try:
-        fs = repo.scm.get_fs(resolve_rev(repo.scm, rev))
+        fs = DVCFileSystem(repo=str(root), rev=resolve_rev(scm, rev))
     except RevError:
         raise GradattnError(f"--rev {rev}: neither a git revision nor a DVC experiment here "
                             "(see `git log` and `dvc exp list`)") from None
 
     def read(path: str):
         try:
-            with fs.open(path, "rb") as f:
-                return f.read()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
+            return fs.read_bytes(path)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, DvcException):
+            return None  # absent there, or DVC-tracked and not in the cache (`dvc pull`)
     return read
 
 
@@ -309,8 +310,7 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
                  all_commits: bool = False, workspace: bool = True) -> list[Run]:
     """Every run of the named revisions, of `dvc exp show`'s commits and experiments, and of
     the working tree, each as its dvc.lock records it."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
+    from dvc.scm import SCM, SCMError
 
     root = Path(root)
     sources: list[tuple[str, str | None]] = [(f"rev {r}", r) for r in revs]
@@ -319,7 +319,7 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
     if workspace:
         sources.append(("workspace", None))
     runs, seen = [], set()
-    repo = None
+    scm = None
     try:
         for label, rev in sources:
             if rev is not None and rev in seen:
@@ -328,15 +328,15 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
             if rev is None:
                 read = workspace_reader(root)
             else:
-                if repo is None:
+                if scm is None:
                     try:
-                        repo = Repo(str(root))
-                    except DvcException as err:
-                        raise GradattnError(f"cannot open {root} as a DVC project ({err}): "
+                        scm = SCM(str(root))
+                    except SCMError as err:
+                        raise GradattnError(f"cannot open {root} as a git repository ({err}): "
                                             "name one with --repo") from None
-                read = revision_reader(repo, rev)
+                read = revision_reader(root, scm, rev)
             runs += runs_of_revision(label, read)
     finally:
-        if repo is not None:
-            repo.close()
+        if scm is not None:
+            scm.close()
     return runs

@@ -49,8 +49,8 @@ def _round(value: float, digits: int = 4):
 
 def summary_entries(study: table.Study) -> dict[str, dict]:
     """metrics/summary.json: {"<dataset>/<model>": {top1, f1_macro, ece, ghs, epochs}}, flat,
-    rounded, so `dvc exp show` and `dvc metrics diff` stay readable. One entry per (dataset, model); if
-    several runs share one, their mean."""
+    rounded, so `dvc exp show` and `dvc metrics diff` stay readable. One entry per (dataset,
+    model); if several runs share one, their mean."""
     groups: dict[str, list] = {}
     for run in study.runs:
         groups.setdefault(f"{run.dataset}/{run.model}", []).append(run)

@@ -1,5 +1,6 @@
 """gradattn table: pooling over seeds, the paired-by-seed interval, de-duplication, missing
-cells (synthetic runs, no DVC), and one slow test on real DVC experiments."""
+cells (synthetic runs), a run's identity from dvc.lock and the refusals when a revision's files
+disagree with it. Real DVC experiments: tests/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import hashlib
 import io
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import pipeline_env
 
 from gradattn import stats, table
 from gradattn.cli import main
@@ -271,88 +270,3 @@ def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot list the DVC experiments of {tmp_path}")
     assert "--repo" in err and len(err.strip().splitlines()) == 1
-
-
-# --- real DVC experiments --------------------------------------------------------------------
-
-def _run(cmd, cwd):
-    # Stages run `python stages/...`: this interpreter, importing the copy under test.
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=pipeline_env(cwd))
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    """A copy of the project in a fresh git+DVC repo, a tiny config, and four experiments
-    (pe none/learnable × seed 1/2) run one after the other with `dvc exp run -S`."""
-    repo = tmp_path_factory.mktemp("exps")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, repo / name)
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("stages", "gradattn"):
-        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    # 350 images of the bundled set as a custom npz dataset: ~10x faster than the whole set.
-    bundled = np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz")
-    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
-                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
-                                    for k in ("images", "labels")})
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"].update(datasets=["tiny"], custom={"tiny": {"format": "npz", "path": "tiny.npz"}})
-    p["models"] = ["resnet18", "gradattn"]
-    p["model"].update(dim=16, heads=2, ff_dim=32, depth=1)
-    p["train"].update(max_epochs=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _run(["git", "init", "-q"], repo)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run([*git, "commit", "-qm", "tiny"], repo)
-    names = {}
-    for pe in ("none", "learnable"):
-        for seed in (1, 2):
-            name = f"{pe}-{seed}"
-            # Target `evaluate`: train + evaluate only (no gradients, figures or report).
-            _run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "-n", name,
-                  "-S", f"model.pe={pe}", "-S", f"train.seed={seed}"], repo)
-            names[name] = (pe, seed)
-    return repo, names
-
-
-@pytest.mark.slow
-def test_table_equals_experiment_metrics(experiments, capsys):
-    repo, names = experiments
-    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo))
-    files = {r["name"]: r["data"]["metrics"]
-             for b in shown for e in (b.get("experiments") or []) for r in e["revs"]}
-    assert set(files) >= set(names)
-    expected: dict[tuple[str, str], dict[int, float]] = {}
-    for name, (pe, seed) in names.items():
-        for model in ("resnet18", "gradattn"):
-            value = files[name][f"metrics/tiny/{model}.json"]["data"]["top1"]
-            variant = "ResNet-18" if model == "resnet18" else f"gradattn/{pe}"
-            if model == "resnet18" and seed in expected.get((variant, ""), {}):
-                # Same ResNet-18 run in both pe experiments (DVC's run cache): same numbers.
-                assert expected[(variant, "")][seed] == value
-            expected.setdefault((variant, ""), {})[seed] = value
-
-    assert main(["table", "--repo", str(repo), "--format", "csv", "--table", "1"]) == 0
-    df = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("variant")
-    cols = {"ResNet-18": "ResNet-18", "gradattn/none": "GradAttn (no PE)",
-            "gradattn/learnable": "GradAttn (learnable PE)"}
-    for (variant, _), by_seed in expected.items():
-        row = df.loc[cols[variant]]
-        values = [by_seed[s] for s in sorted(by_seed)]
-        assert row["n"] == 2 == len(values)  # ResNet-18: 4 experiments, 2 distinct runs
-        assert row["seeds"] == "1 2"
-        assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-        assert row["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
-    assert df.loc["GradAttn (RoPE)", "n"] == 0
-
-    assert main(["table", "--repo", str(repo), "--table", "1"]) == 0
-    md = capsys.readouterr().out
-    r = expected[("ResNet-18", "")]
-    cell = f"{100 * np.mean(list(r.values())):.2f} ± {100 * np.std(list(r.values()), ddof=1):.2f}"
-    assert f"| tiny | {cell} (n=2) |" in md
-    print(md)  # shown with -s: an example for the docs
