@@ -1,5 +1,6 @@
-"""The `gradattn` command: `gradattn table` (the paper's tables over runs and seeds) and
-`gradattn compare` (what changed against a git revision, as markdown)."""
+"""The `gradattn` command: `gradattn table` (the paper's tables over runs and seeds),
+`gradattn compare` (what changed against a git revision, as markdown or an offline page) and
+`gradattn plots` (the plots of revisions side by side, as an offline page)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,30 @@ def _table(args: argparse.Namespace) -> str:
 def _compare(args: argparse.Namespace) -> str:
     from gradattn.compare import compare_markdown
 
-    return compare_markdown(args.rev, args.repo, images=args.images)
+    if not args.html:
+        return compare_markdown(args.rev, args.repo, images=args.images)
+    import tempfile
+
+    from gradattn.pages import markdown_page
+
+    with tempfile.TemporaryDirectory() as tmp:  # the page embeds the figures it shows
+        text = compare_markdown(args.rev, args.repo, images=args.images or Path(tmp))
+        _write(args.html, markdown_page(text, Path(".")))
+    return text
+
+
+def _plots(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from gradattn.pages import plot_rows, plots_page
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return plots_page(plot_rows(args.repo, args.revs, Path(tmp)), args.revs)
+
+
+def _write(path: Path, text: str) -> None:
+    write_with(path, lambda tmp: tmp.write_text(text))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,9 +81,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--images", type=Path, metavar="DIR",
                    help="draw each changed data plot (REV vs workspace) as a PNG in DIR and "
                    "embed it in the report")
+    c.add_argument("--html", type=Path, metavar="FILE",
+                   help="also write the report as one offline HTML page (images embedded)")
     c.set_defaults(run=_compare)
 
-    for s in (t, c):
+    pl = sub.add_parser(
+        "plots", help="every plot of some revisions side by side, as one offline HTML page",
+        description="`dvc plots diff REV...` as one self-contained HTML page that needs no "
+        "network: data plots drawn with one line per revision, images in equal columns.")
+    pl.add_argument("revs", nargs="+", metavar="REV",
+                    help="git revisions or DVC experiments (`workspace` is not a rev: "
+                    "`dvc plots diff` adds it when one REV is given)")
+    pl.set_defaults(run=_plots)
+
+    for s in (t, c, pl):
         s.add_argument("--repo", type=Path, default=Path("."), help="project root (default .)")
         s.add_argument("-o", "--out", type=Path, help="write to this file instead of stdout")
     return p
@@ -73,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.out:
-        write_with(args.out, lambda tmp: tmp.write_text(text))
-        print(f"wrote {args.out}", file=sys.stderr)
+        _write(args.out, text)
     else:
         sys.stdout.write(text)
     return 0

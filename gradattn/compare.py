@@ -61,7 +61,7 @@ def _fields(spec) -> set[str]:
     return found - {"rev"}
 
 
-def _by_rev(render: dict) -> dict[str, list]:
+def points_by_rev(render: dict) -> dict[str, list]:
     """rev → the plotted datapoints (only the drawn fields), from one vega render."""
     content = render.get("content") or {}
     fields = _fields({k: v for k, v in content.items() if k != "data"})
@@ -78,7 +78,7 @@ def _status(base: bool, work: bool, same: bool) -> str | None:
     return "added" if work else "removed" if base else None
 
 
-def _axes(spec) -> tuple[str, str] | None:
+def axes_of(spec) -> tuple[str, str] | None:
     """(x field, y field) of the first vega-lite encoding that has both."""
     if isinstance(spec, dict):
         enc = spec.get("encoding") or {}
@@ -86,12 +86,12 @@ def _axes(spec) -> tuple[str, str] | None:
         if isinstance(x, dict) and isinstance(y, dict) and x.get("field") and y.get("field"):
             return x["field"], y["field"]
         for key, value in spec.items():
-            found = _axes(value) if key != "data" else None
+            found = axes_of(value) if key != "data" else None
             if found:
                 return found
     elif isinstance(spec, list):
         for item in spec:
-            found = _axes(item)
+            found = axes_of(item)
             if found:
                 return found
     return None
@@ -105,12 +105,12 @@ def _draw(plot: str, points: dict[str, list], axes: tuple[str, str], base: str,
     series = {}
     for rev, label in ((base, f"{base} (base)"), ("workspace", "workspace")):
         series[label] = [(float(p[x]), float(p[y])) for p in points.get(rev) or []
-                         if _number(p.get(x)) and _number(p.get(y))]
+                         if is_number(p.get(x)) and is_number(p.get(y))]
     plot_revisions(series, path, x=x, y=y, title=plot)
     return path.as_posix()
 
 
-def _number(value) -> bool:
+def is_number(value) -> bool:
     try:
         float(value)
     except (TypeError, ValueError):
@@ -118,7 +118,7 @@ def _number(value) -> bool:
     return True
 
 
-def _safe(plot: str) -> str:
+def safe_name(plot: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", plot)
 
 
@@ -132,15 +132,15 @@ def changed_plots(root: str | Path, base: str, images: Path | None = None) -> li
         for plot, renders in (shown.get("data") or {}).items():
             vega = [r for r in renders if r.get("type") == "vega"]
             if vega:
-                points = _by_rev(vega[0])
+                points = points_by_rev(vega[0])
                 b, w = points.get(base), points.get("workspace")
                 status = _status(b is not None, w is not None, b == w)
                 if not status:
                     continue
-                axes = _axes(vega[0].get("content") or {})
+                axes = axes_of(vega[0].get("content") or {})
                 drawn = None
                 if images is not None and axes:
-                    drawn = _draw(plot, points, axes, base, images / f"{_safe(plot)}.png")
+                    drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png")
                 changes.append(PlotChange(plot, status, "vega", drawn=drawn))
                 continue
             urls = {r["revisions"][0]: Path(r["url"]) for r in renders
@@ -152,7 +152,7 @@ def changed_plots(root: str | Path, base: str, images: Path | None = None) -> li
                 continue
             copied = None
             if images is not None:
-                copied = tuple(_copy(src, images / f"{tag}.{_safe(plot)}")
+                copied = tuple(_copy(src, images / f"{tag}.{safe_name(plot)}")
                                for tag, src in (("base", b), ("workspace", w)))
             changes.append(PlotChange(plot, status, "image", copied))
     return changes
@@ -185,14 +185,14 @@ def _changed(entry: dict) -> bool:
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 4) -> str:
-    if not _number(value):
+    if not is_number(value):
         return "–" if value is None else str(value)
     return f"{float(value) * scale:.{digits}g}" if scale == 1.0 else f"{float(value) * scale:.2f}"
 
 
 def _delta(entry: dict, scale: float = 1.0) -> str:
     old, new = entry.get("old"), entry.get("new")
-    if not (_number(old) and _number(new)):
+    if not (is_number(old) and is_number(new)):
         return "–"
     d = (float(new) - float(old)) * scale
     return f"{d:+.2f}" if scale != 1.0 else f"{d:+.4f}"
@@ -220,7 +220,7 @@ def headline(metrics: dict[str, dict[str, dict]], base: str) -> str:
 
 def _rows(diff: dict[str, dict[str, dict]], skip=lambda file, key: False) -> list[str]:
     return [f"| {file} | {key} | {_fmt(e.get('old'))} | {_fmt(e.get('new'))} | "
-            f"{_delta(e) if 'diff' in e or _number(e.get('old')) else ''} |"
+            f"{_delta(e) if 'diff' in e or is_number(e.get('old')) else ''} |"
             for file, entries in diff.items() for key, e in entries.items()
             if _changed(e) and not skip(file, key)]
 

@@ -4,6 +4,7 @@ a temporary git+DVC repo whose files are written by hand (compare only reads rev
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,24 @@ def test_compare_unknown_revision_is_one_line_error(repo, capsys):
     assert main(["compare", "--rev", "no-such-branch", "--repo", str(repo)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: `dvc params diff no-such-branch --all --json` failed")
+
+
+def test_offline_pages_of_the_report_and_of_the_plots(repo, tmp_path):
+    """Both pages embed every figure (data URIs) and reference nothing outside the file."""
+    report = tmp_path / "report.html"
+    assert main(["compare", "--rev", "base", "--repo", str(repo), "--html", str(report),
+                 "--out", str(tmp_path / "report.md")]) == 0
+    text = report.read_text()
+    assert "<table>" in text and "<h2>Headline</h2>" in text
+    # The drawn history plot and both figure.png versions, embedded.
+    assert text.count('src="data:image/png;base64,') == 3
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+
+    page = tmp_path / "plots.html"
+    assert main(["plots", "base", "--repo", str(repo), "-o", str(page)]) == 0
+    text = page.read_text()
+    # history.json, timing.json (one drawn figure each) and figure.png (base | workspace).
+    assert text.count("<h3>") == 3 and text.count('src="data:image/png;base64,') == 4
+    assert '<div class="row" style="--n: 2">' in text
+    assert "<figcaption>base</figcaption>" in text and "<figcaption>workspace</figcaption>" in text
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
