@@ -44,7 +44,8 @@ def _plots(args: argparse.Namespace) -> str:
     from gradattn.pages import plot_rows, plots_page
 
     with tempfile.TemporaryDirectory() as tmp:
-        return plots_page(plot_rows(args.repo, args.revs, Path(tmp)), args.revs)
+        rows, skipped = plot_rows(args.repo, args.revs, Path(tmp))
+        return plots_page(rows, args.revs, skipped)
 
 
 def _write(path: Path, text: str) -> None:

@@ -97,16 +97,25 @@ def axes_of(spec) -> tuple[str, str] | None:
     return None
 
 
+def numeric_series(points: dict[str, list], axes: tuple[str, str],
+                   labels: dict[str, str] | None = None) -> dict[str, list] | None:
+    """label → (x, y) points of each revision; None when the fields are not numbers (a
+    confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
+    x, y = axes
+    series = {(labels or {}).get(rev, rev): [(float(p[x]), float(p[y])) for p in pts
+                                              if is_number(p.get(x)) and is_number(p.get(y))]
+              for rev, pts in points.items() if not labels or rev in labels}
+    return series if any(series.values()) else None
+
+
 def _draw(plot: str, points: dict[str, list], axes: tuple[str, str], base: str,
-          path: Path) -> str:
+          path: Path) -> str | None:
     from gradattn.plots import plot_revisions
 
-    x, y = axes
-    series = {}
-    for rev, label in ((base, f"{base} (base)"), ("workspace", "workspace")):
-        series[label] = [(float(p[x]), float(p[y])) for p in points.get(rev) or []
-                         if is_number(p.get(x)) and is_number(p.get(y))]
-    plot_revisions(series, path, x=x, y=y, title=plot)
+    series = numeric_series(points, axes, {base: f"{base} (base)", "workspace": "workspace"})
+    if series is None:
+        return None
+    plot_revisions(series, path, x=axes[0], y=axes[1], title=plot)
     return path.as_posix()
 
 

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradattn.compare import axes_of, is_number, points_by_rev, run_dvc, safe_name
+from gradattn.compare import axes_of, numeric_series, points_by_rev, run_dvc, safe_name
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1400px;
@@ -70,12 +70,13 @@ class PlotRow:
     figures: list[tuple[str, Path]]  # (caption, PNG): one per revision, or one for all
 
 
-def plot_rows(root: str | Path, revs: list[str], out: Path) -> list[PlotRow]:
+def plot_rows(root: str | Path, revs: list[str], out: Path) -> tuple[list[PlotRow], list[str]]:
     """Every plot of the revisions, from `dvc plots diff REVS --json`: a data plot drawn as
-    one PNG with a line per revision, an image plot as each revision's PNG."""
+    one PNG with a line per revision, an image plot as each revision's PNG; and the data plots
+    of categories (confusion, per-layer bars), not drawn: the plot stage's figures show them."""
     from gradattn.plots import plot_revisions
 
-    rows = []
+    rows, skipped = [], []
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         shown = json.loads(run_dvc(Path(root), "plots", "diff", *revs, "--json", "-o", tmp))
@@ -85,12 +86,12 @@ def plot_rows(root: str | Path, revs: list[str], out: Path) -> list[PlotRow]:
                 axes = axes_of(vega[0].get("content") or {})
                 if not axes:
                     continue
-                x, y = axes
-                points = points_by_rev(vega[0])
-                series = {rev: [(float(p[x]), float(p[y])) for p in pts
-                                if is_number(p.get(x)) and is_number(p.get(y))]
-                          for rev, pts in points.items()}
-                png = plot_revisions(series, out / f"{safe_name(plot)}.png", x=x, y=y, title=plot)
+                series = numeric_series(points_by_rev(vega[0]), axes)
+                if series is None:
+                    skipped.append(plot)
+                    continue
+                png = plot_revisions(series, out / f"{safe_name(plot)}.png", x=axes[0],
+                                     y=axes[1], title=plot)
                 rows.append(PlotRow(plot, [(", ".join(series), png)]))
                 continue
             figures = []
@@ -102,19 +103,24 @@ def plot_rows(root: str | Path, revs: list[str], out: Path) -> list[PlotRow]:
                     figures.append((rev, dst))
             if figures:
                 rows.append(PlotRow(plot, figures))
-    return rows
+    return rows, skipped
 
 
-def plots_page(rows: list[PlotRow], revs: list[str]) -> str:
+def plots_page(rows: list[PlotRow], revs: list[str], skipped: list[str] = ()) -> str:
     """The rows as a page: one section per plot, its revisions side by side."""
     parts = [f"<h1>Plots of {', '.join(f'<code>{html.escape(r)}</code>' for r in revs)}</h1>",
              f"<p>{len(rows)} plots. Data plots: one line per revision on shared axes; images: "
              "one column per revision.</p>"]
+    if skipped:
+        parts.append("<p>Data of categories, shown by the figures below rather than drawn "
+                     "again: " + ", ".join(f"<code>{html.escape(p)}</code>" for p in skipped)
+                     + ".</p>")
     for row in rows:
         cols = max(len(row.figures), 1)
         figs = "".join(f'<figure><img src="{html.escape(str(png))}" alt="{html.escape(cap)}">'
                        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
                        for cap, png in row.figures)
         parts.append(f"<h3><code>{html.escape(row.plot)}</code></h3>"
-                     f'<div class="row" style="--n: {cols}">{figs}</div>')
+                     f'<div class="row" style="--n: {cols}; max-width: {cols * 700}px">'
+                     f"{figs}</div>")
     return page("plots: " + " vs ".join(revs), embed_images("\n".join(parts), Path(".")))

@@ -147,6 +147,6 @@ def test_offline_pages_of_the_report_and_of_the_plots(repo, tmp_path):
     text = page.read_text()
     # history.json, timing.json (one drawn figure each) and figure.png (base | workspace).
     assert text.count("<h3>") == 3 and text.count('src="data:image/png;base64,') == 4
-    assert '<div class="row" style="--n: 2">' in text
+    assert '<div class="row" style="--n: 2; max-width: 1400px">' in text
     assert "<figcaption>base</figcaption>" in text and "<figcaption>workspace</figcaption>" in text
     assert not re.search(r"(src|href)=\"(https?:)?//", text)
