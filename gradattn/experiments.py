@@ -127,14 +127,25 @@ class _Revision:
                 f"produced (a partial `dvc repro`): run `dvc repro` and commit dvc.lock")
 
     def runs(self) -> list[Run]:
-        out = []
+        out, unreadable = [], []
         for name in sorted(self.stages):
             if not name.startswith("evaluate@"):
                 continue
             for entry in self.stages[name].get("outs") or []:
                 m = re.fullmatch(r"metrics/(.+)/([^/.]+)\.json", entry.get("path", ""))
-                if m:
-                    out.append(self.run(m.group(1), m.group(2), name))
+                if not m:
+                    continue
+                if self.read(entry["path"]) is None:
+                    # dvc.lock keeps the entries of stages no longer in dvc.yaml (a dataset
+                    # dropped from data.datasets), whose outputs a revision does not hold.
+                    unreadable.append(entry["path"])
+                    continue
+                out.append(self.run(m.group(1), m.group(2), name))
+        if unreadable and not out:
+            raise GradattnError(
+                f"{self.source}: its dvc.lock records {', '.join(unreadable)} but the file is "
+                "neither in git nor in the DVC cache: fetch it (`dvc pull`, or `dvc exp pull "
+                "<remote> <exp>` for an experiment), or leave this revision out")
         return out
 
     def run(self, dataset: str, model: str, evaluate: str) -> Run:
