@@ -31,6 +31,9 @@ from gradattn.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (42, 43, 44)
 ENCODINGS = ("none", "rope")
+# The code and data hash columns of `dvc exp show` (docs/reproduce.md).
+DROP = ("Created|State|Executor|gradattn/|stages/|configs/|data/|models/|plotdata|predictions/"
+        "|metrics/")
 
 
 def _run(cmd, cwd, timeout=1800) -> str:
@@ -108,15 +111,14 @@ def test_seed_sweep_on_a_stale_baseline(tmp_path, capsys):
     repo = tmp_path / "sweep"
     repo.mkdir()
     tiny_project(repo)
-    # Target `evaluate`: train + evaluate only (no gradients, figures or report).
-    _dvc(repo, "repro", "evaluate")
+    _dvc(repo, "repro")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "one epoch")
     head_top1 = {m: recorded_top1(repo, "HEAD", m)[1] for m in ("resnet18", "gradattn")}
     set_max_epochs(repo, 2)  # committed without reproducing: params say 2, the results 1
     _git(repo, "commit", "-qam", "two epochs (not reproduced)")
 
-    _dvc(repo, "exp", "run", "evaluate", "--queue", "-S", f"model.pe={','.join(ENCODINGS)}",
+    _dvc(repo, "exp", "run", "--queue", "-S", f"model.pe={','.join(ENCODINGS)}",
          "-S", f"train.seed={','.join(map(str, SEEDS))}")
     _dvc(repo, "queue", "start")
     names = wait_for_queue(repo)
@@ -132,6 +134,18 @@ def test_seed_sweep_on_a_stale_baseline(tmp_path, capsys):
             restored[model] += log.count(f"Stage 'train@tiny-{model}' is cached - skipping run")
     assert trained == {"resnet18": len(SEEDS), "gradattn": len(SEEDS) * len(ENCODINGS)}
     assert restored["resnet18"] == len(SEEDS) * (len(ENCODINGS) - 1)
+
+    # `dvc exp show`: one DVC metrics file, five headline numbers per dataset and model.
+    shown = json.loads(_dvc(repo, "exp", "show", "--json"))
+    for exp in (r for b in shown for e in (b.get("experiments") or []) for r in e["revs"]):
+        metrics = exp["data"]["metrics"]
+        assert list(metrics) == ["metrics/summary.json"]
+        assert {k: sorted(v) for k, v in metrics["metrics/summary.json"]["data"].items()} == {
+            f"tiny/{m}": ["ece", "epochs", "f1_macro", "ghs", "top1"]
+            for m in ("resnet18", "gradattn")}
+    for args in ((), ("--only-changed",), ("--only-changed", "--drop", DROP)):
+        header = _dvc(repo, "exp", "show", "--md", *args).splitlines()[0]
+        print(f"dvc exp show --md {' '.join(args)}: {header.count('|') - 1} columns")
 
     # The experiments' own runs, recomputed without gradattn.
     shown = json.loads(_dvc(repo, "exp", "show", "--json"))
