@@ -89,10 +89,10 @@ def wait_for_queue(repo: Path, timeout: float = 1800) -> list[str]:
             break
         assert time.monotonic() < deadline, status
         time.sleep(2)
-    rows = [line.split() for line in status.splitlines()[1:] if line.strip()]
-    assert all("Success" in row for row in rows if row), status
-    return [row[1] if len(row) > 1 and not row[0].startswith("Task") else row[0]
-            for row in rows if "Success" in row]
+    # Task  Name  Created  Status, one row per experiment; then a blank line, "Worker status".
+    rows = [line.split() for line in status.split("\n\n")[0].splitlines()[1:]]
+    assert rows and all(row[-1] == "Success" for row in rows), status
+    return [row[1] for row in rows]
 
 
 def recorded_top1(repo: Path, rev: str, model: str) -> tuple[int, float]:
