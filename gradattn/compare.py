@@ -102,9 +102,10 @@ def numeric_series(points: dict[str, list], axes: tuple[str, str],
     """label → (x, y) points of each revision; None when the fields are not numbers (a
     confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
     x, y = axes
-    series = {(labels or {}).get(rev, rev): [(float(p[x]), float(p[y])) for p in pts
-                                              if is_number(p.get(x)) and is_number(p.get(y))]
-              for rev, pts in points.items() if not labels or rev in labels}
+    labels = labels or {rev: rev for rev in points}
+    series = {label: [(float(p[x]), float(p[y])) for p in points.get(rev) or []
+                      if is_number(p.get(x)) and is_number(p.get(y))]
+              for rev, label in labels.items()}  # in the labels' order: base first
     return series if any(series.values()) else None
 
 
@@ -203,6 +204,8 @@ def _delta(entry: dict, scale: float = 1.0) -> str:
     old, new = entry.get("old"), entry.get("new")
     if not (is_number(old) and is_number(new)):
         return "–"
+    if scale == 1.0 and all(isinstance(v, int) and not isinstance(v, bool) for v in (old, new)):
+        return f"{new - old:+d}"  # seeds, epochs: whole numbers
     d = (float(new) - float(old)) * scale
     return f"{d:+.2f}" if scale != 1.0 else f"{d:+.4f}"
 

@@ -27,7 +27,8 @@ body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1400p
 table { border-collapse: collapse; margin: .5rem 0 1rem; }
 th, td { border: 1px solid #ccc; padding: .25rem .6rem; }
 th { background: #f3f3f3; }
-img { max-width: 100%; height: auto; }
+img { max-width: min(100%, 760px); height: auto; }
+td img, .row img { max-width: 100%; }
 .row { display: grid; gap: .75rem; grid-template-columns: repeat(var(--n), minmax(0, 1fr)); }
 .row figure { margin: 0; border: 1px solid #ddd; padding: .4rem; }
 figcaption { font-size: .85rem; color: #555; text-align: center; }

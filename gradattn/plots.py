@@ -415,6 +415,8 @@ def plot_revisions(series: dict[str, list[tuple[float, float]]], path: str | Pat
                     color=colours.get(label), label=label)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
+        if all(float(p[0]).is_integer() for points in series.values() for p in points):
+            _integer_ticks(ax)  # epochs
         ax.legend(frameon=True, fontsize="small")
         ax.set_title(title, fontsize="medium")
         return save(fig, path)
