@@ -97,6 +97,31 @@ def axes_of(spec) -> tuple[str, str] | None:
     return None
 
 
+CURVE_MARKS = {"line", "point", "circle", "area", "trail"}
+
+
+def marks_of(spec) -> set[str]:
+    """The mark types a vega-lite spec draws (a curve: line/point; a confusion matrix: rect)."""
+    found = set()
+    if isinstance(spec, dict):
+        mark = spec.get("mark")
+        if mark:
+            found.add(mark.get("type") if isinstance(mark, dict) else str(mark))
+        for key, value in spec.items():
+            if key != "data":
+                found |= marks_of(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            found |= marks_of(item)
+    return found
+
+
+def curve_axes(spec: dict) -> tuple[str, str] | None:
+    """(x, y) of a plot drawn as curves (DVC's linear/scatter templates); None for the
+    others (confusion, bars): the plot stage draws those data as figures already."""
+    return axes_of(spec) if marks_of(spec) & CURVE_MARKS else None
+
+
 def numeric_series(points: dict[str, list], axes: tuple[str, str],
                    labels: dict[str, str] | None = None) -> dict[str, list] | None:
     """label → (x, y) points of each revision; None when the fields are not numbers (a
@@ -147,7 +172,7 @@ def changed_plots(root: str | Path, base: str, images: Path | None = None) -> li
                 status = _status(b is not None, w is not None, b == w)
                 if not status:
                     continue
-                axes = axes_of(vega[0].get("content") or {})
+                axes = curve_axes(vega[0].get("content") or {})
                 drawn = None
                 if images is not None and axes:
                     drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png")

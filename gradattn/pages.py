@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradattn.compare import axes_of, numeric_series, points_by_rev, run_dvc, safe_name
+from gradattn.compare import curve_axes, numeric_series, points_by_rev, run_dvc, safe_name
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1400px;
@@ -84,10 +84,8 @@ def plot_rows(root: str | Path, revs: list[str], out: Path) -> tuple[list[PlotRo
         for plot, renders in (shown.get("data") or {}).items():
             vega = [r for r in renders if r.get("type") == "vega"]
             if vega:
-                axes = axes_of(vega[0].get("content") or {})
-                if not axes:
-                    continue
-                series = numeric_series(points_by_rev(vega[0]), axes)
+                axes = curve_axes(vega[0].get("content") or {})
+                series = numeric_series(points_by_rev(vega[0]), axes) if axes else None
                 if series is None:
                     skipped.append(plot)
                     continue
