@@ -60,10 +60,6 @@ class Run:
         return json.dumps([self.setting, self.dataset, self.model, self.options, self.seed],
                           sort_keys=True, default=str)
 
-    @property
-    def recipe(self) -> str:
-        return str(self.setting.get("recipe", "corrected"))
-
     def value(self, metric: str):
         """A metric of the evaluate stage's file or, failing that, of the gradient summary."""
         return {**(self.gradients or {}), **self.metrics}.get(metric)
@@ -170,6 +166,10 @@ class _Revision:
         if "recipe" not in recorded:  # stages that do not list it ran under configure's
             recorded["recipe"] = _params(self.stages.get("configure") or {}).get("recipe",
                                                                                   "corrected")
+        if "train.seed" not in recorded:
+            raise GradattnError(f"{self.source}: {train} in dvc.lock records no train.seed, so "
+                                "its runs cannot be told apart: run `dvc repro` with this "
+                                "dvc.yaml and commit dvc.lock")
         seed = recorded.pop("train.seed")
         setting = {f"data.{k}": v for k, v in data.items() if k != "dataset"} | recorded
         setting = {k: v for k, v in setting.items() if k not in IGNORED}
