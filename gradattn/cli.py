@@ -1,5 +1,6 @@
 """The `gradattn` command: `gradattn table` (the paper's tables over runs and seeds),
-`gradattn compare` (what changed against a git revision, as markdown) and `gradattn grid`
+`gradattn compare` (what changed against a git revision, as markdown or an offline page),
+`gradattn plots` (the plots of revisions side by side, as an offline page) and `gradattn grid`
 (the study's cells, each one DVC experiment)."""
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ def _table(args: argparse.Namespace) -> str:
     runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
                               all_commits=args.all_commits, workspace=not args.no_workspace)
     study = table.Study(runs)
-    for warning in study.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     tables = args.table or list(table.TABLES)
     return table.csv(study, tables) if args.format == "csv" else table.markdown(study, tables)
 
@@ -28,7 +27,31 @@ def _table(args: argparse.Namespace) -> str:
 def _compare(args: argparse.Namespace) -> str:
     from gradattn.compare import compare_markdown
 
-    return compare_markdown(args.rev, args.repo, images=args.images)
+    if not args.html:
+        return compare_markdown(args.rev, args.repo, images=args.images)
+    import tempfile
+
+    from gradattn.pages import markdown_page
+
+    with tempfile.TemporaryDirectory() as tmp:  # the page embeds the figures it shows
+        text = compare_markdown(args.rev, args.repo, images=args.images or Path(tmp))
+        _write(args.html, markdown_page(text, Path(".")))
+    return text
+
+
+def _plots(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from gradattn.pages import plot_rows, plots_page
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, skipped = plot_rows(args.repo, args.revs, Path(tmp))
+        return plots_page(rows, args.revs, skipped)
+
+
+def _write(path: Path, text: str) -> None:
+    write_with(path, lambda tmp: tmp.write_text(text))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def _grid(args: argparse.Namespace) -> str:
@@ -77,9 +100,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--images", type=Path, metavar="DIR",
                    help="draw each changed data plot (REV vs workspace) as a PNG in DIR and "
                    "embed it in the report")
+    c.add_argument("--html", type=Path, metavar="FILE",
+                   help="also write the report as one offline HTML page (images embedded)")
     c.set_defaults(run=_compare)
 
-    for s in (t, c):
+    pl = sub.add_parser(
+        "plots", help="every plot of some revisions side by side, as one offline HTML page",
+        description="`dvc plots diff REV...` as one self-contained HTML page that needs no "
+        "network: data plots drawn with one line per revision, images in equal columns.")
+    pl.add_argument("revs", nargs="+", metavar="REV",
+                    help="git revisions or DVC experiments (`workspace` is not a rev: "
+                    "`dvc plots diff` adds it when one REV is given)")
+    pl.set_defaults(run=_plots)
+
+    for s in (t, c, pl):
         s.add_argument("--repo", type=Path, default=Path("."), help="project root (default .)")
         s.add_argument("-o", "--out", type=Path, help="write to this file instead of stdout")
 
@@ -120,8 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.out:
-        write_with(args.out, lambda tmp: tmp.write_text(text))
-        print(f"wrote {args.out}", file=sys.stderr)
+        _write(args.out, text)
     else:
         sys.stdout.write(text)
     return 0

@@ -397,3 +397,26 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return Path(path)
+
+
+# --- a changed DVC plot, before and after (gradattn compare) ----------------------------------
+
+def plot_revisions(series: dict[str, list[tuple[float, float]]], path: str | Path, *,
+                   x: str, y: str, title: str) -> Path:
+    """One line per revision (label → (x, y) points) on shared axes: a data plot of two
+    revisions drawn as one PNG, for a report that must not need a browser or a CDN."""
+    colours = dict(zip(series, ("0.55", sns.color_palette("colorblind")[0]), strict=False))
+    with _theme():
+        fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+        ax = fig.subplots()
+        for label, points in series.items():
+            points = sorted(points)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=2,
+                    color=colours.get(label), label=label)
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        if all(float(p[0]).is_integer() for points in series.values() for p in points):
+            _integer_ticks(ax)  # epochs
+        ax.legend(frameon=True, fontsize="small")
+        ax.set_title(title, fontsize="medium")
+        return save(fig, path)

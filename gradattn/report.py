@@ -11,9 +11,11 @@ import math
 from gradattn import table
 from gradattn.stats import mean_std
 
-SUMMARY_KEYS = ("top1", "top3", "top5", "f1_macro", "ece", "train_val_gap", "best_epoch",
-                "epochs", "params", "ghs", "vanishing", "exploding", "norm_mean")
-COUNT_KEYS = ("best_epoch", "epochs", "params", "vanishing", "exploding")
+# The headline numbers of a run: metrics/summary.json holds only these, and it is the one DVC
+# metrics file, so `dvc exp show` has five columns per dataset and model (the rest of a run's
+# numbers are in its metrics/<dataset>/<model>{.json,.gradients.json} and `gradattn table`).
+SUMMARY_KEYS = ("top1", "f1_macro", "ece", "ghs", "epochs")
+COUNT_KEYS = ("epochs",)
 
 
 def results_markdown(study: table.Study, *, title: str = "Results of this run",
@@ -46,9 +48,9 @@ def _round(value: float, digits: int = 4):
 
 
 def summary_entries(study: table.Study) -> dict[str, dict]:
-    """metrics/summary.json: {"<dataset>/<model>": {top1, ece, ghs, ...}}, flat, rounded, so
-    `dvc exp show` and `dvc metrics diff` stay readable. One entry per (dataset, model); if
-    several runs share one, their mean."""
+    """metrics/summary.json: {"<dataset>/<model>": {top1, f1_macro, ece, ghs, epochs}}, flat,
+    rounded, so `dvc exp show` and `dvc metrics diff` stay readable. One entry per (dataset,
+    model); if several runs share one, their mean."""
     groups: dict[str, list] = {}
     for run in study.runs:
         groups.setdefault(f"{run.dataset}/{run.model}", []).append(run)

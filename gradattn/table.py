@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 import pandas as pd
@@ -100,11 +100,9 @@ def _variant_rank(model: str, options: dict) -> tuple:
 class Study:
     """Distinct runs, labelled, with the settings they fall in (each gets its own tables)."""
     runs: list[Run]
-    warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.runs, dup = distinct(self.runs)
-        self.warnings += dup
+        self.runs = distinct(self.runs)
         settings = []
         for run in self.runs:
             if run.setting not in settings:
@@ -191,7 +189,8 @@ class Study:
                         n, mean, std = mean_std(vals.values())
                         diff = self.difference(setting, dataset, variant, metric)
                         rows.append({
-                            "setting": self.setting_labels[s], "dataset": dataset,
+                            "setting": self.setting_labels[s],
+                            "recipe": setting.get("recipe", ""), "dataset": dataset,
                             "variant": self.label(*variant), "model": variant[0],
                             "pe": variant[1].get("pe", ""), "metric": metric, "n": n,
                             "mean": mean, "std": std,
@@ -362,6 +361,18 @@ def gradients_note(runs: list[Run]) -> str:
             "taken over the analysed layers.")
 
 
+RECIPES = {"corrected": "this project's protocol",
+           "notebooks": "the authors' notebooks' protocol, per dataset"}
+
+
+def recipe_line(setting: dict) -> str:
+    """Which recipe produced the numbers below (docs/deviations.md says what each does)."""
+    recipe = str(setting.get("recipe", "corrected"))
+    what = RECIPES.get(recipe, "")
+    return (f"Recipe: **{recipe}**" + (f" ({what})" if what else "")
+            + " — every number below comes from runs made with it (docs/deviations.md).")
+
+
 POOL_NOTE = ("Cells: mean ± sample std over seeds (n = seeds) when several ran; '–': not run. "
              f"Δ: difference from ResNet-18 on the same dataset and seeds with its "
              f"{LEVEL:.0%} confidence interval (t-interval of the per-seed differences), shown "
@@ -403,6 +414,7 @@ def markdown(study: Study, tables: Iterable[int] = TABLES, *, paper_columns: boo
     for s, setting in enumerate(study.settings):
         if study.setting_labels[s]:
             parts += [f"# Setting {s + 1}: {study.setting_labels[s]}", ""]
+        parts += [recipe_line(setting), ""]
         cols = study.columns(setting, paper_columns)
         for number in tables:
             parts += [f"## {TABLES[number].title}", "",

@@ -72,8 +72,8 @@ def main() -> None:
         + (" (with the notebooks' preprocessing defect)" if data.legacy_preprocessing
            else "") + ".",
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
-        "`metrics/<dataset>/<model>.gradients.json` (gradients); all of them flat in "
-        "`metrics/summary.json`.",
+        "`metrics/<dataset>/<model>.gradients.json` (gradients); the headline (top-1, macro "
+        "F1, ECE, GHS, epochs) in `metrics/summary.json`, the one DVC metrics file.",
     ]
     text = results_markdown(study, context=context, figures=figure_links(study))
     write_with(RESULTS, lambda tmp: tmp.write_text(text), suffix=".md")

@@ -4,6 +4,7 @@ a temporary git+DVC repo whose files are written by hand (compare only reads rev
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ stages:
       - train.lr
     metrics:
       - metrics.json:
+          cache: false
+      - metrics/summary.json:
           cache: false
     plots:
       - history.json:
@@ -38,6 +41,9 @@ plots:
 def _write(repo: Path, lr: float, top1: float, val: float, seconds: float, png: bytes) -> None:
     (repo / "params.yaml").write_text(f"train:\n  lr: {lr}\n  seed: 42\n")
     (repo / "metrics.json").write_text(json.dumps({"top1": top1, "loss": 1.25}))
+    (repo / "metrics").mkdir(exist_ok=True)
+    (repo / "metrics/summary.json").write_text(json.dumps(
+        {"d-1/resnet18": {"top1": top1, "ece": 0.125, "epochs": 3}}))
     (repo / "history.json").write_text(json.dumps([{"epoch": 1, "val_accuracy": val}]))
     # Only its wall-clock column changes: not a changed plot.
     (repo / "timing.json").write_text(
@@ -74,18 +80,38 @@ def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, 
     report = out.read_text()
 
     assert report.startswith("# Changes against `base`")
+    assert "Warning" not in report  # a param and the metrics changed together
     lines = [line.replace(" ", "") for line in report.splitlines()]
-    assert "|params.yaml|train.lr|0.001|0.01|" in lines
-    assert "|metrics.json|top1|0.5|0.55|0.05|" in lines  # base, workspace, delta
-    assert not any("|loss|" in line for line in lines)  # unchanged metrics are left out
+    # The headline: top-1 (%) and ECE per dataset × model, base → workspace, Δ.
+    assert "|d-1|resnet18|50.00→55.00|+5.00|0.125→0.125|+0.0000|" in lines
+    assert "|params.yaml|train.lr|0.001|0.01|" in "".join(lines)
+    assert "|metrics.json|top1|0.5|0.55|+0.0500|" in lines  # base, workspace, delta
+    # Each metric once: summary's top-1 is in the headline only; unchanged ones not at all.
+    assert sum("|top1|" in line for line in lines) == 1
+    assert not any("|loss|" in line or "|d-1/resnet18.epochs|" in line for line in lines)
     assert "- `history.json`: changed" in report
     assert "- `figure.png`: changed" in report
     assert "timing.json" not in report
     shown = sorted(p.name for p in images.iterdir())
-    assert shown == ["base.figure.png", "workspace.figure.png"]
+    assert shown == ["base.figure.png", "history.json.png", "workspace.figure.png"]
     assert (images / "workspace.figure.png").read_bytes() == b"\x89PNG new"
     assert f"![workspace]({images.as_posix()}/workspace.figure.png)" in report
+    # The changed data plot is drawn (both revisions), not copied.
+    drawn = images / "history.json.png"
+    assert drawn.read_bytes()[:4] == b"\x89PNG" and f"]({drawn.as_posix()})" in report
     assert capsys.readouterr().out == ""  # with --out, nothing on stdout
+
+
+def test_compare_warns_when_metrics_change_without_params(repo, capsys):
+    (repo / "params.yaml").write_text("train:\n  lr: 0.001\n  seed: 42\n")  # as in base
+    assert main(["compare", "--rev", "base", "--repo", str(repo)]) == 0
+    report = capsys.readouterr().out
+    assert "**Warning: metrics changed but no param did**" in report
+    assert "No params changed." in report
+    _git(repo, "checkout", "-q", "base", "--", "metrics.json", "metrics", "params.yaml")
+    (repo / "params.yaml").write_text("train:\n  lr: 0.5\n  seed: 42\n")
+    assert main(["compare", "--rev", "base", "--repo", str(repo)]) == 0
+    assert "**Warning: params changed but no metric did**" in capsys.readouterr().out
 
 
 def test_compare_with_nothing_changed(repo, capsys):
@@ -102,4 +128,25 @@ def test_compare_with_nothing_changed(repo, capsys):
 def test_compare_unknown_revision_is_one_line_error(repo, capsys):
     assert main(["compare", "--rev", "no-such-branch", "--repo", str(repo)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: `dvc params diff no-such-branch --md` failed")
+    assert err.startswith("error: `dvc params diff no-such-branch --all --json` failed")
+
+
+def test_offline_pages_of_the_report_and_of_the_plots(repo, tmp_path):
+    """Both pages embed every figure (data URIs) and reference nothing outside the file."""
+    report = tmp_path / "report.html"
+    assert main(["compare", "--rev", "base", "--repo", str(repo), "--html", str(report),
+                 "--out", str(tmp_path / "report.md")]) == 0
+    text = report.read_text()
+    assert "<table>" in text and "<h2>Headline</h2>" in text
+    # The drawn history plot and both figure.png versions, embedded.
+    assert text.count('src="data:image/png;base64,') == 3
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)
+
+    page = tmp_path / "plots.html"
+    assert main(["plots", "base", "--repo", str(repo), "-o", str(page)]) == 0
+    text = page.read_text()
+    # history.json, timing.json (one drawn figure each) and figure.png (base | workspace).
+    assert text.count("<h3>") == 3 and text.count('src="data:image/png;base64,') == 4
+    assert '<div class="row" style="--n: 2; max-width: 1400px">' in text
+    assert "<figcaption>base</figcaption>" in text and "<figcaption>workspace</figcaption>" in text
+    assert not re.search(r"(src|href)=\"(https?:)?//", text)

@@ -1,12 +1,14 @@
 """gradattn table: pooling over seeds, the paired-by-seed interval, de-duplication, missing
-cells (synthetic runs, no DVC), and one slow test on real DVC experiments."""
+cells (synthetic runs), a run's identity from dvc.lock and the refusals when a revision's files
+disagree with it. Real DVC experiments: tests/test_sweep.py."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import pipeline_env
 
 from gradattn import stats, table
 from gradattn.cli import main
-from gradattn.experiments import identify, runs_of
+from gradattn.errors import GradattnError
+from gradattn.experiments import identify, runs_of, runs_of_revision, workspace_reader
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
@@ -99,7 +101,7 @@ def test_no_interval_below_three_paired_seeds():
     assert "61.50 ± 0.71 (n=2)" in md
 
 
-def test_identical_runs_count_once_and_conflicts_warn():
+def test_identical_runs_count_once_and_conflicts_are_errors():
     same = {"d1/resnet18": {"top1": 0.5}, "d1/gradattn": {"top1": 0.6}}
     rs = runs("exp a", params("none"), same)
     # Another experiment that only changed pe: ResNet-18 restored from the run cache.
@@ -110,11 +112,10 @@ def test_identical_runs_count_once_and_conflicts_warn():
     df = csv_frame(study).set_index("variant")
     assert df.loc["ResNet-18", "n"] == 1
     assert df.loc["GradAttn (no PE)", "n"] == 1 and df.loc["GradAttn (RoPE)", "n"] == 1
-    assert study.warnings == []
 
-    clash = table.Study(rs + runs("rev old", params("none"), {"d1/resnet18": {"top1": 0.4}}))
-    assert len(clash.warnings) == 1 and "rev old" in clash.warnings[0]
-    assert csv_frame(clash).set_index("variant").loc["ResNet-18", "mean"] == 0.5
+    with pytest.raises(GradattnError, match=r"^exp a and rev old both hold d1/resnet18 .*seed "
+                       r"42 .*different metrics"):
+        table.Study(rs + runs("rev old", params("none"), {"d1/resnet18": {"top1": 0.4}}))
 
 
 def test_missing_cells_are_marked_not_dropped():
@@ -163,16 +164,102 @@ def test_table5_from_gradient_files_and_csv_fractions():
     assert "No gradient files" in table.markdown(table.Study(runs("w", params(), m)), [5])
 
 
+# --- identity from dvc.lock (files and a lock written here, checked like DVC's) ---------------
+
+def _md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def record_run(root: Path, model: str, seed: int, top1: float, *, max_epochs: int = 1,
+               pe: str = "rope", params_yaml: dict | None = None) -> None:
+    """Files and dvc.lock entries of one run of dataset d1, as `dvc repro` records them."""
+    def write(rel, data):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(data))
+        return {"path": rel, "hash": "md5", "md5": _md5(root / rel)}
+
+    options = {"stem": "imagenet"} | ({"pe": pe} if model == "gradattn" else {})
+    config = write(f"configs/models/{model}.json", {"model": model, "options": options})
+    prepare = write("configs/d1/prepare.json", {"dataset": "d1", "split": "official"})
+    metrics = write(f"metrics/d1/{model}.json", {"top1": top1})
+    prepared = {"path": "data/prepared/d1", "hash": "md5", "md5": "aa.dir"}
+    weights = {"path": f"models/d1/{model}.pt", "hash": "md5", "md5": f"{model}{seed}"}
+    lock_file = root / "dvc.lock"
+    lock = yaml.safe_load(lock_file.read_text()) if lock_file.exists() else {"stages": {}}
+    lock["stages"] |= {
+        "configure": {"params": {"params.yaml": {"recipe": "corrected"}}},
+        "preprocess@d1": {"deps": [prepare], "outs": [prepared]},
+        f"train@d1-{model}": {"deps": [prepared, config], "outs": [weights], "params": {
+            "params.yaml": {"train.seed": seed, "train.max_epochs": max_epochs,
+                            "train.device": "auto"}}},
+        f"evaluate@d1-{model}": {"deps": [weights], "outs": [metrics],
+                                 "params": {"params.yaml": {"evaluate.ece_bins": 15}}},
+    }
+    lock_file.write_text(yaml.safe_dump(json.loads(json.dumps(lock))))  # no YAML aliases
+    (root / "params.yaml").write_text(yaml.safe_dump(params_yaml or params(pe, seed)))
+
+
+def test_a_run_is_what_dvc_lock_recorded_not_params_yaml(tmp_path):
+    # params.yaml says 5 epochs and seed 7; dvc.lock says the run had 1 epoch and seed 42.
+    record_run(tmp_path, "gradattn", 42, 0.25, params_yaml=params("none", 7, max_epochs=5))
+    (run,) = runs_of_revision("workspace", workspace_reader(tmp_path))
+    assert (run.dataset, run.model, run.seed, run.options) == (
+        "d1", "gradattn", 42, {"stem": "imagenet", "pe": "rope"})
+    assert run.setting == {"recipe": "corrected", "data.split": "official",
+                           "train.max_epochs": 1, "train.device": "auto",
+                           "evaluate.ece_bins": 15}
+    assert run.metrics == {"top1": 0.25}
+    md = table.markdown(table.Study([run]), [1])
+    assert "Recipe: **corrected**" in md and "| d1 | – | – | – | 25.00 |" in md
+
+
+@pytest.mark.parametrize("damage, message", [
+    # Committed metrics of another run than dvc.lock records (the stale-run case).
+    (lambda r: (r / "metrics/d1/gradattn.json").write_text('{"top1": 0.9}'),
+     r"^workspace: metrics/d1/gradattn.json is not the file evaluate@d1-gradattn in dvc.lock "
+     r"produced \(md5 \w{8} vs \w{8}\): the results come from another run"),
+    # The model options changed after training (configure re-ran, train did not).
+    (lambda r: (r / "configs/models/gradattn.json").write_text("{}"),
+     r"^workspace: configs/models/gradattn.json is not the file train@d1-gradattn in dvc.lock"),
+    # Evaluated a model that train@ no longer records (a partial repro).
+    (lambda r: record_run(r, "gradattn", 43, 0.25) or _set_lock(
+        r, ["stages", "evaluate@d1-gradattn", "deps", 0, "md5"], "gradattn42"),
+     r"^workspace: evaluate@d1-gradattn ran on another models/d1/gradattn.pt than "
+     r"train@d1-gradattn"),
+    # The results are not here (an experiment pulled without its DVC cache).
+    (lambda r: (r / "metrics/d1/gradattn.json").unlink(),
+     r"^workspace: its dvc.lock records metrics/d1/gradattn.json but the file is neither in "
+     r"git nor in the DVC cache: fetch it \(`dvc pull`"),
+    (lambda r: (r / "dvc.lock").unlink(), None),
+])
+def test_files_that_disagree_with_dvc_lock_are_refused(tmp_path, damage, message):
+    record_run(tmp_path, "gradattn", 42, 0.25)
+    damage(tmp_path)
+    read = workspace_reader(tmp_path)
+    if message is None:  # no dvc.lock: nothing known to have run
+        assert runs_of_revision("workspace", read) == []
+        return
+    with pytest.raises(GradattnError, match=message) as err:
+        runs_of_revision("workspace", read)
+    assert "\n" not in str(err.value) and re.search(r"`dvc (repro|pull)", str(err.value))
+
+
+def _set_lock(root: Path, keys: list, value) -> None:
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    node = lock
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+
 def test_named_revisions_are_read_from_git(tmp_path, capsys):
-    """--rev reads params.yaml and metrics files of git revisions (through dvc.api; no
-    pipeline, no experiments)."""
+    """--rev reads dvc.lock and the files of git revisions (no pipeline, no experiments)."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
     for seed, top1 in ((1, 0.25), (2, 0.75)):
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params("rope", seed)))
-        (tmp_path / "metrics/d1").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "metrics/d1/gradattn.json").write_text(json.dumps({"top1": top1}))
+        record_run(tmp_path, "gradattn", seed, top1)
         subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
         subprocess.run([*git, "commit", "-qm", f"seed {seed}"], cwd=tmp_path, check=True)
         subprocess.run(["git", "tag", f"seed{seed}"], cwd=tmp_path, check=True)
@@ -188,88 +275,3 @@ def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot list the DVC experiments of {tmp_path}")
     assert "--repo" in err and len(err.strip().splitlines()) == 1
-
-
-# --- real DVC experiments --------------------------------------------------------------------
-
-def _run(cmd, cwd):
-    # Stages run `python stages/...`: this interpreter, importing the copy under test.
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=pipeline_env(cwd))
-    assert done.returncode == 0, f"{cmd} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-@pytest.fixture(scope="module")
-def experiments(tmp_path_factory):
-    """A copy of the project in a fresh git+DVC repo, a tiny config, and four experiments
-    (pe none/learnable × seed 1/2) run one after the other with `dvc exp run -S`."""
-    repo = tmp_path_factory.mktemp("exps")
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, repo / name)
-    ignore = shutil.ignore_patterns("__pycache__")
-    for name in ("stages", "gradattn"):
-        shutil.copytree(ROOT / name, repo / name, ignore=ignore)
-    # 350 images of the bundled set as a custom npz dataset: ~10x faster than the whole set.
-    bundled = np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz")
-    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
-                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
-                                    for k in ("images", "labels")})
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"].update(datasets=["tiny"], custom={"tiny": {"format": "npz", "path": "tiny.npz"}})
-    p["models"] = ["resnet18", "gradattn"]
-    p["model"].update(dim=16, heads=2, ff_dim=32, depth=1)
-    p["train"].update(max_epochs=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    _run(["git", "init", "-q"], repo)
-    _run([sys.executable, "-m", "dvc", "init", "-q"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run([*git, "commit", "-qm", "tiny"], repo)
-    names = {}
-    for pe in ("none", "learnable"):
-        for seed in (1, 2):
-            name = f"{pe}-{seed}"
-            # Target `evaluate`: train + evaluate only (no gradients, figures or report).
-            _run([sys.executable, "-m", "dvc", "exp", "run", "evaluate", "-n", name,
-                  "-S", f"model.pe={pe}", "-S", f"train.seed={seed}"], repo)
-            names[name] = (pe, seed)
-    return repo, names
-
-
-@pytest.mark.slow
-def test_table_equals_experiment_metrics(experiments, capsys):
-    repo, names = experiments
-    shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], repo))
-    files = {r["name"]: r["data"]["metrics"]
-             for b in shown for e in (b.get("experiments") or []) for r in e["revs"]}
-    assert set(files) >= set(names)
-    expected: dict[tuple[str, str], dict[int, float]] = {}
-    for name, (pe, seed) in names.items():
-        for model in ("resnet18", "gradattn"):
-            value = files[name][f"metrics/tiny/{model}.json"]["data"]["top1"]
-            variant = "ResNet-18" if model == "resnet18" else f"gradattn/{pe}"
-            if model == "resnet18" and seed in expected.get((variant, ""), {}):
-                # Same ResNet-18 run in both pe experiments (DVC's run cache): same numbers.
-                assert expected[(variant, "")][seed] == value
-            expected.setdefault((variant, ""), {})[seed] = value
-
-    assert main(["table", "--repo", str(repo), "--format", "csv", "--table", "1"]) == 0
-    df = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("variant")
-    cols = {"ResNet-18": "ResNet-18", "gradattn/none": "GradAttn (no PE)",
-            "gradattn/learnable": "GradAttn (learnable PE)"}
-    for (variant, _), by_seed in expected.items():
-        row = df.loc[cols[variant]]
-        values = [by_seed[s] for s in sorted(by_seed)]
-        assert row["n"] == 2 == len(values)  # ResNet-18: 4 experiments, 2 distinct runs
-        assert row["seeds"] == "1 2"
-        assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
-        assert row["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
-    assert df.loc["GradAttn (RoPE)", "n"] == 0
-
-    assert main(["table", "--repo", str(repo), "--table", "1"]) == 0
-    md = capsys.readouterr().out
-    r = expected[("ResNet-18", "")]
-    cell = f"{100 * np.mean(list(r.values())):.2f} ± {100 * np.std(list(r.values()), ddof=1):.2f}"
-    assert f"| tiny | {cell} (n=2) |" in md
-    print(md)  # shown with -s: an example for the docs
