@@ -16,7 +16,7 @@ from gradattn.errors import GradattnError
 from gradattn.experiments import read_workspace, runs_of
 from gradattn.io import read_json, write_json, write_with
 from gradattn.report import results_markdown, summary_entries
-from gradattn.settings import load_section
+from gradattn.settings import load_resolved, load_section, read_recipe
 from gradattn.stage import run
 from gradattn.table import Study
 
@@ -46,7 +46,7 @@ def figure_links(study: Study) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    data, t = load_section("data"), load_section("train")
+    data, recipe = load_section("data"), read_recipe()
     files = {}
     for dataset in data.datasets:
         digest = P.PLOTDATA / dataset / "runs.json"
@@ -63,14 +63,20 @@ def main() -> None:
         top1.setdefault(r.dataset, {})[label] = r.metrics.get("top1")
     P.plot_comparison(histories, top1, COMPARISON)
 
+    # The protocol as the recipe resolved it (configure wrote each dataset's data protocol).
+    t = load_resolved("train", data.datasets[0])
+    protocols = {d: read_json(paths.prepare_config(d))["protocol"] for d in data.datasets}
     context = [
-        f"Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), batch {t.batch_size}, "
-        f"at most {t.max_epochs} epochs with early stopping (patience "
-        f"{t.early_stopping_patience}) on validation accuracy, best weights restored; "
-        f"seed {t.seed}; one run per dataset and model.",
-        f"Data split: {data.split}"
-        + (" (with the notebooks' preprocessing defect)" if data.legacy_preprocessing
-           else "") + ".",
+        f"Recipe: {recipe}. Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), "
+        f"batch {t.batch_size}, at most {t.max_epochs} epochs with early stopping (patience "
+        f"{t.early_stopping_patience}) on validation accuracy, LR plateau rule {t.plateau}, "
+        f"the {t.weights} epoch's weights evaluated; seed {t.seed}; one run per dataset and "
+        "model.",
+        "Data: " + "; ".join(
+            f"{d}: {p['split']} split (seed {p['split_seed']}), {p['augment']} augmentation, "
+            f"{p['normalise']} normalisation"
+            + (", with the notebooks' double-normalisation defect" if p["legacy_defect"] else "")
+            for d, p in protocols.items()) + ".",
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
         "`metrics/<dataset>/<model>.gradients.json` (gradients); the headline (top-1, macro "
         "F1, ECE, GHS, epochs) in `metrics/summary.json`, the one DVC metrics file.",
