@@ -16,7 +16,7 @@ from gradattn.errors import GradattnError
 from gradattn.experiments import read_workspace, runs_of
 from gradattn.io import read_json, write_json, write_with
 from gradattn.report import results_markdown, summary_entries
-from gradattn.settings import load_resolved, load_section, read_recipe
+from gradattn.settings import load_resolved, load_section
 from gradattn.stage import run
 from gradattn.table import Study
 
@@ -46,7 +46,7 @@ def figure_links(study: Study) -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    data, recipe = load_section("data"), read_recipe()
+    data = load_section("data")
     files = {}
     for dataset in data.datasets:
         digest = P.PLOTDATA / dataset / "runs.json"
@@ -67,7 +67,7 @@ def main() -> None:
     t = load_resolved("train", data.datasets[0])
     protocols = {d: read_json(paths.prepare_config(d))["protocol"] for d in data.datasets}
     context = [
-        f"Recipe: {recipe}. Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), "
+        f"Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), "
         f"batch {t.batch_size}, at most {t.max_epochs} epochs with early stopping (patience "
         f"{t.early_stopping_patience}) on validation accuracy, LR plateau rule {t.plateau}, "
         f"the {t.weights} epoch's weights evaluated; seed {t.seed}; one run per dataset and "
