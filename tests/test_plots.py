@@ -221,6 +221,7 @@ def test_tables_tolerate_missing_gradients():
 def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatch):
     """stages/report.py end to end on synthetic digests (what the plot stage writes)."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # configure's output (in git)
     file = tmp_path / "plotdata" / "fashionmnist-mini" / "runs.json"
     file.parent.mkdir(parents=True)
     file.write_text(json.dumps(digest(record("fashionmnist-mini", "resnet18", 0.7867, 1.0),
@@ -232,6 +233,9 @@ def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatc
     text = (tmp_path / "plots" / "results.md").read_text()
     assert "| fashionmnist-mini | **78.67** | 77.33 |" in text
     assert "No-skip" not in text  # not in params.yaml's models: left out
+    # The protocol as the recipe resolved it, not params.yaml's `auto`.
+    assert "- Data: fashionmnist-mini: official split (seed 0)" in text
+    assert "the best epoch's weights evaluated" in text and "auto" not in text
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert summary["fashionmnist-mini/gradattn"]["top1"] == 0.7733
     assert_png(tmp_path / "plots" / "comparison.png")
