@@ -142,23 +142,23 @@ def test_a_yaml_boolean_is_still_refused_where_on_off_is_not_a_choice():
         parse_params(with_change("train", "device", yaml.safe_load("off")))
 
 
-def test_configure_refuses_a_top_level_typo_with_one_line(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        (ROOT / "params.yaml").read_text().replace("\ntrain:", "\ntrian:"))
+def configure_error(tmp_path, old: str, new: str) -> str:
+    """The one line configure prints for params.yaml with `old` replaced by `new`; it must exit 2
+    and write no configs/."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(old, new))
     proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
                           capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "'trian' is not a known top-level key" in lines[0] and "'train'" in lines[0]
     assert not (tmp_path / "configs").exists()
+    return lines[0]
+
+
+def test_configure_refuses_a_top_level_typo_with_one_line(tmp_path):
+    line = configure_error(tmp_path, "\ntrain:", "\ntrian:")
+    assert "'trian' is not a known top-level key" in line and "'train'" in line
 
 
 def test_an_unknown_recipe_is_refused_with_one_line_naming_the_allowed_ones(tmp_path):
-    (tmp_path / "params.yaml").write_text(
-        (ROOT / "params.yaml").read_text().replace("recipe: corrected", "recipe: paper"))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
-                          capture_output=True, text=True)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "recipe = 'paper'" in lines[0] and "corrected, notebooks" in lines[0]
-    assert not (tmp_path / "configs").exists()
+    line = configure_error(tmp_path, "recipe: corrected", "recipe: paper")
+    assert "recipe = 'paper'" in line and "corrected, notebooks" in line
