@@ -79,7 +79,7 @@ if timeout "$(limit 120)" "$PY" - <<'EOF'
 import gzip, json, os
 from pathlib import Path
 import numpy as np
-from gradattn.data.prepared import PreparedWriter
+from gradattn.prepared.format import PreparedWriter
 
 src, root = Path(os.environ["SRC"]), Path(os.environ["WORK"]) / "prepared"
 name = "fashionmnist"
@@ -135,10 +135,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from gradattn.config import TrainConfig
-from gradattn.data.batches import Batches
-from gradattn.data.prepared import load_meta, load_split
+from gradattn.prepared.batches import Batches
+from gradattn.prepared.format import load_meta, load_split
 from gradattn.models import build_model
-from gradattn.train import fit, make_deterministic, predict, resolve_device
+from gradattn.training.loop import fit, make_deterministic, predict, resolve_device
 
 root, out = Path(os.environ["WORK"]) / "prepared", Path(os.environ["OUT"]) / "train.json"
 dry = os.environ["CPU_DRY_RUN"] == "1"

@@ -63,8 +63,8 @@ def child(raw: Path, out: Path) -> None:
     """Prepare `raw` (run in a fresh process, so its peaks are the preparation's alone)."""
     import tracemalloc
 
-    from gradattn.data import PreparedWriter
-    from gradattn.data.registry import get_spec
+    from gradattn.prepared import PreparedWriter
+    from gradattn.sources.registry import get_spec
 
     spec = get_spec("pcam")
     baseline = _anon_kib()

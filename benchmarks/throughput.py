@@ -1,5 +1,5 @@
 """Training throughput (images/s) of one epoch of real prepared data: eager fp32 against the
-fast path (gradattn.fast: the whole step as one CUDA graph, bf16, channels_last).
+fast path (gradattn.training.fast: the whole step as one CUDA graph, bf16, channels_last).
 
     python benchmarks/throughput.py                      # fashionmnist-mini, 28/32/64/96 px
     python benchmarks/throughput.py --quick              # a short CPU run: 28/32 px, 2 batches
@@ -33,13 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without installing
     sys.path.insert(0, str(ROOT))
 
-from gradattn.data.batches import Batches  # noqa: E402
-from gradattn.data.prepared import load_meta, load_split  # noqa: E402
-from gradattn.errors import GradattnError  # noqa: E402
-from gradattn.fast import Plan, Trainer, make_optimizer, resolve_plan  # noqa: E402
+from gradattn.core.device import resolve_device  # noqa: E402
+from gradattn.core.errors import GradattnError  # noqa: E402
+from gradattn.core.settings import TrainConfig  # noqa: E402
 from gradattn.models import build_model, count_parameters  # noqa: E402
-from gradattn.settings import TrainConfig  # noqa: E402
-from gradattn.train import resolve_device  # noqa: E402
+from gradattn.prepared.batches import Batches  # noqa: E402
+from gradattn.prepared.format import load_meta, load_split  # noqa: E402
+from gradattn.training.fast import Plan, Trainer, make_optimizer, resolve_plan  # noqa: E402
 
 SIZES = (28, 32, 64, 96)
 QUICK_SIZES = (28, 32)

@@ -1,7 +1,7 @@
 """params.yaml → typed, validated configuration, checked whole.
 
 Every bad value fails here, once (the `configure` stage), with a message naming the key, the
-value and what is allowed. The section types and validators live in gradattn.settings, which
+value and what is allowed. The section types and validators live in gradattn.core.settings, which
 the later stages read their own sections through; this module adds what needs the dataset
 registry and the models.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gradattn.errors import ConfigError
-from gradattn.settings import (
+from gradattn.core.errors import ConfigError
+from gradattn.core.settings import (
     AUTO,
     DEFAULT_PARAMS,
     DataConfig,
@@ -33,10 +33,10 @@ __all__ = ["DataConfig", "EvaluateConfig", "GradientsConfig", "Params", "TrainCo
 
 
 def dataset_protocol(data: DataConfig, recipe: str, name: str):
-    """`name`'s data protocol under `recipe` (gradattn.data.recipes.Protocol): split, size,
+    """`name`'s data protocol under `recipe` (gradattn.sources.recipes.Protocol): split, size,
     channels, normalisation, augmentation, the notebooks' defect; no `auto` left."""
-    from gradattn.data.recipes import resolve
-    from gradattn.data.registry import get_spec
+    from gradattn.sources.recipes import resolve
+    from gradattn.sources.registry import get_spec
 
     spec = get_spec(name, data.custom)
     return resolve(data, recipe, name, augment=spec.augment, channels=spec.channels,
@@ -53,7 +53,7 @@ def dataset_options(data: DataConfig, name: str, protocol=None, *, download: boo
     image_size and SVHN's svhn_extra, as `protocol` resolved them), for get_spec(name, custom,
     options) and the configs/ files its stages depend on (`download`: only those that change
     the downloaded files). A value left to the source (None) is not an option."""
-    from gradattn.data.registry import get_spec
+    from gradattn.sources.registry import get_spec
 
     options = {}
     for key in get_spec(name, data.custom).options:
@@ -66,7 +66,7 @@ def dataset_options(data: DataConfig, name: str, protocol=None, *, download: boo
 
 
 def _check_dataset_names(data: DataConfig) -> None:
-    from gradattn.data.registry import known_datasets
+    from gradattn.sources.registry import known_datasets
 
     allowed = tuple(sorted(set(known_datasets()) | set(data.custom)))
     for name in data.datasets:
@@ -139,7 +139,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(read_params(path))
 
 
-# Read by no stage: which experiments `gradattn grid` runs (gradattn/grid.py validates it).
+# Read by no stage: which experiments `gradattn grid` runs (gradattn/reporting/grid.py
+# validates it).
 GRID_SECTION = "grid"
 
 

@@ -18,7 +18,7 @@ from torchvision.datasets import FashionMNIST
 
 SEED = 20261127
 PER_CLASS = {"train": 300, "val": 60, "test": 60}
-OUT = Path(__file__).resolve().parents[1] / "gradattn/data/bundled/fashionmnist-mini.npz"
+OUT = Path(__file__).resolve().parents[1] / "gradattn/sources/bundled/fashionmnist-mini.npz"
 
 
 def read_official(source: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -1,17 +1,17 @@
 """Validate params.yaml once and resolve the settings DVC cannot select natively.
 
 Writes configs/<dataset>/{source,prepare}.json (per-dataset optional keys; prepare.json holds
-the dataset's data protocol, resolved for the recipe: gradattn.data.recipes) and
+the dataset's data protocol, resolved for the recipe: gradattn.sources.recipes) and
 configs/models/<model>.json (the model.* options each model takes), so that -S model.pe=rope
 re-runs GradAttn's stages only. Every other setting is a native `params:` of its stage (see
 the top of dvc.yaml).
 """
 
-from gradattn import paths
 from gradattn.config import dataset_options, dataset_protocol, load_params
-from gradattn.data.registry import get_spec
-from gradattn.io import write_json
-from gradattn.stage import run
+from gradattn.core import paths
+from gradattn.core.io import write_json
+from gradattn.core.stage import run
+from gradattn.sources.registry import get_spec
 
 
 def main() -> None:

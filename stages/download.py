@@ -3,10 +3,10 @@
 import time
 from pathlib import Path
 
-from gradattn import paths
-from gradattn.data.registry import get_spec
-from gradattn.io import read_json, remove_stale
-from gradattn.stage import run, stage_args
+from gradattn.core import paths
+from gradattn.core.io import read_json, remove_stale
+from gradattn.core.stage import run, stage_args
+from gradattn.sources.registry import get_spec
 
 
 def main() -> None:

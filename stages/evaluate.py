@@ -1,16 +1,16 @@
 """Evaluate one trained (dataset, model) pair on its test split: metrics JSON, and the
-predictions file with all the figures need of the model and data (gradattn.evaluation)."""
+predictions file with all the figures need of the model and data (gradattn.analysis.evaluation)."""
 
 from dataclasses import asdict
 
 import numpy as np
 
-from gradattn import paths
-from gradattn.evaluation import evaluate
-from gradattn.io import write_json, write_with
-from gradattn.runs import write_run_record
-from gradattn.settings import load_resolved, read_recipe
-from gradattn.stage import run, stage_args
+from gradattn.analysis.evaluation import evaluate
+from gradattn.core import paths
+from gradattn.core.io import write_json, write_with
+from gradattn.core.records import write_run_record
+from gradattn.core.settings import load_resolved, read_recipe
+from gradattn.core.stage import run, stage_args
 
 
 def main() -> None:

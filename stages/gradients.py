@@ -4,15 +4,16 @@ and the settings it ran with -> metrics/<dataset>/<model>.gradients.run.json."""
 
 from dataclasses import asdict
 
-from gradattn import paths
-from gradattn.data import load_split
-from gradattn.data.batches import Batches
-from gradattn.gradients import analyse_gradients
-from gradattn.io import write_json
-from gradattn.runs import dataset_meta, load_trained, write_run_record
-from gradattn.settings import TrainConfig, load_resolved, read_recipe
-from gradattn.stage import run, stage_args
-from gradattn.train import resolve_device
+from gradattn.analysis.gradients import analyse_gradients
+from gradattn.core import paths
+from gradattn.core.device import resolve_device
+from gradattn.core.io import write_json
+from gradattn.core.records import write_run_record
+from gradattn.core.settings import TrainConfig, load_resolved, read_recipe
+from gradattn.core.stage import run, stage_args
+from gradattn.models.trained import load_trained
+from gradattn.prepared import load_meta, load_split
+from gradattn.prepared.batches import Batches
 
 
 def main() -> None:
@@ -23,7 +24,7 @@ def main() -> None:
     train_cfg = TrainConfig(**record["run_config"]["train"])
     device = resolve_device(train_cfg.device)
     model.to(device)
-    meta = dataset_meta(dataset)
+    meta = load_meta(dataset)
     images, labels = load_split(dataset, cfg.split, paths.PREPARED)
     # At the training batch size, without augmentation (so the numbers depend only on the
     # model, the data and the seed): training images in a seeded random order (corrected),

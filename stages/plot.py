@@ -2,27 +2,27 @@
 -> plotdata/<dataset>/ (the report stage reads the digest; see stages/report.py).
 
 Reads files only: metrics/<dataset>/ and predictions/<dataset>/ (which the evaluate stage
-writes with what the figures need of the models and data; see gradattn.evaluation)."""
+writes with what the figures need of the models and data; see gradattn.analysis.evaluation)."""
 
 import json
 
 import numpy as np
 from tqdm import tqdm
 
-from gradattn import paths
-from gradattn import plots as P
-from gradattn.errors import GradattnError
-from gradattn.io import read_json, write_json
-from gradattn.names import model_label
-from gradattn.settings import read_params
-from gradattn.stage import run, stage_args
+from gradattn.core import paths
+from gradattn.core.errors import GradattnError
+from gradattn.core.io import read_json, write_json
+from gradattn.core.settings import read_params
+from gradattn.core.stage import run, stage_args
+from gradattn.reporting import plots as P
+from gradattn.reporting.names import model_label
 
 NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
           "class_counts")
 
 
 def read_predictions(dataset: str, model: str) -> dict[str, np.ndarray]:
-    """The evaluate stage's predictions file (its format: gradattn.evaluation)."""
+    """The evaluate stage's predictions file (its format: gradattn.analysis.evaluation)."""
     path = paths.predictions_file(dataset, model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro evaluate@{dataset}-{model}` first")

@@ -3,10 +3,10 @@ protocol configure resolved for the recipe (configs/<dataset>/prepare.json)."""
 
 import time
 
-from gradattn import paths
-from gradattn.data.preparation import prepare_dataset
-from gradattn.io import read_json
-from gradattn.stage import run, stage_args
+from gradattn.core import paths
+from gradattn.core.io import read_json
+from gradattn.core.stage import run, stage_args
+from gradattn.sources.preparation import prepare_dataset
 
 
 def main() -> None:

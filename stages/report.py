@@ -1,6 +1,6 @@
 """Across datasets: plots/comparison.png, plots/results.md (Tables 1-5, built by
-gradattn.table as `gradattn table` builds them) and metrics/summary.json, of the workspace's
-runs.
+gradattn.reporting.table as `gradattn table` builds them) and metrics/summary.json, of the
+workspace's runs.
 
 The runs' files come from the plot stage's digests plotdata/<dataset>/runs.json (copies of
 metrics/<dataset>/<model>{.json,.gradients.json,.history.json}, keyed by path): the stage
@@ -10,15 +10,15 @@ of its own outputs, and metrics/ holds summary.json.
 
 from pathlib import Path
 
-from gradattn import paths
-from gradattn import plots as P
-from gradattn.errors import GradattnError
-from gradattn.experiments import read_workspace, runs_of
-from gradattn.io import read_json, write_json, write_with
-from gradattn.report import results_markdown, summary_entries
-from gradattn.settings import load_resolved, load_section
-from gradattn.stage import run
-from gradattn.table import Study
+from gradattn.core import paths
+from gradattn.core.errors import GradattnError
+from gradattn.core.io import read_json, write_json, write_with
+from gradattn.core.settings import load_resolved, load_section
+from gradattn.core.stage import run
+from gradattn.reporting import plots as P
+from gradattn.reporting.experiments import read_workspace, runs_of
+from gradattn.reporting.report import results_markdown, summary_entries
+from gradattn.reporting.table import Study
 
 SUMMARY = paths.METRICS / "summary.json"
 RESULTS = P.PLOTS / "results.md"

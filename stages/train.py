@@ -3,24 +3,21 @@
 The history (DVC plot data) and the per-epoch gradient norms are rewritten after every
 epoch, so `dvc plots show` during a run shows the epochs so far."""
 
-from gradattn import paths
-from gradattn.fast import resolve_plan
-from gradattn.grad_probe import parameter_grad_norms, split_grad_history
-from gradattn.io import write_json
+from dataclasses import asdict
+
+from gradattn.core import paths
+from gradattn.core.device import resolve_device
+from gradattn.core.io import write_json
+from gradattn.core.records import write_run_record
+from gradattn.core.stage import run, stage_args
 from gradattn.models import count_parameters
-from gradattn.runs import (
-    dataset_meta,
-    load_run_config,
-    make_batches,
-    new_model,
-    run_id,
-    save_trained,
-    uses_legacy_defect,
-    write_run_record,
-)
-from gradattn.settings import TrainConfig
-from gradattn.stage import run, stage_args
-from gradattn.train import fit, make_deterministic, resolve_device
+from gradattn.models.probe import parameter_grad_norms, split_grad_history
+from gradattn.models.trained import save_trained
+from gradattn.prepared import load_meta
+from gradattn.prepared.batches import make_batches, uses_legacy_defect
+from gradattn.training.fast import resolve_plan
+from gradattn.training.loop import fit, make_deterministic
+from gradattn.training.runs import load_run_config, new_model, run_id
 
 
 def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
@@ -33,8 +30,8 @@ def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
     cfg = load_run_config(dataset, model_name)
-    train_cfg = TrainConfig(**cfg["train"])
-    meta = dataset_meta(dataset)
+    train_cfg = cfg.train
+    meta = load_meta(dataset)
     device = resolve_device(train_cfg.device)
     make_deterministic(train_cfg.seed, device)
     model = new_model(cfg, meta)
@@ -52,15 +49,15 @@ def main() -> None:
     # The weights saved are the best epoch's (train.weights best) or the last one's (last).
     weights_epoch = (result.best_epoch if train_cfg.weights == "best"
                      else result.history[-1]["epoch"])
-    save_trained(paths.model_file(dataset, model_name), model, cfg, meta,
+    save_trained(paths.model_file(dataset, model_name), model, cfg.as_dict(), meta,
                  best_epoch=result.best_epoch, epochs=len(result.history),
                  weights_epoch=weights_epoch)
     # What train.device/precision/fast `auto` became on this machine, too.
     plan = resolve_plan(train_cfg, device)
-    ran = {**cfg["train"], "device": device.type, "precision": plan.precision,
+    ran = {**asdict(train_cfg), "device": device.type, "precision": plan.precision,
            "fast": "on" if plan.fast else "off"}
-    write_run_record(dataset, model_name, "train", cfg["recipe"], ran,
-                     model_options=cfg["model_options"],
+    write_run_record(dataset, model_name, "train", cfg.recipe, ran,
+                     model_options=cfg.model_options,
                      legacy_preprocessing=uses_legacy_defect(meta),
                      best_epoch=result.best_epoch, weights_epoch=weights_epoch,
                      epochs=len(result.history))
@@ -70,7 +67,7 @@ def main() -> None:
     train_seconds = sum(r["seconds"] for r in trained)
     speed = (f", {len(trained) * train.num_images / train_seconds:,.0f} images/s"
              if train_seconds > 0 else "")
-    print(f"train {dataset}/{model_name} ({cfg['recipe']} recipe): best val accuracy "
+    print(f"train {dataset}/{model_name} ({cfg.recipe} recipe): best val accuracy "
           f"{result.best_val_accuracy:.4f} at epoch {result.best_epoch} of "
           f"{len(result.history)}, kept the weights of epoch {weights_epoch} "
           f"({result.seconds:.0f}s{resumed}{speed})")

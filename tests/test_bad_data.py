@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradattn import io
 from gradattn.config import DataConfig, dataset_protocol
-from gradattn.data import PreparedWriter, medmnist_sets, torchvision_sets
-from gradattn.data.bundled import BUNDLED
-from gradattn.data.registry import get_spec
-from gradattn.errors import GradattnError
+from gradattn.core import io
+from gradattn.core.errors import GradattnError
+from gradattn.prepared import PreparedWriter
+from gradattn.sources import cifar10, fashionmnist, medmnist_sets
+from gradattn.sources.bundled import BUNDLED
+from gradattn.sources.registry import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,8 @@ def fashion_source(tmp_path, monkeypatch):
         images = np.zeros((n, 28, 28)) + labels[:, None, None]
         write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    for name in torchvision_sets.FASHION_MD5:
-        monkeypatch.setitem(torchvision_sets.FASHION_MD5, name, md5(src / name))
+    for name in fashionmnist.FASHION_MD5:
+        monkeypatch.setitem(fashionmnist.FASHION_MD5, name, md5(src / name))
     return src
 
 
@@ -130,11 +131,11 @@ def test_a_raw_file_changed_after_download_is_refused_before_parsing(fashion_sou
 
 
 def test_a_changed_cifar_batch_is_refused_before_it_is_unpickled(tmp_path, monkeypatch):
-    folder = tmp_path / "raw" / torchvision_sets.CIFAR_FOLDER
+    folder = tmp_path / "raw" / cifar10.CIFAR_FOLDER
     folder.mkdir(parents=True)
-    for name in torchvision_sets.CIFAR_MD5:
+    for name in cifar10.CIFAR_MD5:
         (folder / name).write_bytes(b"good")
-        monkeypatch.setitem(torchvision_sets.CIFAR_MD5, name, md5(folder / name))
+        monkeypatch.setitem(cifar10.CIFAR_MD5, name, md5(folder / name))
     # A pickle that would run code if loaded: it must be refused by its checksum first.
     (folder / "test_batch").write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
     with pytest.raises(GradattnError) as err:
@@ -267,8 +268,8 @@ def project_for(dataset: str, base: Path) -> Path:
 # library and then drop to another user (who may not be able to read this Python's install).
 RUN_AS = """
 import os, runpy, sys
-import gradattn.data.registry, gradattn.stage
-gradattn.data.registry.known_datasets()
+import gradattn.sources.registry, gradattn.core.stage
+gradattn.sources.registry.known_datasets()
 if sys.argv[3]:
     os.setuid(int(sys.argv[3]))
 sys.argv = sys.argv[1:3]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gradattn.config import load_params, parse_params
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -26,21 +26,21 @@ import torch
 from PIL import Image
 
 from gradattn.config import DataConfig, dataset_options
-from gradattn.data import (
-    PreparedWriter,
-    load_meta,
-    load_split,
+from gradattn.core.errors import ConfigError, GradattnError
+from gradattn.prepared import PreparedWriter, load_meta, load_split
+from gradattn.prepared.augment import AUGMENTATIONS, rotate_flip_jitter
+from gradattn.sources import (
+    cifar10,
+    fashionmnist,
     medmnist_sets,
     padufes,
     pcam,
+    svhn,
     tinyimagenet,
-    torchvision_sets,
 )
-from gradattn.data import custom as custom_mod
-from gradattn.data import fetch as fetch_mod
-from gradattn.data.augment import AUGMENTATIONS, rotate_flip_jitter
-from gradattn.data.registry import DatasetSpec, get_spec, known_datasets
-from gradattn.errors import ConfigError, GradattnError
+from gradattn.sources import custom as custom_mod
+from gradattn.sources import fetch as fetch_mod
+from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets
 
 SHARED = Path(os.environ.get("GRADATTN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATASETS = SHARED / "datasets"
@@ -97,8 +97,8 @@ def fashion_source(tmp_path, monkeypatch):
         images[:, 0, 1] = 7  # marks orientation: row 0, column 1
         write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    for name in torchvision_sets.FASHION_MD5:
-        monkeypatch.setitem(torchvision_sets.FASHION_MD5, name, md5(src / name))
+    for name in fashionmnist.FASHION_MD5:
+        monkeypatch.setitem(fashionmnist.FASHION_MD5, name, md5(src / name))
     return src
 
 
@@ -119,15 +119,15 @@ def write_cifar_batches(folder: Path, per_batch: int = 20) -> None:
                 f,
             )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(torchvision_sets.CIFAR_CLASSES), "num_vis": 3072}, f)
+        pickle.dump({"label_names": list(cifar10.CIFAR_CLASSES), "num_vis": 3072}, f)
 
 
 @pytest.fixture
 def cifar_source(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-src" / "cifar-10-batches-py"
     write_cifar_batches(folder)
-    for name in torchvision_sets.CIFAR_MD5:
-        monkeypatch.setitem(torchvision_sets.CIFAR_MD5, name, md5(folder / name))
+    for name in cifar10.CIFAR_MD5:
+        monkeypatch.setitem(cifar10.CIFAR_MD5, name, md5(folder / name))
     return folder.parent
 
 
@@ -314,7 +314,7 @@ def test_medmnist_size_option_picks_the_larger_files():
 def test_fashionmnist_from_idx_files(fashion_source, tmp_path):
     spec, raw = get_spec("fashionmnist"), tmp_path / "raw"
     spec.download(raw, fashion_source)
-    assert sorted(p.name for p in raw.iterdir()) == sorted(torchvision_sets.FASHION_MD5)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(fashionmnist.FASHION_MD5)
     meta = prepare(spec, raw, tmp_path / "prep")
     assert meta["counts"] == {"train": 90, "val": 10, "test": 20} and meta["channels"] == 1
     x, y = load_split("fashionmnist", "test", tmp_path / "prep")
@@ -339,8 +339,8 @@ def test_fashionmnist_pooled_split_is_the_notebooks_70_15_15(fashion_source, tmp
 
 def test_source_with_a_wrong_checksum_is_refused(fashion_source, tmp_path, monkeypatch):
     name = "train-images-idx3-ubyte.gz"
-    monkeypatch.setitem(torchvision_sets.FASHION_MD5, name, "0" * 32)
-    monkeypatch.setitem(torchvision_sets.FASHION_CONTENT_MD5, name, "0" * 32)
+    monkeypatch.setitem(fashionmnist.FASHION_MD5, name, "0" * 32)
+    monkeypatch.setitem(fashionmnist.FASHION_CONTENT_MD5, name, "0" * 32)
     with pytest.raises(GradattnError, match="does not match the published checksum") as err:
         get_spec("fashionmnist").download(tmp_path / "raw", fashion_source)
     one_line_error(err)
@@ -359,7 +359,7 @@ def test_cifar10_from_python_batches(cifar_source, tmp_path):
     spec.download(raw, cifar_source)
     meta = prepare(spec, raw, tmp_path / "prep")
     assert meta["counts"] == {"train": 90, "val": 10, "test": 20}
-    assert meta["classes"] == list(torchvision_sets.CIFAR_CLASSES)
+    assert meta["classes"] == list(cifar10.CIFAR_CLASSES)
     x, y = load_split("cifar10", "test", tmp_path / "prep")
     assert x.shape == (20, 32, 32, 3)
     assert list(x[0, 0, 1]) == [
@@ -375,11 +375,11 @@ def test_cifar10_from_the_tar_archive(cifar_source, tmp_path, monkeypatch):
     archive = archive_dir / "cifar-10-python.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(cifar_source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
-    monkeypatch.setattr(torchvision_sets, "CIFAR_ARCHIVE_MD5", md5(archive))
+    monkeypatch.setattr(cifar10, "CIFAR_ARCHIVE_MD5", md5(archive))
     raw = tmp_path / "raw"
     get_spec("cifar10").download(raw, archive_dir)
     assert sorted(p.name for p in (raw / "cifar-10-batches-py").iterdir()) == sorted(
-        torchvision_sets.CIFAR_MD5
+        cifar10.CIFAR_MD5
     )
     assert not list(raw.glob(".*"))  # no temporary left behind
 
@@ -390,8 +390,8 @@ def test_svhn_from_mat_files(tmp_path, monkeypatch):
     write_svhn(src / "train_32x32.mat", 100)
     write_svhn(src / "test_32x32.mat", 10)
     for part in ("train", "test"):
-        name, url, _ = torchvision_sets.SVHN_FILES[part]
-        monkeypatch.setitem(torchvision_sets.SVHN_FILES, part, (name, url, md5(src / name)))
+        name, url, _ = svhn.SVHN_FILES[part]
+        monkeypatch.setitem(svhn.SVHN_FILES, part, (name, url, md5(src / name)))
     spec, raw = get_spec("svhn"), tmp_path / "raw"
     spec.download(raw, src)
     meta = prepare(spec, raw, tmp_path / "prep")
@@ -425,7 +425,7 @@ def test_tissuemnist_224_grey_streams_from_the_zip(tmp_path, monkeypatch):
     monkeypatch.setitem(
         medmnist_sets.INFO["tissuemnist"], "MD5_224", md5(src / "tissuemnist_224.npz")
     )
-    monkeypatch.setattr("gradattn.data.streaming.BLOCK_BYTES", 3 * 224 * 224)  # several blocks
+    monkeypatch.setattr("gradattn.sources.streaming.BLOCK_BYTES", 3 * 224 * 224)  # several blocks
     spec, raw = get_spec("tissuemnist", None, {"medmnist_size": 224}), tmp_path / "raw"
     spec.download(raw, src)
     meta = prepare(spec, raw, tmp_path / "prep", "pooled", 0)
@@ -585,7 +585,7 @@ def test_padufes_from_the_mendeley_archive(tmp_path):
 
 def test_no_network_fails_fast_with_one_line_and_leaves_nothing(tmp_path, monkeypatch):
     url = "http://127.0.0.1:9/cifar-10-python.tar.gz"  # the discard port: nothing listens
-    monkeypatch.setattr(torchvision_sets, "CIFAR_URL", url)
+    monkeypatch.setattr(cifar10, "CIFAR_URL", url)
     raw = tmp_path / "data" / "raw" / "cifar10"
     start = time.perf_counter()
     with pytest.raises(GradattnError) as err:
@@ -732,7 +732,7 @@ def test_custom_npz_without_x_and_y_is_refused(tmp_path):
 
 
 def test_legacy_preprocessing_changes_training_batches_only(cifar_source, tmp_path, monkeypatch):
-    from gradattn import runs
+    from gradattn.prepared import batches as runs
 
     spec, raw, root = get_spec("cifar10"), tmp_path / "raw", tmp_path / "prep"
     spec.download(raw, cifar_source)

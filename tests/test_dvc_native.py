@@ -55,12 +55,12 @@ def test_status_names_the_key_and_dry_run_lists_what_then_runs(dvc_repo):
     assert not {s for s in ran if s.endswith("-resnet18")}
     dvc_repo.commit("rope")
 
-    # Editing the prediction code in gradattn/train.py: evaluate is out of date.
-    train_py = dvc_repo.path / "gradattn" / "train.py"
+    # Editing the prediction code in gradattn/models/trained.py: evaluate is out of date.
+    train_py = dvc_repo.path / "gradattn" / "models" / "trained.py"
     text = train_py.read_text()
-    marker = '    """Logits (N, K) and labels (N,) of a whole split, in eval mode, on the CPU."""\n'
+    marker = "def predict("
     assert marker in text
-    train_py.write_text(text.replace(marker, marker + "    # edited\n"))
+    train_py.write_text(text.replace(marker, "# edited\n" + marker))
     status = dvc_repo.dvc("status").stdout
     assert f"evaluate@{DATASET}-gradattn" in status and f"evaluate@{DATASET}-resnet18" in status
 

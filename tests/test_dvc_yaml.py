@@ -44,14 +44,14 @@ def _imports(path: Path) -> set[str]:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             modules.add(base)
-            # `from gradattn import paths` imports the module gradattn.paths.
+            # `from gradattn import paths` imports the module gradattn.core.paths.
             modules.update(f"{base}.{alias.name}" for alias in node.names)
     return modules
 
 
 def code_closure(script: Path) -> set[Path]:
     """The script and every gradattn module it reaches through imports (parents included:
-    importing gradattn.data.batches runs gradattn/__init__.py and gradattn/data/__init__.py)."""
+    importing gradattn.prepared.batches runs gradattn/__init__.py and gradattn/data/__init__.py)."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
@@ -105,7 +105,7 @@ def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
     # The checker itself: a stage script importing gradattn.config reaches the models (imported
     # inside a function there) and the data registry.
     closure = {p.relative_to(ROOT).as_posix() for p in code_closure(ROOT / "stages/configure.py")}
-    assert {"gradattn/config.py", "gradattn/errors.py", "gradattn/__init__.py"} <= closure
+    assert {"gradattn/config.py", "gradattn/core/errors.py", "gradattn/__init__.py"} <= closure
     assert any(p.startswith("gradattn/models/") for p in closure)
     assert any(p.startswith("gradattn/data/") for p in closure)
 

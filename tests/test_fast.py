@@ -1,4 +1,4 @@
-"""Tests of the fast path (gradattn.fast) and the device-resident data path.
+"""Tests of the fast path (gradattn.training.fast) and the device-resident data path.
 
 Without CUDA the fast path is its eager stand-in (`train.fast=on` on the CPU): the same
 static buffers, learning-rate tensor, warm-up and restore, eager remainder batch and device
@@ -28,8 +28,10 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 
 from gradattn.config import TrainConfig
-from gradattn.data.batches import Batches
-from gradattn.fast import (
+from gradattn.models import build_model
+from gradattn.models.gradattn import Encoder
+from gradattn.prepared.batches import Batches
+from gradattn.training.fast import (
     Plan,
     TensorLR,
     Trainer,
@@ -37,9 +39,7 @@ from gradattn.fast import (
     resolve_plan,
     settle_loaded_optimizer,
 )
-from gradattn.models import build_model
-from gradattn.models.gradattn import Encoder
-from gradattn.train import fit
+from gradattn.training.loop import fit
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 EAGER = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32")
@@ -289,7 +289,7 @@ def test_resume_after_epoch_k_equals_an_uninterrupted_run(cfg, tmp_path):
 
 
 def test_fast_path_checkpoints_at_most_every_interval(tmp_path, monkeypatch):
-    import gradattn.train as train_module
+    import gradattn.training.loop as train_module
 
     saved: list[int] = []
     real_save = train_module._save_checkpoint

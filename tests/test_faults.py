@@ -17,12 +17,12 @@ import torch
 import yaml
 from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
 
-from gradattn import paths
 from gradattn.config import TrainConfig
-from gradattn.errors import GradattnError
-from gradattn.runs import load_trained, save_trained
-from gradattn.stage import DEBUG_ENV, run
-from gradattn.train import fit
+from gradattn.core import paths
+from gradattn.core.errors import GradattnError
+from gradattn.core.stage import DEBUG_ENV, run
+from gradattn.models.trained import load_trained, save_trained
+from gradattn.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(max_epochs=2, batch_size=8, device="cpu", fast="off")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from gradattn import gpu
-from gradattn.train import resolve_device
+from gradattn.core import device as gpu
+from gradattn.core.device import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
 from pathlib import Path
-from gradattn.gpu import claim_device
+from gradattn.core.device import claim_device
 print(claim_device(int(sys.argv[1]), Path(sys.argv[2]), poll_seconds=0.05), flush=True)
 sys.stdin.read()
 """

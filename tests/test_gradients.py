@@ -1,4 +1,4 @@
-"""Tests of gradattn.gradients: GHS on a network whose gradient norms are known by
+"""Tests of gradattn.analysis.gradients: GHS on a network whose gradient norms are known by
 construction, output-gradient norms against a hand computation, the train-time probe, and
 that the analysis leaves the model exactly as it found it."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradattn.gradients import (
+from gradattn.analysis.gradients import (
     analyse_gradients,
     analysed_layers,
     gradient_health,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 from gradattn.models import MODELS, PE_CHOICES, build_model, count_parameters, default_options
 from gradattn.models.gradattn import GradAttn, RopeEncoderLayer, TapsMean
 from gradattn.models.resnet import TAP_CHANNELS, PlainBlock, SkipFreeBackbone

@@ -1,5 +1,6 @@
-"""Tests of gradattn.plots, gradattn.evaluation and gradattn.report: every figure is written as
-a non-empty PNG from small synthetic inputs, the evaluate stage saves what the plot stage
+"""Tests of gradattn.reporting.plots, gradattn.analysis.evaluation and gradattn.reporting.report:
+every figure is written as a non-empty PNG from small synthetic inputs, the evaluate stage
+saves what the plot stage
 needs so that plot reads files only, and results.md / summary.json carry the right numbers."""
 
 from __future__ import annotations
@@ -17,19 +18,19 @@ import pytest
 import torch
 import yaml
 
-from gradattn import paths
-from gradattn import plots as P
+from gradattn.analysis.evaluation import mean_attention, overview_sample, returns_attention
 from gradattn.config import TrainConfig
-from gradattn.data import load_meta
-from gradattn.data.prepared import PreparedWriter
-from gradattn.evaluation import mean_attention, overview_sample, returns_attention
-from gradattn.experiments import Run
-from gradattn.io import write_json
+from gradattn.core import paths
+from gradattn.core.io import write_json
 from gradattn.models import build_model
-from gradattn.names import model_label
-from gradattn.report import results_markdown, summary_entries
-from gradattn.runs import save_trained
-from gradattn.table import Study, markdown
+from gradattn.models.trained import save_trained
+from gradattn.prepared import load_meta
+from gradattn.prepared.format import PreparedWriter
+from gradattn.reporting import plots as P
+from gradattn.reporting.experiments import Run
+from gradattn.reporting.names import model_label
+from gradattn.reporting.report import results_markdown, summary_entries
+from gradattn.reporting.table import Study, markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from gradattn.data import PreparedWriter, load_meta, load_split
-from gradattn.data.augment import random_crop, random_rotation
-from gradattn.data.batches import Batches
-from gradattn.data.registry import get_spec
-from gradattn.data.splits import pooled_split
-from gradattn.errors import GradattnError
+from gradattn.core.errors import GradattnError
+from gradattn.prepared import PreparedWriter, load_meta, load_split
+from gradattn.prepared.augment import random_crop, random_rotation
+from gradattn.prepared.batches import Batches
+from gradattn.sources.registry import get_spec
+from gradattn.sources.splits import pooled_split
 
 
 @pytest.fixture(scope="module")

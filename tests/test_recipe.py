@@ -21,10 +21,9 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
     scripted_data,
 )
 
-from gradattn.errors import ConfigError
-from gradattn.metrics import expected_calibration_error, train_val_gap
-from gradattn.runs import load_run_config
-from gradattn.settings import (
+from gradattn.analysis.metrics import expected_calibration_error, train_val_gap
+from gradattn.core.errors import ConfigError
+from gradattn.core.settings import (
     AUTO,
     RECIPE_VALUES,
     EvaluateConfig,
@@ -32,7 +31,8 @@ from gradattn.settings import (
     TrainConfig,
     load_resolved,
 )
-from gradattn.train import NotebooksPlateau, fit
+from gradattn.training.loop import NotebooksPlateau, fit
+from gradattn.training.runs import load_run_config
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32")
 
@@ -69,12 +69,14 @@ def test_a_run_config_records_the_recipe_and_only_resolved_values(tmp_path, monk
     (tmp_path / "configs/models/gradattn.json").write_text(
         json.dumps({"options": {"pe": "rope"}}))
     cfg = load_run_config("padufes20", "gradattn")
-    assert cfg["recipe"] == "notebooks"
-    assert (cfg["train"]["batch_size"], cfg["train"]["weights"], cfg["train"]["plateau"]) == (
+    assert cfg.recipe == "notebooks" and cfg.model_options == {"pe": "rope"}
+    assert (cfg.train.batch_size, cfg.train.weights, cfg.train.plateau) == (
         64, "last", "notebooks")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.recipe = "corrected"
     # (train.device, precision and fast stay `auto` here: the machine resolves them, and the
     # train stage's run record holds what they became.)
-    assert AUTO not in (cfg["train"][k] for k in ("batch_size", "weights", "plateau"))
+    assert AUTO not in (getattr(cfg.train, k) for k in ("batch_size", "weights", "plateau"))
     for name in ("evaluate", "gradients"):
         assert AUTO not in dataclasses.asdict(load_resolved(name)).values()
 

@@ -19,19 +19,19 @@ from PIL import Image
 from torchvision import transforms as T
 
 from gradattn.config import DataConfig, dataset_options, dataset_protocol
-from gradattn.data import load_split
-from gradattn.data.augment import (
+from gradattn.core.errors import ConfigError
+from gradattn.core.settings import AUGMENT_NAMES
+from gradattn.prepared import load_split
+from gradattn.prepared.augment import (
     AUGMENTATIONS,
     color_jitter4,
     pad_notebook,
     random_resized_crop,
     random_translate,
 )
-from gradattn.data.batches import Batches, legacy_wrap
-from gradattn.data.preparation import prepare_dataset
-from gradattn.data.registry import get_spec
-from gradattn.errors import ConfigError
-from gradattn.settings import AUGMENT_NAMES
+from gradattn.prepared.batches import Batches, legacy_wrap
+from gradattn.sources.preparation import prepare_dataset
+from gradattn.sources.registry import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -222,7 +222,7 @@ def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
 
 
 def test_tissuemnist_notebook_protocol_upsamples_to_64_and_repeats_grey(tmp_path, monkeypatch):
-    from gradattn.data import medmnist_sets
+    from gradattn.sources import medmnist_sets
 
     rng = np.random.default_rng(0)
     arrays = {}
@@ -387,7 +387,7 @@ def test_padufes_notebook_split_is_per_image_with_numpys_shuffle(tmp_path):
 def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
     from test_data_sources import DATASETS, md5
 
-    from gradattn.data import torchvision_sets
+    from gradattn.sources import cifar10
 
     archive = DATASETS / "cifar10-jpeg.tar.gz"
     if not archive.exists():
@@ -402,7 +402,7 @@ def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
             part = member.name.split("/")[-3] if member.isfile() else ""
             if part not in found:
                 continue
-            label = torchvision_sets.CIFAR_CLASSES.index(member.name.split("/")[-2])
+            label = cifar10.CIFAR_CLASSES.index(member.name.split("/")[-2])
             if sum(lab == label for _, lab in found[part]) < per_class[part]:
                 with tar.extractfile(member) as f:
                     found[part].append((np.asarray(Image.open(f).convert("RGB")), label))
@@ -415,9 +415,9 @@ def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
         with open(raw / name, "wb") as f:
             pickle.dump({"data": data, "labels": [lab for _, lab in batch]}, f)
     with open(raw / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": list(torchvision_sets.CIFAR_CLASSES)}, f)
-    for name in torchvision_sets.CIFAR_MD5:
-        monkeypatch.setitem(torchvision_sets.CIFAR_MD5, name, md5(raw / name))
+        pickle.dump({"label_names": list(cifar10.CIFAR_CLASSES)}, f)
+    for name in cifar10.CIFAR_MD5:
+        monkeypatch.setitem(cifar10.CIFAR_MD5, name, md5(raw / name))
     meta = prepare_as("cifar10", tmp_path / "raw", tmp_path / "nb", "notebooks")
     pooled = np.stack([p for p, _ in found["train"] + found["test"]])  # CIFAR 4's ConcatDataset
     for split, rows in zip(("train", "val", "test"), notebook_split(120), strict=True):
@@ -430,18 +430,18 @@ def test_real_cifar10_pixels_under_the_notebooks_recipe(tmp_path, monkeypatch):
 def test_svhn_notebook_split_pools_train_test_and_extra_in_that_order(tmp_path, monkeypatch):
     from test_data_sources import md5, write_svhn
 
-    from gradattn.data import torchvision_sets
+    from gradattn.sources import svhn
 
     src = tmp_path / "src"
     src.mkdir()
     pooled = []
     for part, n in (("train", 50), ("test", 20), ("extra", 30)):
-        name, url, _ = torchvision_sets.SVHN_FILES[part]
+        name, url, _ = svhn.SVHN_FILES[part]
         images, _ = write_svhn(src / name, n)
         images[:, 5, 5, 2] = np.arange(n) + {"train": 0, "test": 100, "extra": 200}[part]
         write_svhn_images(src / name, images)
         pooled.append(images)
-        monkeypatch.setitem(torchvision_sets.SVHN_FILES, part, (name, url, md5(src / name)))
+        monkeypatch.setitem(svhn.SVHN_FILES, part, (name, url, md5(src / name)))
     cfg = DataConfig.parse({})
     resolved = dataset_protocol(cfg, "notebooks", "svhn")
     source_options = dataset_options(cfg, "svhn", resolved, download=True)

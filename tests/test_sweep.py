@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import pipeline_env
 
-from gradattn.cli import main
+from gradattn.reporting.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (42, 43, 44)

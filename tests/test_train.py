@@ -1,5 +1,5 @@
-"""Tests of gradattn.train.fit's protocol (eager path, CPU): Adam and the plateau schedule as
-the paper sets them, early stopping, best-weight restore, checkpoints and determinism.
+"""Tests of gradattn.training.loop.fit's protocol (eager path, CPU): Adam and the plateau
+schedule as the paper sets them, early stopping, best-weight restore, checkpoints and determinism.
 
 Tiny models on a few 8x8 images keep every test well under a second of compute."""
 
@@ -23,7 +23,7 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 
 from gradattn.config import TrainConfig
-from gradattn.train import EarlyStopping, epoch_seed, fit
+from gradattn.training.loop import EarlyStopping, epoch_seed, fit
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto")
 

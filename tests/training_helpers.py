@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradattn.data.batches import Batches
+from gradattn.prepared.batches import Batches
 
 META = {"mean": [0.5], "std": [0.25]}
 

@@ -9,7 +9,7 @@
 
 `default_options(name)` lists exactly the options a model depends on, so the pipeline can
 tell which params a model's stages must re-run for. Every bad argument raises
-`gradattn.errors.ConfigError` (a ValueError) with a one-line message naming the bad value
+`gradattn.core.errors.ConfigError` (a ValueError) with a one-line message naming the bad value
 and what is allowed.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import nn
 
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 from gradattn.models.attention import cbam_resnet18, se_resnet18
 from gradattn.models.gradattn import PE_CHOICES, GradAttn, TapsMean, check_attention_shape
 from gradattn.models.resnet import STEMS, NoSkipResNet18, resnet18

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 from gradattn.models.resnet import TAP_CHANNELS, SkipFreeBackbone, pool_taps
 from gradattn.models.rope import RotaryEmbedding
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 
 STEMS = ("imagenet", "small")
 # Channels of the five taps: after the stem's max-pool, then after layer1..layer4.

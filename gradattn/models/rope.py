@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from gradattn.errors import ConfigError
+from gradattn.core.errors import ConfigError
 
 
 def rotate_half(x: Tensor) -> Tensor:

@@ -1,0 +1,174 @@
+"""Atomic writes: an interrupted stage never leaves a file or folder that looks finished.
+
+Every temporary is named `.<final name>.tmp-<random>` beside its final path, so a stage can
+find and remove what a killed run of it left (`remove_stale`).
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gradattn.core.errors import GradattnError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+TMP = ".tmp-"  # marks a temporary: `.<name>.tmp-<random>`
+
+# What to do when the disk refuses a write, by errno.
+_DISK_ADVICE = {
+    errno.EACCES: "make it writable for this user (chmod/chown) or work in a checkout you own",
+    errno.EPERM: "make it writable for this user (chmod/chown) or work in a checkout you own",
+    errno.EROFS: "the file system is read-only: work in a writable checkout",
+    errno.ENOSPC: "the disk is full: free space (e.g. `dvc gc -w`) and run again",
+    errno.EDQUOT: "your disk quota is used up: free space and run again",
+}
+
+
+_READ_TOO = (errno.EACCES, errno.EPERM)  # raised by reads as well as writes
+
+
+def _inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
+
+
+@contextmanager
+def disk_errors(folder: str | os.PathLike):
+    """Turn a refused write under `folder` (permissions, full disk, quota, read-only) into one
+    line naming the folder and what to do; other errors pass through."""
+    try:
+        yield
+    except OSError as err:
+        # A refused read elsewhere (EACCES on a source file) is not this folder's problem.
+        elsewhere = err.filename is not None and not _inside(err.filename, folder)
+        if err.errno not in _DISK_ADVICE or (err.errno in _READ_TOO and elsewhere):
+            raise
+        raise GradattnError(
+            f"cannot write to {folder}: {err.strerror or os.strerror(err.errno)}; "
+            f"{_DISK_ADVICE[err.errno]}"
+        ) from None
+
+
+def _usual_mode(path: str | os.PathLike, folder: bool = False) -> None:
+    # mkstemp/mkdtemp make 0600/0700; give the output the mode a plain open()/mkdir() would.
+    os.chmod(path, (0o777 if folder else 0o666) & ~_UMASK)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    with disk_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # What a killed earlier write of this same file left; nothing else writes it now.
+        remove_stale(path.parent, path.name)
+        prefix = f".{path.name}{TMP}"
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix or "")
+        os.close(fd)
+        try:
+            _usual_mode(tmp)
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def temp_dir_beside(path: str | os.PathLike) -> Path:
+    """An empty temporary folder beside `path`, for move_into_place(tmp, path) once complete."""
+    path = Path(path)
+    with disk_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP}"))
+        _usual_mode(tmp, folder=True)
+    return tmp
+
+
+def move_into_place(tmp: Path, path: str | os.PathLike) -> None:
+    """Replace the folder `path` (if any) by the complete folder `tmp`."""
+    path = Path(path)
+    with disk_errors(path.parent):
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder beside `path`; it replaces `path` only if the block
+    succeeds, and is removed otherwise."""
+    tmp = temp_dir_beside(path)
+    try:
+        yield tmp
+        move_into_place(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def scratch_dir(parent: str | os.PathLike, name: str = "scratch"):
+    """A temporary working folder inside `parent`, removed afterwards (and by remove_stale
+    if the process is killed)."""
+    with disk_errors(parent):
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TMP}"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(
+    folder: str | os.PathLike, name: str | None = None, recursive: bool = False
+) -> int:
+    """Remove temporaries that killed runs left in `folder` (those of `name`, or all); call it
+    at the start of the stage that owns them. Returns how many it removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    pattern = f".{glob.escape(name) if name else '*'}{TMP}*"
+    stale = list(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    for path in stale:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:
+    """Hex digest of a file's bytes; `opener=gzip.open` hashes what a .gz decompresses to."""
+    digest = hashlib.new(algorithm)
+    with opener(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def one_line(err: object) -> str:
+    """An exception's message folded onto one line."""
+    return " ".join(str(err).split())
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: str | None = None):
+    """Call writer(tmp_path) and move the result onto `path` atomically."""
+    with atomic_path(path, suffix=suffix) as tmp:
+        writer(tmp)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,355 @@
+"""The sections of params.yaml as typed, validated settings, and reading them.
+
+The stages after `configure` read their own section here (`load_section`), so they depend
+on this module only; gradattn.config adds what needs the dataset registry and the models
+(names that exist, model options) and validates the whole file once, in `configure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradattn.core.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+SPLITS = ("official", "pooled")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+FAST_MODES = ("auto", "off", "on")
+MEDMNIST_SIZES = (28, 64, 128, 224)
+# A recipe selects a whole protocol: `corrected` (this project's) or `notebooks` (the authors'
+# notebooks exactly, per dataset; docs/deviations.md lists every difference). A key whose
+# value is `auto` takes the recipe's value; any other value overrides the recipe.
+RECIPES = ("corrected", "notebooks")
+AUTO = "auto"
+# What `auto` means under each recipe: the one table of the training/evaluation side
+# (docs/deviations.md names each row). train.batch_size is the one per-dataset value
+# (recipe_batch_size).
+RECIPE_VALUES: dict[str, dict[str, str]] = {
+    # Row 8: the notebooks' "best weights" copy is shallow, so they evaluate the last epoch.
+    "train.weights": {"corrected": "best", "notebooks": "last"},
+    # Row 9: their own plateau callback (CIFAR-10 cell 4) vs torch's ReduceLROnPlateau.
+    "train.plateau": {"corrected": "torch", "notebooks": "notebooks"},
+    # Row 17: Table 4's gap, signed at the evaluated epoch vs its absolute value.
+    "evaluate.gap": {"corrected": "signed", "notebooks": "absolute"},
+    # Row 18: GHS on training batches (no augmentation) vs on test batches.
+    "gradients.split": {"corrected": "train", "notebooks": "test"},
+    # Row 20: a layer whose hook never fired is left out vs counted (as unhealthy).
+    "gradients.silent": {"corrected": "skip", "notebooks": "count"},
+}
+WEIGHTS = ("best", "last")
+PLATEAUS = ("torch", "notebooks")
+GAPS = ("signed", "absolute")
+GRADIENT_SPLITS = ("train", "test")
+SILENT_LAYERS = ("skip", "count")
+
+
+def recipe_value(recipe: str, key: str, value: Any) -> Any:
+    """`value` unless it is `auto`, else what the recipe sets for `key`."""
+    return RECIPE_VALUES[key][recipe] if value == AUTO else value
+
+
+def recipe_batch_size(recipe: str, dataset: str) -> int:
+    """train.batch_size `auto`: 128 (§3.3), but 64 for PAD-UFES-20 in the notebooks (PAD cell 4)."""
+    return 64 if recipe == "notebooks" and dataset == "padufes20" else 128
+
+
+def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(
+        f"{key} = {value!r} is not allowed: {allowed} (fix it in params.yaml or with -S {key}=...)"
+    )
+
+
+def _number(
+    key: str,
+    value: Any,
+    *,
+    integer: bool = False,
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+):
+    kind = "an integer" if integer else "a number"
+    bounds = " and ".join(
+        f"{op} {b:g}" for op, b in ((">", gt), (">=", ge), ("<=", le), ("<", lt)) if b is not None
+    )
+    allowed = f"must be {kind}" + (f" {bounds}" if bounds else "")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(key, value, allowed)
+    if integer and int(value) != value:
+        raise _fail(key, value, allowed)
+    if (
+        (gt is not None and not value > gt)
+        or (ge is not None and not value >= ge)
+        or (le is not None and not value <= le)
+        or (lt is not None and not value < lt)
+    ):
+        raise _fail(key, value, allowed)
+    return int(value) if integer else float(value)
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if isinstance(value, bool) and {"on", "off"} <= set(choices):
+        value = "on" if value else "off"  # YAML reads a bare on/off (and yes/no) as a boolean
+    if value not in choices:
+        raise _fail(key, value, "choose one of: " + ", ".join(choices))
+    return value
+
+
+def _choice_int(key: str, value: Any, choices: tuple[int, ...]) -> int:
+    if isinstance(value, bool) or value not in choices:
+        raise _fail(key, value, "choose one of: " + ", ".join(map(str, choices)))
+    return int(value)
+
+
+def _auto_or(value: Any, check) -> Any:
+    """`auto` (the recipe decides), or a value `check` accepts (its error names `auto` too)."""
+    if value == AUTO:
+        return AUTO
+    try:
+        return check(value)
+    except ConfigError as err:
+        raise ConfigError(str(err).replace(
+            " is not allowed: ", " is not allowed: auto (the recipe's value), or ", 1)) from None
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(key, value, "must be true or false")
+    return value
+
+
+def _section(params: dict, name: str, cls: type) -> dict:
+    raw = params.get(name) or {}
+    if not isinstance(raw, dict):
+        raise _fail(name, raw, "must be a mapping of keys to values")
+    allowed = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in allowed:
+            raise _fail(
+                f"{name}.{key}", raw[key], "unknown key; known keys: " + ", ".join(sorted(allowed))
+            )
+    return raw
+
+
+# data.augment's values (gradattn.prepared.augment.AUGMENTATIONS checks the same list in a test).
+AUGMENT_NAMES = ("none", "flip", "crop_flip", "rotate10", "flip_rotate_translate",
+                 "rotate_flip_jitter", "pad_notebook")
+NORMALISATIONS = ("split", "notebook")
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """data.*; a value `auto` is resolved per dataset and recipe by gradattn.sources.recipes."""
+
+    datasets: tuple[str, ...] = ("fashionmnist-mini",)
+    split: str = AUTO  # auto | official | pooled
+    split_seed: int | str = AUTO  # auto | an integer
+    legacy_preprocessing: bool | str = AUTO  # auto | true | false
+    image_size: int | str = AUTO  # auto | pixels per side
+    grey_to_rgb: bool | str = AUTO  # auto | true | false
+    normalise: str = AUTO  # auto | split | notebook
+    augment: str = AUTO  # auto | a name in AUGMENT_NAMES
+    svhn_extra: bool | str = AUTO  # auto | true | false: SVHN's 531,131 `extra` images too
+    sources: dict[str, str] = field(default_factory=dict)
+    custom: dict[str, dict] = field(default_factory=dict)
+    medmnist_size: int = 28  # MedMNIST image size: 28, or MedMNIST+'s 64 | 128 | 224
+
+    @classmethod
+    def parse(cls, raw: dict) -> DataConfig:
+        """Shapes and values; which names exist is checked by gradattn.config (the registry)."""
+        custom = raw.get("custom") or {}
+        sources = raw.get("sources") or {}
+        if not isinstance(custom, dict):
+            raise _fail("data.custom", custom, "must map a dataset name to {format, path, size}")
+        if not isinstance(sources, dict):
+            raise _fail("data.sources", sources, "must map a dataset name to a folder path")
+        datasets = raw.get("datasets", list(cls.datasets))
+        if isinstance(datasets, str):
+            datasets = [datasets]
+        if not isinstance(datasets, list) or not datasets:
+            raise _fail("data.datasets", datasets, "must be a non-empty list of dataset names")
+        if len(set(datasets)) != len(datasets):
+            raise _fail("data.datasets", datasets, "must not name a dataset twice")
+        get = lambda k: raw.get(k, getattr(cls, k))  # noqa: E731
+        return cls(
+            datasets=tuple(datasets),
+            split=_choice("data.split", get("split"), (AUTO, *SPLITS)),
+            split_seed=_auto_or(get("split_seed"), lambda v: _number(
+                "data.split_seed", v, integer=True, ge=0)),
+            legacy_preprocessing=_auto_or(get("legacy_preprocessing"),
+                                          lambda v: _bool("data.legacy_preprocessing", v)),
+            image_size=_auto_or(get("image_size"), lambda v: _number(
+                "data.image_size", v, integer=True, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)),
+            grey_to_rgb=_auto_or(get("grey_to_rgb"), lambda v: _bool("data.grey_to_rgb", v)),
+            normalise=_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
+            augment=_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
+            svhn_extra=_auto_or(get("svhn_extra"), lambda v: _bool("data.svhn_extra", v)),
+            sources={k: str(v) for k, v in sources.items() if v is not None},
+            custom=custom,
+            medmnist_size=_choice_int(
+                "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int | str = 128  # params.yaml's auto: recipe_batch_size
+    max_epochs: int = 100
+    plateau_factor: float = 0.2
+    plateau_patience: int = 3
+    min_lr: float = 1e-7
+    early_stopping_patience: int = 7
+    seed: int = 42
+    device: str = "auto"
+    precision: str = "auto"
+    fast: str = "auto"
+    weights: str = "best"  # best | last: the weights training ends with (evaluated)
+    plateau: str = "torch"  # torch | notebooks: the LR plateau rule
+
+    # The defaults above are the corrected recipe's, resolved; a key params.yaml leaves out
+    # is `auto` (the recipe decides).
+    @classmethod
+    def parse(cls, raw: dict) -> TrainConfig:
+        get = lambda k: raw.get(k, AUTO if k in ("batch_size", "weights", "plateau")  # noqa: E731
+                                else getattr(cls, k))
+        return cls(
+            lr=_number("train.lr", get("lr"), gt=0),
+            weight_decay=_number("train.weight_decay", get("weight_decay"), ge=0),
+            batch_size=_auto_or(get("batch_size"), lambda v: _number(
+                "train.batch_size", v, integer=True, ge=1)),
+            max_epochs=_number("train.max_epochs", get("max_epochs"), integer=True, ge=1),
+            plateau_factor=_number("train.plateau_factor", get("plateau_factor"), gt=0, lt=1),
+            plateau_patience=_number(
+                "train.plateau_patience", get("plateau_patience"), integer=True, ge=0
+            ),
+            min_lr=_number("train.min_lr", get("min_lr"), ge=0),
+            early_stopping_patience=_number(
+                "train.early_stopping_patience", get("early_stopping_patience"), integer=True, ge=1
+            ),
+            seed=_number("train.seed", get("seed"), integer=True, ge=0),
+            device=_choice("train.device", get("device"), DEVICES),
+            precision=_choice("train.precision", get("precision"), PRECISIONS),
+            fast=_choice("train.fast", get("fast"), FAST_MODES),
+            weights=_choice("train.weights", get("weights"), (AUTO, *WEIGHTS)),
+            plateau=_choice("train.plateau", get("plateau"), (AUTO, *PLATEAUS)),
+        )
+
+    def resolve(self, recipe: str, dataset: str) -> TrainConfig:
+        """Every `auto` replaced by the recipe's value for `dataset`."""
+        return replace(
+            self,
+            batch_size=(recipe_batch_size(recipe, dataset) if self.batch_size == AUTO
+                        else self.batch_size),
+            weights=recipe_value(recipe, "train.weights", self.weights),
+            plateau=recipe_value(recipe, "train.plateau", self.plateau),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ece_bins: int = 10
+    batch_size: int = 512
+    gap: str = "signed"  # signed | absolute: Table 4's train-val gap (params.yaml: auto)
+
+    @classmethod
+    def parse(cls, raw: dict) -> EvaluateConfig:
+        return cls(
+            ece_bins=_number(
+                "evaluate.ece_bins", raw.get("ece_bins", cls.ece_bins), integer=True, ge=1
+            ),
+            batch_size=_number(
+                "evaluate.batch_size", raw.get("batch_size", cls.batch_size), integer=True, ge=1
+            ),
+            gap=_choice("evaluate.gap", raw.get("gap", AUTO), (AUTO, *GAPS)),
+        )
+
+    def resolve(self, recipe: str) -> EvaluateConfig:
+        return replace(self, gap=recipe_value(recipe, "evaluate.gap", self.gap))
+
+
+@dataclass(frozen=True)
+class GradientsConfig:
+    batches: int = 20
+    low: float = 1e-6
+    high: float = 10.0
+    norm: str = "output"
+    split: str = "train"  # train | test: the batches GHS is measured on (params.yaml: auto)
+    silent: str = "skip"  # skip | count: a layer whose hook never fired, in the denominator?
+
+    @classmethod
+    def parse(cls, raw: dict) -> GradientsConfig:
+        low = _number("gradients.low", raw.get("low", cls.low), gt=0)
+        high = _number("gradients.high", raw.get("high", cls.high), gt=low)
+        return cls(
+            batches=_number(
+                "gradients.batches", raw.get("batches", cls.batches), integer=True, ge=1
+            ),
+            low=low,
+            high=high,
+            norm=_choice("gradients.norm", raw.get("norm", cls.norm), ("output", "parameter")),
+            split=_choice("gradients.split", raw.get("split", AUTO), (AUTO, *GRADIENT_SPLITS)),
+            silent=_choice("gradients.silent", raw.get("silent", AUTO), (AUTO, *SILENT_LAYERS)),
+        )
+
+    def resolve(self, recipe: str) -> GradientsConfig:
+        return replace(self, split=recipe_value(recipe, "gradients.split", self.split),
+                       silent=recipe_value(recipe, "gradients.silent", self.silent))
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """params.yaml as a dict, or a one-line ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the project root, where params.yaml is")
+    try:
+        params = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path} must be a mapping of sections, not {type(params).__name__}: "
+                          "fix params.yaml")
+    return params
+
+
+def read_recipe(params: dict | None = None, path: str | Path = DEFAULT_PARAMS) -> str:
+    """The top-level `recipe` of params.yaml (default corrected), validated."""
+    if params is None:
+        params = read_params(path)
+    value = params.get("recipe", RECIPES[0])
+    if value not in RECIPES:
+        raise ConfigError(
+            f"recipe = {value!r} is not allowed: choose one of: {', '.join(RECIPES)} "
+            "(corrected: this project's protocol; notebooks: the authors' notebooks exactly); "
+            "fix it in params.yaml or with -S recipe=..."
+        )
+    return value
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig, "evaluate": EvaluateConfig,
+            "gradients": GradientsConfig}
+
+
+def load_section(name: str, path: str | Path = DEFAULT_PARAMS):
+    """One validated section of params.yaml, e.g. load_section("train") -> TrainConfig."""
+    cls = SECTIONS[name]
+    return cls.parse(_section(read_params(path), name, cls))
+
+
+def load_resolved(name: str, dataset: str | None = None, path: str | Path = DEFAULT_PARAMS):
+    """Section `name` (train, evaluate or gradients) with every `auto` resolved through the
+    recipe (train needs the dataset: its batch size is per dataset)."""
+    params = read_params(path)
+    recipe = read_recipe(params)
+    cls = SECTIONS[name]
+    section = cls.parse(_section(params, name, cls))
+    return section.resolve(recipe, dataset) if name == "train" else section.resolve(recipe)

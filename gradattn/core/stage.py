@@ -1,0 +1,88 @@
+"""Shared plumbing for the thin scripts in stages/: arguments, one-line errors, exit codes.
+
+Whatever goes wrong in a stage ends in one line on stderr (what, where, what to do) and a
+non-zero exit; GRADATTN_DEBUG=1 prints the Python traceback as well.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from gradattn.core.errors import GradattnError, first_line
+
+DEBUG_ENV = "GRADATTN_DEBUG"
+RERUN = "rerun `dvc repro` to finish (training resumes from its last checkpoint)"
+
+
+def stage_args(*names: str) -> list[str]:
+    """The script's positional arguments (DVC passes them, see dvc.yaml), or a usage error."""
+    args = sys.argv[1:]
+    if len(args) != len(names):
+        script = Path(sys.argv[0])
+        stage = f"{script.stem}@" + "-".join(f"<{n}>" for n in names)
+        raise GradattnError(
+            f"usage: python stages/{script.name} {' '.join(f'<{n}>' for n in names)} "
+            f"(got {len(args)} argument(s)); DVC runs it for you: `dvc repro {stage}`")
+    return args
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's main(); every error becomes one line on stderr and a non-zero exit."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    # Under `dvc exp run` / `dvc queue` stdout is a pipe or a log file: flush every line, so
+    # `dvc queue logs -f` shows each epoch as it ends.
+    sys.stdout.reconfigure(line_buffering=True)
+    try:
+        main()
+    except Exception as err:
+        _exit(err, *_describe(err))
+    except KeyboardInterrupt as err:
+        _exit(err, 130, f"interrupted; the stage left no finished output: {RERUN}")
+
+
+def _describe(err: Exception) -> tuple[int, str]:
+    """(exit code, message) for an error raised by a stage."""
+    if isinstance(err, GradattnError):
+        return 2, str(err)
+    if isinstance(err, OSError):
+        return 2, _os_error(err)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return 2, ("out of memory: lower train.batch_size (or evaluate.batch_size), train "
+                   "fewer models at once, or use a machine with more (GPU) memory")
+    return 1, (f"unexpected {type(err).__name__}: {first_line(err)} (likely a bug in gradattn: "
+               f"rerun with {DEBUG_ENV}=1 for the traceback and report it)")
+
+
+_OS_REMEDIES = {
+    errno.ENOSPC: "free some disk space (or move the project or DVC cache) and rerun",
+    errno.EDQUOT: "free some space within your disk quota and rerun",
+    errno.EACCES: "make it readable/writable for you (or work in a folder you own) and rerun",
+    errno.EPERM: "make it readable/writable for you (or work in a folder you own) and rerun",
+    errno.EROFS: "the file system is read-only: work in a writable copy of the project",
+    errno.ENOENT: "check the path (and that earlier stages ran: `dvc repro`)",
+}
+
+
+def _os_error(err: OSError) -> str:
+    where = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    what = err.strerror or first_line(err)
+    remedy = _OS_REMEDIES.get(err.errno, "check the file, its folder and the disk, and rerun")
+    return f"{where or 'a file'}: {what}: {remedy}"
+
+
+def _exit(err: BaseException, code: int, message: str) -> None:
+    if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        traceback.print_exception(err)
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(code)
+
+
+def _interrupt(signum, _frame) -> None:
+    # `kill` or a job scheduler's SIGTERM: leave as Ctrl-C does (temporaries removed, one line).
+    raise KeyboardInterrupt
