@@ -147,7 +147,8 @@ meta = load_meta("fashionmnist", root)
 runs = [("resnet18", "on", "auto"), ("gradattn", "on", "auto"), ("resnet18", "off", "fp32")]
 results = []
 for model_name, fast, precision in runs:
-    cfg = TrainConfig(max_epochs=max_epochs, fast=fast, precision=precision)
+    cfg = TrainConfig(max_epochs=max_epochs, fast=fast, precision=precision).resolve(
+        "corrected", "fashionmnist")
     device = resolve_device(cfg.device)
     make_deterministic(cfg.seed, device)
     torch.manual_seed(cfg.seed)

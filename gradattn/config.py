@@ -16,6 +16,7 @@ from typing import Any
 from gradattn.core.errors import ConfigError
 from gradattn.core.settings import (
     AUTO,
+    DEFAULT_MODELS,
     DEFAULT_PARAMS,
     DataConfig,
     EvaluateConfig,
@@ -95,7 +96,7 @@ class Params:
 def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
     from gradattn.models import MODELS, build_model, default_options
 
-    names = params.get("models", ["resnet18", "gradattn"])
+    names = params.get("models", list(DEFAULT_MODELS))
     if isinstance(names, str):
         names = [names]
     if not isinstance(names, list) or not names:

@@ -1,13 +1,18 @@
-"""Shared fixtures: a temporary DVC project made from this repo's pipeline files."""
+"""Shared fixtures and helpers: a temporary DVC project made from this repo's pipeline files
+(`dvc_repo`), a tiny one on 350 bundled images (`tiny_project`), and a Fashion-MNIST source in
+its own IDX format (`fashion_source`)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -92,3 +97,101 @@ def dvc_repo(tmp_path: Path) -> DvcRepo:
     (repo / ".gitignore").write_text("/checkpoints/\n__pycache__/\n")
     r.commit("pipeline")
     return r
+
+
+# ---------------------------------------------------------------- a tiny project
+
+GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+                "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
+def env_for(repo: Path) -> dict:
+    return {**pipeline_env(repo), **GIT_IDENTITY}
+
+
+def sh(*args, cwd: Path, check: bool = True, env: dict | None = None,
+       timeout: float = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env or env_for(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def dvc(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd, **kw)
+
+
+def gradattn(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "gradattn.reporting.cli", *args, cwd=cwd, **kw)
+
+
+def tiny_project(repo: Path, changes: dict | None = None) -> Path:
+    """The pipeline on 350 images of the bundled set (a custom npz dataset: a `dvc exp run`
+    of one cell takes seconds), a narrow one-layer GradAttn, one epoch, one gradient batch,
+    and `changes` to params.yaml; committed."""
+    repo.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    for name in ("stages", "gradattn"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    bundled = np.load(ROOT / "gradattn/sources/bundled/fashionmnist-mini.npz")
+    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
+                                   for s, n in (("train", 200), ("val", 50), ("test", 100))
+                                   for k in ("images", "labels")})
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    deep_update(params, {
+        "data": {"datasets": ["tiny"], "custom": {"tiny": {"format": "npz", "path": "tiny.npz"}}},
+        "model": {"dim": 16, "heads": 2, "ff_dim": 32, "depth": 1},
+        "train": {"max_epochs": 1},
+        "gradients": {"batches": 1},
+    })
+    deep_update(params, changes or {})
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git", "init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    # The project's link cache type (.dvc/config), as a user's clone has it.
+    dvc("config", "cache.type", "reflink,hardlink,symlink,copy", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "tiny project", cwd=repo)
+    return repo
+
+
+# ---------------------------------------------------------------- Fashion-MNIST's own format
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file of unsigned bytes, gzipped, as Fashion-MNIST ships its images and labels."""
+    header = (b"\x00\x00\x08" + bytes([array.ndim])
+              + b"".join(int(d).to_bytes(4, "big") for d in array.shape))
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def coloured(label: int, shape) -> np.ndarray:
+    """An image whose every pixel encodes its label (survives JPEG and resizing)."""
+    return np.full(shape, 20 + 40 * label, dtype=np.uint8)
+
+
+@pytest.fixture
+def fashion_source(tmp_path, monkeypatch):
+    """A folder of Fashion-MNIST's four .gz files (100 train, 20 test images), accepted by
+    the loader's checksums."""
+    from gradattn.sources import fashionmnist
+
+    src = tmp_path / "fashion-src"
+    src.mkdir()
+    for prefix, n in (("train", 100), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = np.stack([coloured(lab % 6, (28, 28)) for lab in labels])
+        images[:, 0, 1] = 7  # marks orientation: row 0, column 1
+        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    for name in fashionmnist.FASHION_MD5:
+        monkeypatch.setitem(fashionmnist.FASHION_MD5, name, md5(src / name))
+    return src

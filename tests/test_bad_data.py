@@ -5,8 +5,6 @@ JPEG, a cut .gz, a text file named .npz, a folder the stage's user cannot write)
 from __future__ import annotations
 
 import errno
-import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -17,21 +15,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import coloured, md5, write_idx  # noqa: F401
 from PIL import Image
 
 from gradattn.config import DataConfig, dataset_protocol
 from gradattn.core import io
 from gradattn.core.errors import GradattnError
 from gradattn.prepared import PreparedWriter
-from gradattn.sources import cifar10, fashionmnist, medmnist_sets
+from gradattn.sources import cifar10, medmnist_sets
 from gradattn.sources.bundled import BUNDLED
 from gradattn.sources.registry import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def one_line(excinfo) -> str:
@@ -82,25 +79,8 @@ def test_a_damaged_jpeg_in_an_image_folder_is_named(tmp_path, damage):
 # ---------------------------------------------------------------- .gz, checksums
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = b"\x00\x00\x08" + bytes([array.ndim])
-    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture
-def fashion_source(tmp_path, monkeypatch):
-    src = tmp_path / "fashion-src"
-    src.mkdir()
-    for prefix, n in (("train", 40), ("t10k", 10)):
-        labels = np.arange(n) % 10
-        images = np.zeros((n, 28, 28)) + labels[:, None, None]
-        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    for name in fashionmnist.FASHION_MD5:
-        monkeypatch.setitem(fashionmnist.FASHION_MD5, name, md5(src / name))
-    return src
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not gzip"])

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import coloured, md5, write_idx  # noqa: F401
 from PIL import Image
 
 from gradattn.config import DataConfig, dataset_options
@@ -47,8 +48,6 @@ DATASETS = SHARED / "datasets"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def prepare(
@@ -72,34 +71,10 @@ def one_line_error(excinfo) -> str:
 # ---------------------------------------------------------------- writers of source formats
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    header = (
-        b"\x00\x00\x08"
-        + bytes([array.ndim])
-        + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    )
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.astype(np.uint8).tobytes())
 
 
-def coloured(label: int, shape) -> np.ndarray:
-    """An image whose every pixel encodes its label (survives JPEG and resizing)."""
-    return np.full(shape, 20 + 40 * label, dtype=np.uint8)
 
 
-@pytest.fixture
-def fashion_source(tmp_path, monkeypatch):
-    src = tmp_path / "fashion-src"
-    src.mkdir()
-    for prefix, n in (("train", 100), ("t10k", 20)):
-        labels = np.arange(n) % 10
-        images = np.stack([coloured(lab % 6, (28, 28)) for lab in labels])
-        images[:, 0, 1] = 7  # marks orientation: row 0, column 1
-        write_idx(src / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(src / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    for name in fashionmnist.FASHION_MD5:
-        monkeypatch.setitem(fashionmnist.FASHION_MD5, name, md5(src / name))
-    return src
 
 
 def write_cifar_batches(folder: Path, per_batch: int = 20) -> None:

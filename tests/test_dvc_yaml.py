@@ -51,7 +51,8 @@ def _imports(path: Path) -> set[str]:
 
 def code_closure(script: Path) -> set[Path]:
     """The script and every gradattn module it reaches through imports (parents included:
-    importing gradattn.prepared.batches runs gradattn/__init__.py and gradattn/data/__init__.py)."""
+    importing gradattn.prepared.batches runs gradattn/__init__.py and
+    gradattn/prepared/__init__.py)."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
@@ -102,12 +103,103 @@ def test_each_stage_depends_on_all_the_code_it_runs(name):
 
 
 def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
-    # The checker itself: a stage script importing gradattn.config reaches the models (imported
-    # inside a function there) and the data registry.
+    # The checker itself: configure reaches the models, the sources registered by
+    # gradattn/sources/__init__.py (a parent package's code runs on import) and config.py.
     closure = {p.relative_to(ROOT).as_posix() for p in code_closure(ROOT / "stages/configure.py")}
-    assert {"gradattn/config.py", "gradattn/core/errors.py", "gradattn/__init__.py"} <= closure
+    assert {"gradattn/config.py", "gradattn/core/errors.py", "gradattn/__init__.py",
+            "gradattn/sources/__init__.py", "gradattn/sources/cifar10.py"} <= closure
     assert any(p.startswith("gradattn/models/") for p in closure)
-    assert any(p.startswith("gradattn/data/") for p in closure)
+    # A function-level import is followed too.
+    script = ROOT / "stages" / "_probe_closure.py"
+    try:
+        script.write_text("def main():\n    from gradattn.reporting import stats\n")
+        reached = {p.relative_to(ROOT).as_posix() for p in code_closure(script)}
+    finally:
+        script.unlink()
+    assert "gradattn/reporting/stats.py" in reached
+
+
+# The layers of gradattn/, lowest first: a module imports only from its own layer or below
+# (README "Layout"). gradattn/config.py is a layer of its own (it validates the whole
+# params.yaml, so it sits above the models and the sources it checks names against).
+LAYERS = ("core", "models", "prepared", "sources", "config", "training", "analysis",
+          "reporting")
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the package: dotted name -> file."""
+    found = {}
+    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+def _layer(module: str) -> int:
+    """The index of `module`'s layer; -1 for the package's own __init__ (imports nothing)."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return -1
+    name = parts[1]
+    if name not in LAYERS:
+        raise AssertionError(f"{module} is in no layer: add its folder to LAYERS and the README")
+    return LAYERS.index(name)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the gradattn modules it names in an import (not their parent packages)."""
+    modules = _modules()
+    return {name: {m for m in _imports(path) if m in modules and m != name}
+            for name, path in modules.items()}
+
+
+def test_every_import_goes_down_the_layers():
+    upward = [f"{src} ({LAYERS[_layer(src)]}) imports {dst} ({LAYERS[_layer(dst)]})"
+              for src, targets in _import_graph().items() for dst in targets
+              if _layer(dst) > _layer(src)]
+    assert not upward, "imports must go down the layers:\n" + "\n".join(upward)
+
+
+def test_no_import_cycle_anywhere_in_the_package():
+    graph, state, cycles = _import_graph(), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(stack[stack.index(nxt):] + [node, nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [node])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_layer_checks_can_fail(monkeypatch):
+    # An upward import and a cycle, planted in a copy of the graph, are both found.
+    graph = _import_graph()
+    graph["gradattn.core.io"] = graph["gradattn.core.io"] | {"gradattn.reporting.table"}
+    graph["gradattn.core.errors"] = graph["gradattn.core.errors"] | {"gradattn.core.io"}
+    monkeypatch.setattr(__import__(__name__), "_import_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="core.io .core. imports gradattn.reporting.table"):
+        test_every_import_goes_down_the_layers()
+    with pytest.raises(AssertionError, match="core.errors -> gradattn.core.io"):
+        test_no_import_cycle_anywhere_in_the_package()
+
+
+def test_each_stage_depends_on_whole_folders_of_the_package():
+    # A stage lists layers (folders), not files: adding a module never edits dvc.yaml.
+    for name, stage in _stages().items():
+        body = stage.get("do", stage)
+        code = [d for d in _declared_paths(body) if d.startswith(PACKAGE + "/")]
+        files = [d for d in code if d.endswith(".py")
+                 and d not in (f"{PACKAGE}/__init__.py", f"{PACKAGE}/config.py")]
+        assert not files, f"stage {name} lists single modules {files}: list their folder"
 
 
 def shell_blocks(text: str) -> list[str]:

@@ -42,7 +42,8 @@ from gradattn.training.fast import (
 from gradattn.training.loop import fit
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-EAGER = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32")
+EAGER = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
+    "corrected", "test")
 FAST = dataclasses.replace(EAGER, fast="on")
 PATHS = pytest.mark.parametrize("cfg", [EAGER, FAST], ids=["eager", "fast"])
 
@@ -412,7 +413,7 @@ def test_cuda_fast_fit_matches_eager_fp32(monkeypatch):
         train, val = data(device="cuda", n_train=64, n_val=32)
         model = tiny(dropout=0.0)
         cfg = TrainConfig(max_epochs=3, batch_size=8, device="cuda", fast=fast,
-                          precision="fp32")
+                          precision="fp32").resolve("corrected", "test")
         r = fit(model, train, val, cfg, log=quiet, progress=False)
         results.append((r, {k: v.cpu() for k, v in model.state_dict().items()}))
     (eager, we), (fast, wf) = results
@@ -450,7 +451,8 @@ def test_cuda_bf16_gradattn_fit_runs():
     val = Batches(images[200:], labels[200:], meta, batch_size=64, device="cuda")
     torch.manual_seed(0)
     model = build_model("gradattn", num_classes=4, in_channels=3, pe="rope")
-    r = fit(model, train, val, TrainConfig(max_epochs=2, batch_size=64, device="cuda"),
+    cfg = TrainConfig(max_epochs=2, batch_size=64, device="cuda").resolve("corrected", "test")
+    r = fit(model, train, val, cfg,
             log=quiet, progress=False)
     assert "one CUDA graph per step" in r.extras["plan"] and "bf16" in r.extras["plan"]
     assert "FAILED" not in r.extras["plan"]

@@ -25,7 +25,7 @@ from gradattn.models.trained import load_trained, save_trained
 from gradattn.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = TrainConfig(max_epochs=2, batch_size=8, device="cpu", fast="off")
+CFG = TrainConfig(max_epochs=2, batch_size=8, device="cpu", fast="off").resolve("corrected", "test")
 DATASET, MODEL = "fashionmnist-mini", "resnet18"
 
 

@@ -581,6 +581,7 @@ def test_default_options_unknown_model():
 
 def test_odd_rope_head_size_fails_in_the_module_too():
     with pytest.raises(ValueError, match="even head size"):
-        GradAttn(num_classes=10, dim=24, heads=8, pe="rope")
+        GradAttn(**{**default_options("gradattn"), "dim": 24, "heads": 8, "pe": "rope"},
+                 num_classes=10, in_channels=3)
     with pytest.raises(ValueError, match="even head size"):
         RotaryEmbedding(head_dim=3)

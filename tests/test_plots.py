@@ -277,7 +277,7 @@ def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monk
     torch.manual_seed(0)
     net = build_model("gradattn", num_classes=3, in_channels=1, **options)
     config = {"dataset": "toy", "model": "gradattn", "model_options": options,
-              "train": asdict(TrainConfig(device="cpu"))}
+              "train": asdict(TrainConfig(device="cpu").resolve("corrected", "toy"))}
     save_trained(paths.model_file("toy", "gradattn"), net, config, meta, best_epoch=3, epochs=4)
     write_json(paths.history_file("toy", "gradattn"), history(0.5))
 

@@ -34,7 +34,8 @@ from gradattn.core.settings import (
 from gradattn.training.loop import NotebooksPlateau, fit
 from gradattn.training.runs import load_run_config
 
-CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32")
+CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
+    "corrected", "test")
 
 
 # --- what auto means ------------------------------------------------------------------------

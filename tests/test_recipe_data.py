@@ -198,7 +198,7 @@ def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
         metas[recipe] = json.loads((prepared / "fashionmnist-mini" / "meta.json").read_text())
         if recipe == "notebooks":
             # the bundled file's parts pooled in order (train, val, test), as FMNIST cell 8
-            with np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz") as npz:
+            with np.load(ROOT / "gradattn/sources/bundled/fashionmnist-mini.npz") as npz:
                 pooled = np.concatenate([npz[f"{s}_images"] for s in ("train", "val", "test")])
             for split, rows in zip(("train", "val", "test"), notebook_split(4200), strict=True):
                 images, _ = load_split("fashionmnist-mini", split, prepared)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import pipeline_env
+from conftest import pipeline_env, tiny_project
 
 from gradattn.reporting.cli import main
 
@@ -49,29 +48,6 @@ def _dvc(repo, *args) -> str:
 
 def _git(repo, *args) -> str:
     return _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], repo)
-
-
-def tiny_project(repo: Path) -> None:
-    """This pipeline on 350 images of the bundled set (a custom npz dataset: ~10x faster than
-    the whole set), a narrow GradAttn, one epoch."""
-    for name in ("dvc.yaml", ".dvcignore"):
-        if (ROOT / name).exists():
-            shutil.copy(ROOT / name, repo / name)
-    for name in ("stages", "gradattn"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    bundled = np.load(ROOT / "gradattn/data/bundled/fashionmnist-mini.npz")
-    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
-                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
-                                    for k in ("images", "labels")})
-    p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p["data"].update(datasets=["tiny"], custom={"tiny": {"format": "npz", "path": "tiny.npz"}})
-    p["models"] = ["resnet18", "gradattn"]
-    p["model"].update(dim=16, heads=2, ff_dim=32, depth=1, pe="learnable")
-    p["train"].update(max_epochs=1)
-    (repo / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
-    (repo / ".gitignore").write_text("/checkpoints/\n__pycache__/\n")
-    _run(["git", "init", "-q"], repo)
-    _dvc(repo, "init", "-q")
 
 
 def set_max_epochs(repo: Path, epochs: int) -> None:
@@ -109,8 +85,7 @@ def recorded_top1(repo: Path, rev: str, model: str) -> tuple[int, float]:
 @pytest.mark.slow
 def test_seed_sweep_on_a_stale_baseline(tmp_path, capsys):
     repo = tmp_path / "sweep"
-    repo.mkdir()
-    tiny_project(repo)
+    tiny_project(repo, {"models": ["resnet18", "gradattn"], "model": {"pe": "learnable"}})
     _dvc(repo, "repro")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "one epoch")

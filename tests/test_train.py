@@ -25,7 +25,8 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 from gradattn.config import TrainConfig
 from gradattn.training.loop import EarlyStopping, epoch_seed, fit
 
-CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto")
+CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto").resolve(
+    "corrected", "test")
 
 
 # --- EarlyStopping --------------------------------------------------------------------------

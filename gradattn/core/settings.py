@@ -26,6 +26,33 @@ MEDMNIST_SIZES = (28, 64, 128, 224)
 # value is `auto` takes the recipe's value; any other value overrides the recipe.
 RECIPES = ("corrected", "notebooks")
 AUTO = "auto"
+# The models `build_model` knows (gradattn.models builds them), the ones params.yaml's
+# `models` defaults to, and GradAttn's positional encodings: here, torch-free, so that
+# validating and reporting need not import torch.
+MODELS = ("resnet18", "gradattn", "se_resnet18", "cbam_resnet18", "noskip18", "taps_mean")
+DEFAULT_MODELS = ("resnet18", "gradattn")
+PE_CHOICES = ("none", "learnable", "rope")
+STEMS = ("imagenet", "small")
+# Every option of every model and its default: their one home (params.yaml's model section
+# holds the same values).
+_COMMON_OPTIONS = {"stem": STEMS[0]}
+MODEL_OPTIONS: dict[str, dict] = {
+    "resnet18": dict(_COMMON_OPTIONS),
+    "gradattn": {
+        **_COMMON_OPTIONS,
+        "pe": "learnable",
+        "dim": 256,
+        "depth": 3,
+        "heads": 8,
+        "ff_dim": 512,
+        "dropout": 0.1,
+        "norm_first": False,
+    },
+    "se_resnet18": dict(_COMMON_OPTIONS),
+    "cbam_resnet18": dict(_COMMON_OPTIONS),
+    "noskip18": dict(_COMMON_OPTIONS),
+    "taps_mean": {**_COMMON_OPTIONS, "dim": 256},
+}
 # What `auto` means under each recipe: the one table of the training/evaluation side
 # (docs/deviations.md names each row). train.batch_size is the one per-dataset value
 # (recipe_batch_size).
@@ -124,6 +151,12 @@ def _bool(key: str, value: Any) -> bool:
     return value
 
 
+def _given(raw: dict, cls: type, key: str) -> Any:
+    """params.yaml's value of a section's `key`, else the field's default (the dataclasses'
+    defaults are params.yaml's values: tests/test_config.py holds them equal)."""
+    return raw.get(key, getattr(cls, key))
+
+
 def _section(params: dict, name: str, cls: type) -> dict:
     raw = params.get(name) or {}
     if not isinstance(raw, dict):
@@ -177,7 +210,9 @@ class DataConfig:
             raise _fail("data.datasets", datasets, "must be a non-empty list of dataset names")
         if len(set(datasets)) != len(datasets):
             raise _fail("data.datasets", datasets, "must not name a dataset twice")
-        get = lambda k: raw.get(k, getattr(cls, k))  # noqa: E731
+        def get(key):
+            return _given(raw, cls, key)
+
         return cls(
             datasets=tuple(datasets),
             split=_choice("data.split", get("split"), (AUTO, *SPLITS)),
@@ -194,7 +229,7 @@ class DataConfig:
             sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
             medmnist_size=_choice_int(
-                "data.medmnist_size", raw.get("medmnist_size", cls.medmnist_size), MEDMNIST_SIZES
+                "data.medmnist_size", get("medmnist_size"), MEDMNIST_SIZES
             ),
         )
 
@@ -203,8 +238,8 @@ class DataConfig:
 class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int | str = 128  # params.yaml's auto: recipe_batch_size
-    max_epochs: int = 100
+    batch_size: int | str = AUTO  # auto: recipe_batch_size
+    max_epochs: int = 10
     plateau_factor: float = 0.2
     plateau_patience: int = 3
     min_lr: float = 1e-7
@@ -213,15 +248,14 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     fast: str = "auto"
-    weights: str = "best"  # best | last: the weights training ends with (evaluated)
-    plateau: str = "torch"  # torch | notebooks: the LR plateau rule
+    weights: str = AUTO  # best | last: the weights training ends with (evaluated)
+    plateau: str = AUTO  # torch | notebooks: the LR plateau rule
 
-    # The defaults above are the corrected recipe's, resolved; a key params.yaml leaves out
-    # is `auto` (the recipe decides).
     @classmethod
     def parse(cls, raw: dict) -> TrainConfig:
-        get = lambda k: raw.get(k, AUTO if k in ("batch_size", "weights", "plateau")  # noqa: E731
-                                else getattr(cls, k))
+        def get(key):
+            return _given(raw, cls, key)
+
         return cls(
             lr=_number("train.lr", get("lr"), gt=0),
             weight_decay=_number("train.weight_decay", get("weight_decay"), ge=0),
@@ -259,18 +293,17 @@ class TrainConfig:
 class EvaluateConfig:
     ece_bins: int = 10
     batch_size: int = 512
-    gap: str = "signed"  # signed | absolute: Table 4's train-val gap (params.yaml: auto)
+    gap: str = AUTO  # signed | absolute: Table 4's train-val gap
 
     @classmethod
     def parse(cls, raw: dict) -> EvaluateConfig:
+        def get(key):
+            return _given(raw, cls, key)
+
         return cls(
-            ece_bins=_number(
-                "evaluate.ece_bins", raw.get("ece_bins", cls.ece_bins), integer=True, ge=1
-            ),
-            batch_size=_number(
-                "evaluate.batch_size", raw.get("batch_size", cls.batch_size), integer=True, ge=1
-            ),
-            gap=_choice("evaluate.gap", raw.get("gap", AUTO), (AUTO, *GAPS)),
+            ece_bins=_number("evaluate.ece_bins", get("ece_bins"), integer=True, ge=1),
+            batch_size=_number("evaluate.batch_size", get("batch_size"), integer=True, ge=1),
+            gap=_choice("evaluate.gap", get("gap"), (AUTO, *GAPS)),
         )
 
     def resolve(self, recipe: str) -> EvaluateConfig:
@@ -283,22 +316,23 @@ class GradientsConfig:
     low: float = 1e-6
     high: float = 10.0
     norm: str = "output"
-    split: str = "train"  # train | test: the batches GHS is measured on (params.yaml: auto)
-    silent: str = "skip"  # skip | count: a layer whose hook never fired, in the denominator?
+    split: str = AUTO  # train | test: the batches GHS is measured on
+    silent: str = AUTO  # skip | count: a layer whose hook never fired, in the denominator?
 
     @classmethod
     def parse(cls, raw: dict) -> GradientsConfig:
-        low = _number("gradients.low", raw.get("low", cls.low), gt=0)
-        high = _number("gradients.high", raw.get("high", cls.high), gt=low)
+        def get(key):
+            return _given(raw, cls, key)
+
+        low = _number("gradients.low", get("low"), gt=0)
+        high = _number("gradients.high", get("high"), gt=low)
         return cls(
-            batches=_number(
-                "gradients.batches", raw.get("batches", cls.batches), integer=True, ge=1
-            ),
+            batches=_number("gradients.batches", get("batches"), integer=True, ge=1),
             low=low,
             high=high,
-            norm=_choice("gradients.norm", raw.get("norm", cls.norm), ("output", "parameter")),
-            split=_choice("gradients.split", raw.get("split", AUTO), (AUTO, *GRADIENT_SPLITS)),
-            silent=_choice("gradients.silent", raw.get("silent", AUTO), (AUTO, *SILENT_LAYERS)),
+            norm=_choice("gradients.norm", get("norm"), ("output", "parameter")),
+            split=_choice("gradients.split", get("split"), (AUTO, *GRADIENT_SPLITS)),
+            silent=_choice("gradients.silent", get("silent"), (AUTO, *SILENT_LAYERS)),
         )
 
     def resolve(self, recipe: str) -> GradientsConfig:

@@ -21,9 +21,10 @@ from typing import Any
 from torch import nn
 
 from gradattn.core.errors import ConfigError
+from gradattn.core.settings import MODEL_OPTIONS, MODELS, PE_CHOICES, STEMS
 from gradattn.models.attention import cbam_resnet18, se_resnet18
-from gradattn.models.gradattn import PE_CHOICES, GradAttn, TapsMean, check_attention_shape
-from gradattn.models.resnet import STEMS, NoSkipResNet18, resnet18
+from gradattn.models.gradattn import GradAttn, TapsMean, check_attention_shape
+from gradattn.models.resnet import NoSkipResNet18, resnet18
 
 __all__ = [
     "IN_CHANNELS",
@@ -35,27 +36,8 @@ __all__ = [
     "default_options",
 ]
 
-MODELS = ("resnet18", "gradattn", "se_resnet18", "cbam_resnet18", "noskip18", "taps_mean")
 IN_CHANNELS = (1, 3)
 
-_COMMON = {"stem": "imagenet"}
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "resnet18": dict(_COMMON),
-    "gradattn": {
-        **_COMMON,
-        "pe": "learnable",
-        "dim": 256,
-        "depth": 3,
-        "heads": 8,
-        "ff_dim": 512,
-        "dropout": 0.1,
-        "norm_first": False,
-    },
-    "se_resnet18": dict(_COMMON),
-    "cbam_resnet18": dict(_COMMON),
-    "noskip18": dict(_COMMON),
-    "taps_mean": {**_COMMON, "dim": 256},
-}
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": resnet18,
     "gradattn": GradAttn,
@@ -75,7 +57,7 @@ def _check_name(name: str) -> None:
 def default_options(name: str) -> dict[str, Any]:
     """The options model `name` accepts, with their defaults (a fresh dict)."""
     _check_name(name)
-    return dict(_DEFAULTS[name])
+    return dict(MODEL_OPTIONS[name])
 
 
 def _is_int(value: Any) -> bool:
@@ -83,7 +65,7 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_options(name: str, options: dict[str, Any]) -> None:
-    allowed = _DEFAULTS[name]
+    allowed = MODEL_OPTIONS[name]
     for key in options:
         if key not in allowed:
             raise ConfigError(
@@ -118,7 +100,7 @@ def build_model(name: str, num_classes: int, in_channels: int, **options: Any) -
             f"in_channels {in_channels!r} not supported; choose one of: "
             f"{', '.join(map(str, IN_CHANNELS))}"
         )
-    merged = {**_DEFAULTS[name], **options}
+    merged = {**MODEL_OPTIONS[name], **options}
     _check_options(name, merged)
     return _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, **merged)
 

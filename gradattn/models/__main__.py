@@ -8,7 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from gradattn.models import MODELS, PE_CHOICES, build_model, count_parameters
+from gradattn.models import MODELS, PE_CHOICES, STEMS, build_model, count_parameters
 
 
 def _variants() -> list[tuple[str, str, dict]]:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=32, help="image side in px")
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--classes", type=int, default=10)
-    parser.add_argument("--stem", default="imagenet")
+    parser.add_argument("--stem", default=STEMS[0])
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)

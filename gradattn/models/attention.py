@@ -125,11 +125,11 @@ def _gated_resnet18(block: type[_GatedBasicBlock], num_classes: int, in_channels
     return _init_like_the_notebooks(adapt_stem(model, in_channels=in_channels, stem=stem))
 
 
-def se_resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:
+def se_resnet18(*, num_classes: int, in_channels: int, stem: str) -> nn.Module:
     """ResNet-18 with a squeeze-and-excitation gate (reduction 16) in every block."""
     return _gated_resnet18(SEBasicBlock, num_classes, in_channels, stem)
 
 
-def cbam_resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:
+def cbam_resnet18(*, num_classes: int, in_channels: int, stem: str) -> nn.Module:
     """ResNet-18 with CBAM (reduction 16, 7x7 spatial kernel) in every block."""
     return _gated_resnet18(CBAMBasicBlock, num_classes, in_channels, stem)

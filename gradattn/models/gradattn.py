@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradattn.core.errors import ConfigError
+from gradattn.core.settings import PE_CHOICES
 from gradattn.models.resnet import TAP_CHANNELS, SkipFreeBackbone, pool_taps
 from gradattn.models.rope import RotaryEmbedding
 
-PE_CHOICES = ("none", "learnable", "rope")
 NUM_TAPS = len(TAP_CHANNELS)
 
 
@@ -197,16 +197,17 @@ class GradAttn(_TapTokens):
         self,
         *,
         num_classes: int,
-        in_channels: int = 3,
-        stem: str = "imagenet",
-        pe: str = "learnable",
-        dim: int = 256,
-        depth: int = 3,
-        heads: int = 8,
-        ff_dim: int = 512,
-        dropout: float = 0.1,
-        norm_first: bool = False,
+        in_channels: int,
+        stem: str,
+        pe: str,
+        dim: int,
+        depth: int,
+        heads: int,
+        ff_dim: int,
+        dropout: float,
+        norm_first: bool,
     ) -> None:
+        # No defaults: gradattn.models.default_options is their one home (build_model).
         check_attention_shape(dim=dim, heads=heads, pe=pe)
         super().__init__(dim=dim, in_channels=in_channels, stem=stem)
         self.pe = pe
@@ -248,7 +249,7 @@ class TapsMean(_TapTokens):
     """Control `taps_mean`: GradAttn's taps and projections, averaged; no attention, no PE."""
 
     def __init__(
-        self, *, num_classes: int, in_channels: int = 3, stem: str = "imagenet", dim: int = 256
+        self, *, num_classes: int, in_channels: int, stem: str, dim: int
     ) -> None:
         super().__init__(dim=dim, in_channels=in_channels, stem=stem)
         self.head = nn.Linear(dim, num_classes)

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from torchvision.models import resnet as tv_resnet
 
 from gradattn.core.errors import ConfigError
+from gradattn.core.settings import STEMS
 
-STEMS = ("imagenet", "small")
 # Channels of the five taps: after the stem's max-pool, then after layer1..layer4.
 TAP_CHANNELS = (64, 64, 128, 256, 512)
 
@@ -52,7 +52,7 @@ def adapt_stem(model: nn.Module, *, in_channels: int, stem: str) -> nn.Module:
     return model
 
 
-def resnet18(*, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> nn.Module:
+def resnet18(*, num_classes: int, in_channels: int, stem: str) -> nn.Module:
     """torchvision's ResNet-18 with PyTorch's default init, the stem fitted to the input."""
     model = tv_resnet.resnet18(weights=None, num_classes=num_classes)
     return reset_convs(adapt_stem(model, in_channels=in_channels, stem=stem))
@@ -85,7 +85,7 @@ def _plain_stage(in_channels: int, out_channels: int, stride: int) -> nn.Sequent
 class SkipFreeBackbone(nn.Module):
     """ResNet-18's layout with every skip removed; `taps(x)` gives the five feature maps."""
 
-    def __init__(self, *, in_channels: int = 3, stem: str = "imagenet") -> None:
+    def __init__(self, *, in_channels: int, stem: str) -> None:
         super().__init__()
         self.conv1 = stem_conv(in_channels=in_channels, stem=stem)
         self.bn1 = nn.BatchNorm2d(64)
@@ -118,7 +118,7 @@ def pool_taps(taps: list[Tensor]) -> list[Tensor]:
 class NoSkipResNet18(SkipFreeBackbone):
     """Control `noskip18`: the skip-free backbone with ResNet-18's ordinary pooled head."""
 
-    def __init__(self, *, num_classes: int, in_channels: int = 3, stem: str = "imagenet") -> None:
+    def __init__(self, *, num_classes: int, in_channels: int, stem: str) -> None:
         super().__init__(in_channels=in_channels, stem=stem)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(TAP_CHANNELS[-1], num_classes)

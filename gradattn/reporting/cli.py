@@ -19,6 +19,21 @@ def _table(args: argparse.Namespace) -> str:
 
     runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
                               all_commits=args.all_commits, workspace=not args.no_workspace)
+    if args.publish:
+        from gradattn.reporting.publish import publish
+
+        commands = None
+        if args.commands:
+            try:
+                commands = args.commands.read_text()
+            except OSError as err:
+                raise GradattnError(f"--commands {args.commands}: {err.strerror}: name a "
+                                    "readable text file of the commands that made the runs"
+                                    ) from None
+        written = publish(runs, args.publish, repo=args.repo, command=" ".join(
+            ["gradattn", *sys.argv[1:]]), commands=commands, force=args.force)
+        print(f"published {len(table.Study(runs).runs)} runs: {written}", file=sys.stderr)
+        return ""
     study = table.Study(runs)
     tables = args.table or list(table.TABLES)
     return table.csv(study, tables) if args.format == "csv" else table.markdown(study, tables)
@@ -90,6 +105,15 @@ def parser() -> argparse.ArgumentParser:
                    help="print only table N (1-5; repeatable); default all")
     t.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="markdown (percentages, default) or csv (tidy, raw fractions)")
+    t.add_argument("--publish", type=Path, metavar="DIR",
+                   help="write the study into DIR (e.g. results/<name>): README.md with "
+                   "Tables 1-5, the commit, commands and every run's provenance, tables.csv, "
+                   "provenance.json and the key figures")
+    t.add_argument("--commands", type=Path, metavar="FILE",
+                   help="with --publish: a file of the commands that made the runs, quoted "
+                   "in README.md")
+    t.add_argument("--force", action="store_true",
+                   help="with --publish: replace DIR if it exists")
     t.set_defaults(run=_table)
 
     c = sub.add_parser(

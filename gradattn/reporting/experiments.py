@@ -27,14 +27,20 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import yaml
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
-from gradattn.core.settings import DataConfig, EvaluateConfig, TrainConfig
+from gradattn.core.settings import (
+    DEFAULT_MODELS,
+    RECIPES,
+    DataConfig,
+    EvaluateConfig,
+    TrainConfig,
+)
 
 # Keys that cannot change a result (train.num_workers: retired, in old revisions only).
 IGNORED = {"train.num_workers", "evaluate.batch_size"}
@@ -54,6 +60,10 @@ class Run:
     seed: int
     metrics: dict
     gradients: dict | None = None
+    # Where it came from, as dvc.lock records it (rev, params, data/model/metrics md5, the
+    # environment its train stage recorded); and its per-epoch history, for figures.
+    provenance: dict = field(default_factory=dict, compare=False)
+    history: list | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:
@@ -82,8 +92,8 @@ def _params(stage: dict) -> dict:
 class _Revision:
     """One revision's dvc.lock and files, with the checks that they belong together."""
 
-    def __init__(self, source: str, read: ReadBytes):
-        self.source, self.read = source, read
+    def __init__(self, source: str, read: ReadBytes, rev: str | None = None):
+        self.source, self.read, self.rev = source, read, rev
         raw = read(LOCK)
         self.stages = ((yaml.safe_load(raw) or {}).get("stages") or {}) if raw else {}
 
@@ -173,13 +183,40 @@ class _Revision:
         seed = recorded.pop("train.seed")
         setting = {f"data.{k}": v for k, v in data.items() if k != "dataset"} | recorded
         setting = {k: v for k, v in setting.items() if k not in IGNORED}
+        provenance = self.provenance(dataset, model, evaluate,
+                                     {**setting, "train.seed": seed})
         return Run(self.source, dataset, model, options.get("options") or {}, setting,
-                   int(seed), metrics, gradients)
+                   int(seed), metrics, gradients, provenance=provenance,
+                   history=self.json_or_none(paths.history_file(dataset, model).as_posix()))
+
+    def json_or_none(self, path: str):
+        data = self.read(path)
+        try:
+            return json.loads(data) if data is not None else None
+        except ValueError:
+            return None
+
+    def provenance(self, dataset: str, model: str, evaluate: str, params: dict) -> dict:
+        """What dvc.lock records of a run: its revision, params, and the md5 of the prepared
+        data train@ ran on, the model file it made and evaluate@'s metrics file; with the
+        environment the train stage's run record holds (when the file is at hand)."""
+        train = self.stages[f"train@{dataset}-{model}"]
+        used = _entry(train, (paths.PREPARED / dataset).as_posix(), "deps") or {}
+        made = _entry(train, paths.model_file(dataset, model).as_posix()) or {}
+        scored = _entry(self.stages[evaluate], paths.metrics_file(dataset, model).as_posix())
+        record = self.json_or_none(paths.run_record_file(dataset, model, "train").as_posix())
+        environment = {k: v for k, v in ((record or {}).get("train") or {}).items()
+                       if k in ("device", "precision", "fast")}
+        if record and record.get("environment"):
+            environment.update(record["environment"])
+        return {"source": self.source, "rev": self.rev, "params": params,
+                "data_md5": used.get("md5"), "model_md5": made.get("md5"),
+                "metrics_md5": (scored or {}).get("md5"), "environment": environment}
 
 
-def runs_of_revision(source: str, read: ReadBytes) -> list[Run]:
+def runs_of_revision(source: str, read: ReadBytes, rev: str | None = None) -> list[Run]:
     """The runs a revision's dvc.lock records, each checked against the files it holds."""
-    return _Revision(source, read).runs()
+    return _Revision(source, read, rev).runs()
 
 
 # --- identity from params.yaml: only inside `dvc repro`, where params.yaml is what ran ----------
@@ -203,7 +240,7 @@ def identify(params: dict, dataset: str, model: str) -> tuple[dict, dict, int]:
     seed = train.pop("seed")
     evaluate = {**asdict(EvaluateConfig()), **(params.get("evaluate") or {})}
     setting = {
-        "recipe": params.get("recipe", "corrected"),
+        "recipe": params.get("recipe", RECIPES[0]),
         "data.split": data.get("split", DataConfig.split),
         "data.split_seed": data.get("split_seed", DataConfig.split_seed),
         "data.legacy_preprocessing": data.get("legacy_preprocessing",
@@ -220,7 +257,7 @@ def runs_of(source: str, params: dict, read_json: ReadJson) -> list[Run]:
     metrics file exists, identified by params.yaml (see identify)."""
     data = params.get("data") or {}
     datasets = data.get("datasets", list(DataConfig.datasets))
-    models = params.get("models", ["resnet18", "gradattn"])
+    models = params.get("models", list(DEFAULT_MODELS))
     runs = []
     for dataset in [datasets] if isinstance(datasets, str) else datasets:
         for model in [models] if isinstance(models, str) else models:
@@ -317,6 +354,18 @@ def experiment_revisions(root: Path, all_commits: bool = False) -> list[tuple[st
     return out
 
 
+def _commit(root: Path, rev: str | None) -> str | None:
+    """The commit hash of `rev` (an experiment's too); for the working tree (None) the commit
+    it is on, marked so. None where git cannot tell."""
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev or 'HEAD'}^{{commit}}"],
+                          cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        return rev
+    return done.stdout.strip() + ("" if rev else " (workspace)")
+
+
 def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiments: bool = True,
                  all_commits: bool = False, workspace: bool = True) -> list[Run]:
     """Every run of the named revisions, of `dvc exp show`'s commits and experiments, and of
@@ -346,7 +395,7 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
                         raise GradattnError(f"cannot open {root} as a git repository ({err}): "
                                             "name one with --repo") from None
                 read = revision_reader(root, scm, rev)
-            runs += runs_of_revision(label, read)
+            runs += runs_of_revision(label, read, _commit(root, rev))
     finally:
         if scm is not None:
             scm.close()

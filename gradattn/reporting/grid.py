@@ -24,9 +24,8 @@ from pathlib import Path
 import yaml
 
 from gradattn.core.errors import ConfigError, GradattnError
-from gradattn.core.settings import read_params, read_recipe
+from gradattn.core.settings import MODEL_OPTIONS, PE_CHOICES, read_params, read_recipe
 
-PE_CHOICES = ("none", "learnable", "rope")  # gradattn.models.gradattn.PE_CHOICES, torch-free
 TRUE = {"1", "true", "yes", "y", "on"}
 
 
@@ -82,8 +81,9 @@ def cells(params: dict) -> list[Cell]:
     train = params.get("train") or {}
     seeds = _list_of(params, "grid.seeds", grid.get("seeds", [train.get("seed", 42)]), int,
                      "a non-empty list of integer seeds, e.g. [42, 43, 44]")
-    pes = _list_of(params, "grid.pe", grid.get("pe", [(params.get("model") or {}).get(
-        "pe", "learnable")]), str, f"a non-empty list of {', '.join(PE_CHOICES)}")
+    default_pe = (params.get("model") or {}).get("pe", MODEL_OPTIONS["gradattn"]["pe"])
+    pes = _list_of(params, "grid.pe", grid.get("pe", [default_pe]), str,
+                   f"a non-empty list of {', '.join(PE_CHOICES)}")
     bad = [pe for pe in pes if pe not in PE_CHOICES]
     if bad:
         raise ConfigError(f"grid.pe holds {bad[0]!r}, which is not allowed: choose from "

@@ -23,6 +23,7 @@ from functools import partial
 
 import pandas as pd
 
+from gradattn.core.settings import MODELS, PE_CHOICES
 from gradattn.reporting.experiments import Run, distinct
 from gradattn.reporting.names import model_label
 from gradattn.reporting.stats import LEVEL, NO_DIFFERENCE, mean_std, numbers, paired_difference
@@ -30,10 +31,9 @@ from gradattn.reporting.stats import LEVEL, NO_DIFFERENCE, mean_std, numbers, pa
 BASELINE = "resnet18"
 MIN_PAIRED = 3  # seeds in common before a cell shows its difference from ResNet-18
 # The paper's Table 1 columns: shown even when nothing ran for them.
-PAPER_VARIANTS = (("resnet18", {}), ("gradattn", {"pe": "none"}),
-                  ("gradattn", {"pe": "learnable"}), ("gradattn", {"pe": "rope"}))
-MODEL_ORDER = ("resnet18", "gradattn", "se_resnet18", "cbam_resnet18", "noskip18", "taps_mean")
-PE_ORDER = ("none", "learnable", "rope")
+PAPER_VARIANTS = (("resnet18", {}), *(("gradattn", {"pe": pe}) for pe in PE_CHOICES))
+MODEL_ORDER = MODELS
+PE_ORDER = PE_CHOICES
 # The paper's dataset order; other datasets follow, alphabetically.
 DATASET_ORDER = ("tinyimagenet", "svhn", "cifar10", "fashionmnist", "tissuemnist", "bloodmnist",
                  "pcam", "padufes")
