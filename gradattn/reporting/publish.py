@@ -1,0 +1,165 @@
+"""Publishing a study: `gradattn table --publish results/<name>` writes a folder a reader can
+check every number of without running anything.
+
+- README.md: what ran (commit, the commands, when), Tables 1-5 under each setting (recipe),
+  the key figures, and every run's provenance as its dvc.lock recorded it;
+- tables.csv: the tables as tidy raw fractions (`gradattn table --format csv`);
+- provenance.json: per run, its source revision, every recorded param, and the md5 of its
+  prepared data, model file and metrics file (the dvc.lock entries), and the environment its
+  train stage recorded;
+- curves-<setting>-<dataset>.png: validation accuracy per epoch of every run.
+
+The folder is written whole or not at all, and an existing one is replaced only with force.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from gradattn.core.errors import GradattnError
+from gradattn.core.io import atomic_dir
+from gradattn.reporting import table
+from gradattn.reporting.experiments import Run
+
+# The recorded params shown in README's provenance table (all of them are in provenance.json).
+SHOWN_PARAMS = ("recipe", "train.max_epochs", "train.batch_size", "train.weights",
+                "train.plateau", "data.split", "data.legacy_preprocessing")
+
+
+def git_commit(repo: Path) -> str:
+    """HEAD's full hash, with '+ uncommitted changes' when the tracked tree differs."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    head = git("rev-parse", "HEAD") or "unknown (not a git repository)"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return f"{head} + uncommitted changes" if dirty else head
+
+
+def _short(md5: str | None) -> str:
+    return (md5 or "–")[:12]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "study"
+
+
+def provenance_rows(study: table.Study) -> list[dict]:
+    rows = []
+    for s, setting in enumerate(study.settings):
+        for run in sorted((r for r in study.runs if r.setting == setting),
+                          key=lambda r: (table._dataset_rank(r.dataset),
+                                         table._variant_rank(r.model, r.options), r.seed)):
+            rows.append({"setting": s + 1, "dataset": run.dataset,
+                         "variant": study.label(run.model, run.options), "seed": run.seed,
+                         "top1": run.metrics.get("top1"), **run.provenance})
+    return rows
+
+
+def _provenance_markdown(rows: list[dict]) -> str:
+    header = ["Setting", "Dataset", "Model", "Seed", "Top-1 %", "Source", "Revision",
+              *SHOWN_PARAMS, "Data md5", "Model md5", "Metrics md5", "Machine"]
+    body = []
+    for r in rows:
+        params = r.get("params") or {}
+        env = r.get("environment") or {}
+        machine = ", ".join(str(env[k]) for k in ("device", "precision", "fast") if k in env)
+        top1 = r.get("top1")
+        body.append([str(r["setting"]), r["dataset"], r["variant"], str(r["seed"]),
+                     "–" if top1 is None else f"{100 * top1:.2f}", r.get("source", "–"),
+                     (r.get("rev") or "–")[:10],
+                     *[str(params.get(k, "–")) for k in SHOWN_PARAMS],
+                     _short(r.get("data_md5")), _short(r.get("model_md5")),
+                     _short(r.get("metrics_md5")), machine or "–"])
+    return table.markdown_table(header, body)
+
+
+def _curves(study: table.Study, folder: Path) -> list[tuple[str, str]]:
+    """(caption, file name) of one validation-curve figure per setting and dataset."""
+    from gradattn.reporting.plots import plot_curves
+
+    figures = []
+    for s, setting in enumerate(study.settings):
+        for dataset in study.datasets(setting):
+            histories = {}
+            for run in study.runs:
+                if run.setting == setting and run.dataset == dataset and run.history:
+                    label = f"{study.label(run.model, run.options)}, seed {run.seed}"
+                    histories[label] = run.history
+            if not histories:
+                continue
+            name = f"curves-{s + 1}-{_slug(dataset)}.png"
+            recipe = setting.get("recipe", "")
+            plot_curves(histories, folder / name,
+                        title=f"{dataset} — setting {s + 1} ({recipe} recipe)")
+            figures.append((f"{dataset}, setting {s + 1} ({recipe} recipe): loss and accuracy "
+                            "per epoch, train dashed, validation solid; the dot marks the best "
+                            "validation epoch", name))
+    return figures
+
+
+def readme(name: str, study: table.Study, *, commit: str, command: str, commands: str | None,
+           figures: list[tuple[str, str]], rows: list[dict], when: str) -> str:
+    seeds = sorted({r.seed for r in study.runs})
+    parts = [
+        f"# {name}", "",
+        f"Published {when} by `{command}` from commit `{commit}`. Every number below is read "
+        "from the runs' own records (each revision's dvc.lock and the files it names, checked "
+        "by md5), never from params.yaml; provenance.json holds each run's recorded params and "
+        "hashes, tables.csv the tables as raw fractions.", "",
+        f"{len(study.runs)} runs, {len(study.settings)} setting(s), seeds "
+        f"{', '.join(map(str, seeds)) or '–'}. "
+        + ("One seed per cell: a difference of a point or two may be noise."
+           if all(len({r.seed for r in study.runs_in(st, d, v)}) <= 1
+                  for st in study.settings for d in study.datasets(st)
+                  for v in study.columns(st, False)) else
+           "Cells with several seeds show mean ± std (n)."), "",
+        "## How it was made", "",
+    ]
+    if commands:
+        parts += ["```bash", commands.rstrip(), "```", ""]
+    else:
+        parts += ["(The commands that made the runs were not given: see each run's source and "
+                  "recorded params below.)", ""]
+    parts += ["## Tables", "", table.markdown(study).replace("\n# Setting", "\n### Setting")
+              .replace("\n## Table", "\n#### Table"), ""]
+    if figures:
+        parts += ["## Figures", ""]
+        for caption, file in figures:
+            parts += [f"![{caption}]({file})", "", f"*{caption}.*", ""]
+    settings = [f"{s + 1}. {label or 'the only setting'}"
+                for s, label in enumerate(study.setting_labels)]
+    parts += ["## Runs and their provenance", "",
+              "Settings (what tells them apart):", "", *settings, "",
+              "Data md5: the prepared data `train@` ran on; model md5: the model file it made; "
+              "metrics md5: `evaluate@`'s metrics file (all three as dvc.lock records them). "
+              "Machine: what the train stage recorded (device, precision, fast path).", "",
+              _provenance_markdown(rows), ""]
+    return "\n".join(parts)
+
+
+def publish(runs: list[Run], folder: Path, *, repo: Path, command: str,
+            commands: str | None = None, force: bool = False) -> Path:
+    """Write the study of `runs` into `folder` (see the module docstring); returns README.md."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not force:
+        raise GradattnError(f"{folder} exists: pass --force to replace it (nothing was written)")
+    study = table.Study(runs)
+    if not study.runs:
+        raise GradattnError("no runs to publish: no metrics/<dataset>/<model>.json in the "
+                            "workspace or the experiments (run `dvc repro` or `dvc exp run`)")
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    rows = provenance_rows(study)
+    with atomic_dir(folder) as tmp:
+        figures = _curves(study, tmp)
+        (tmp / "tables.csv").write_text(table.csv(study))
+        (tmp / "provenance.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(readme(
+            folder.name, study, commit=git_commit(repo), command=command, commands=commands,
+            figures=figures, rows=rows, when=when))
+    return folder / "README.md"

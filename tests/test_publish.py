@@ -1,0 +1,86 @@
+"""gradattn table --publish: a study folder whose every number a reader can trace to the
+dvc.lock entries of the run that made it; refused over an existing folder without --force."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+from test_table import record_run
+
+from gradattn.reporting.cli import main
+
+GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+
+
+def _study_repo(tmp_path):
+    """A git + DVC repo whose HEAD holds two runs (seeds 1 and 2) of GradAttn on d1, each in
+    its own commit, with a training history for the figures."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    for seed, top1 in ((1, 0.25), (2, 0.75)):
+        record_run(repo, "gradattn", seed, top1)
+        history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e, "train_accuracy": e / 4,
+                    "val_accuracy": top1 * e / 2} for e in (1, 2)]
+        (repo / "metrics/d1/gradattn.history.json").write_text(json.dumps(history))
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
+        subprocess.run([*GIT, "commit", "-qm", f"seed {seed}"], cwd=repo, check=True)
+        subprocess.run(["git", "tag", f"seed{seed}"], cwd=repo, check=True)
+    return repo
+
+
+def test_publish_writes_tables_provenance_and_figures(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    commands = tmp_path / "commands.sh"
+    commands.write_text("dvc exp run -S train.seed=1\ndvc exp run -S train.seed=2\n")
+    out = repo / "results" / "toy"
+    args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
+            "--rev", "seed2", "--publish", str(out), "--commands", str(commands)]
+    assert main(args) == 0
+    assert "published 2 runs" in capsys.readouterr().err
+    readme = (out / "README.md").read_text()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.strip()
+    assert f"from commit `{head}`" in readme
+    assert "dvc exp run -S train.seed=1" in readme  # the commands, verbatim
+    assert "Recipe: **corrected**" in readme and "Table 5" in readme
+    assert "| d1 | – | – | – | 50.00 ± 35.36 (n=2) |" in readme  # Table 1, pooled over seeds
+    # Each run's provenance: the dvc.lock entries of its own revision.
+    rows = json.loads((out / "provenance.json").read_text())
+    assert [(r["seed"], r["top1"], r["model_md5"]) for r in rows] == [
+        (1, 0.25, "gradattn1"), (2, 0.75, "gradattn2")]
+    assert rows[0]["data_md5"] == "aa.dir" and rows[0]["params"]["train.max_epochs"] == 1
+    assert rows[0]["rev"] != rows[1]["rev"] and rows[0]["source"] == "rev seed1"
+    assert "gradattn1" in readme and "aa.dir" in readme
+    csv = pd.read_csv(out / "tables.csv")
+    assert csv.query("metric == 'top1' and variant == 'GradAttn (RoPE)'")["n"].item() == 2
+    figure = out / "curves-1-d1.png"
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({figure.name})" in readme
+
+
+def test_publish_refuses_to_overwrite_without_force(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    out = repo / "results" / "toy"
+    out.mkdir(parents=True)
+    (out / "README.md").write_text("an earlier study\n")
+    args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
+            "--publish", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists: pass --force to replace it" in err
+    assert (out / "README.md").read_text() == "an earlier study\n"
+    assert main([*args, "--force"]) == 0
+    assert "# toy" in (out / "README.md").read_text()
+    assert not [p for p in out.parent.iterdir() if p.name != "toy"]  # no temporary left
+
+
+def test_publish_with_no_runs_writes_nothing(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    out = repo / "results" / "empty"
+    assert main(["table", "--repo", str(repo), "--no-exps", "--no-workspace",
+                 "--publish", str(out)]) == 2
+    assert "no runs to publish" in capsys.readouterr().err and not out.exists()
