@@ -46,8 +46,10 @@ def main() -> None:
                      weights_epoch=record.get("weights_epoch", record.get("best_epoch")))
     write_json(paths.gradients_file(dataset, model_name), result)
     silent = f", {result['silent']} silent (counted)" if result["silent"] else ""
+    dead = (f" ({result['dead']} dead: {', '.join(result['dead_layers'])})"
+            if result["dead"] else "")
     print(f"gradients {dataset}/{model_name}: GHS {result['ghs']:.3f} ({cfg.norm} norm), "
-          f"{result['vanishing']} vanishing / {result['exploding']} exploding{silent} of "
+          f"{result['vanishing']} vanishing{dead} / {result['exploding']} exploding{silent} of "
           f"{result['layers']} layers, norms {result['norm_min']:.2e}-{result['norm_max']:.2e} "
           f"(mean {result['norm_mean']:.2e}) over {result['batches']} batches of the "
           f"{cfg.split} split")

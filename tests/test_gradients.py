@@ -289,3 +289,49 @@ def test_rope_linear1_is_measured_through_its_in_place_relu():
              for m in (layer, out_of_place)]
     assert norms[0] == norms[1]
     assert {r["layer"] for r in norms[0]} >= {"linear1", "linear2", "self_attn.w_q"}
+
+
+BACKBONE_CONVS = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3, 4) for b in (0, 1)
+                              for c in (1, 2)]
+
+
+@pytest.mark.parametrize("name, alive", [("gradattn", BACKBONE_CONVS[:9]), ("noskip18", [])])
+def test_a_layer_killed_on_purpose_is_reported_dead_and_healthy_ones_are_not(name, alive):
+    # layer3's last batch norm turned into a constant -1: its ReLU never fires, so nothing
+    # reaches layer3's convs (no skip carries a gradient around them). layer4 then sees an
+    # all-zero input: its batch norms map that constant to their bias, 0, where the ReLU's
+    # gradient is 0 too, so layer4 is dead as well (the pattern seen on CIFAR-10, 8 of 16
+    # convs). In GradAttn the stem and layers 1-2 still learn through their taps; in noskip18,
+    # whose head sees layer4 only, nothing of the backbone does.
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=4, in_channels=3, stem="small")
+    with torch.no_grad():
+        model.layer3[1].bn2.weight.zero_()
+        model.layer3[1].bn2.bias.fill_(-1.0)
+    batches = [(torch.randn(8, 3, 16, 16), torch.arange(8) % 4)] * 2
+    result = analyse_gradients(model, batches, num_batches=2, low=LOW, high=HIGH,
+                               progress=False)
+    dead = [n for n in BACKBONE_CONVS if n not in alive]
+    assert result["dead_layers"] == dead and result["dead"] == len(dead)
+    per = {r["layer"]: r for r in result["per_layer"]}
+    assert {per[n]["status"] for n in dead} == {"dead"}
+    assert all(per[n]["output_norm"] == 0.0 == per[n]["parameter_norm"] for n in dead)
+    assert {per[n]["status"] for n in alive} <= {"healthy"}
+    assert result["vanishing"] >= len(dead)  # dead layers are vanishing too (the paper's)
+    # The stage whose output ReLU never fired, and the healthy ones.
+    assert result["relu"]["layer3"]["output_fraction"] == 1.0
+    assert result["relu"]["layer4"]["fraction"] == 1.0
+    assert result["relu"]["layer2"]["output_fraction"] < 1.0
+    assert set(result["relu"]) == {"stem", "layer1", "layer2", "layer3", "layer4"}
+
+
+def test_an_untouched_model_has_no_dead_layer():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=4, in_channels=3, stem="small")
+    batches = [(torch.randn(8, 3, 16, 16), torch.arange(8) % 4)]
+    result = analyse_gradients(model, batches, num_batches=1, low=LOW, high=HIGH,
+                               progress=False)
+    assert result["dead"] == 0 and result["dead_layers"] == []
+    # ResNet-18's blocks call their ReLU twice: after bn1 and after the sum.
+    assert result["relu"]["layer1"]["channels"] == 2 * 2 * 64
+    assert 0.0 <= result["relu"]["layer4"]["fraction"] < 1.0

@@ -21,6 +21,15 @@ GHS = healthy / analysed layers, with the notebooks' strict tests: vanishing whe
 norm < low, exploding when norm > high, healthy when low < norm < high. (A norm exactly on
 a bound is unhealthy but neither, as in the notebooks; a NaN norm likewise.)
 
+Dead layers: a layer whose output and parameter gradients are exactly zero on every analysed
+batch receives no learning signal at all; it is counted `vanishing` (the paper's definition,
+norm < low) and reported as `dead` besides, with status "dead". In a skip-free backbone this
+happens when a stage's last ReLU never fires: nothing reaches the layers before it.
+`relu` reports, per backbone stage (stem, layer1..layer4), the share of ReLU output channels
+that never fired (no positive value at any position of any analysed image), over all of the
+stage's ReLU calls and at its output (the last call, what the next stage and GradAttn's tap
+see).
+
 `analyse_gradients` runs in train mode (batch-norm batch statistics, dropout on), as the
 notebooks do, and leaves the model exactly as it found it: weights, buffers (batch-norm
 running statistics), `.grad`, each module's train/eval mode, hooks and torch's global RNG.
@@ -30,6 +39,7 @@ running statistics), `.grad`, each module's train/eval mode, hooks and torch's g
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
@@ -89,6 +99,38 @@ def gradient_health(norms: dict[str, float], low: float, high: float, *,
 
 
 # --- Measuring ----------------------------------------------------------------------------
+
+# The backbone's ReLUs: the stem's and each block's (torchvision's names, kept by the
+# skip-free backbone); not those inside attention gates or the encoder.
+_BACKBONE_RELU = re.compile(r"^(relu|layer[1-4]\.\d+\.relu)$")
+
+
+def backbone_relus(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.ReLU) and _BACKBONE_RELU.match(name)]
+
+
+def _stage_of(relu_name: str) -> str:
+    return "stem" if relu_name == "relu" else relu_name.split(".")[0]
+
+
+def relu_summary(fired: dict[tuple[str, int], Tensor]) -> dict[str, dict]:
+    """Per stage: channels over all ReLU calls, how many never fired and their share, and the
+    share at the stage's output (its last call)."""
+    stages: dict[str, list[tuple[str, int, Tensor]]] = {}
+    for (name, call), mask in fired.items():
+        stages.setdefault(_stage_of(name), []).append((name, call, mask))
+    out = {}
+    for stage, calls in stages.items():
+        total = sum(m.numel() for _, _, m in calls)
+        never = sum(int((~m).sum()) for _, _, m in calls)
+        last = max(calls, key=lambda c: (c[0], c[1]))[2]  # module order = name order here
+        out[stage] = {"channels": total, "never_fired": never,
+                      "fraction": never / total if total else math.nan,
+                      "output_fraction": float((~last).float().mean()) if last.numel() else
+                      math.nan}
+    return out
+
 
 def _first_tensor(output) -> Tensor | None:
     """The tensor a layer hands on: itself, or the first tensor of a tuple (our encoder
@@ -165,6 +207,18 @@ def measure_gradient_norms(
     layer_params = {name: [index[id(p)] for p in m.parameters() if id(p) in index]
                     for name, m in layers}
     legacy_fired: set[str] = set()
+    zero_batches = {name: 0 for name, _ in layers}  # batches with no gradient at all
+    relu_fired: dict[tuple[str, int], Tensor] = {}  # (relu, call) -> channels that fired
+    relu_calls: dict[str, int] = {}
+
+    def relu_hook(name: str):
+        def hook(_module, _inputs, output):
+            call = relu_calls.get(name, 0)
+            relu_calls[name] = call + 1
+            fired = (output.detach() > 0).transpose(0, 1).reshape(output.shape[1], -1).any(1)
+            key = (name, call)
+            relu_fired[key] = fired if key not in relu_fired else relu_fired[key] | fired
+        return hook
 
     def legacy_hook(name: str):
         def hook(_module, _grad_input, _grad_output):
@@ -172,6 +226,7 @@ def measure_gradient_norms(
         return hook
 
     handles = [m.register_forward_hook(forward_hook(name)) for name, m in layers]
+    handles += [m.register_forward_hook(relu_hook(name)) for name, m in backbone_relus(model)]
     # Deprecated (torch warns on every call), but it is what the notebooks observed with.
     handles += [m.register_backward_hook(legacy_hook(name)) for name, m in layers]
     done = 0
@@ -187,6 +242,7 @@ def measure_gradient_norms(
                     break
                 batch_norms.clear()
                 calls.clear()
+                relu_calls.clear()
                 loss = loss_fn(model(x), y)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 per_layer = {}
@@ -196,10 +252,14 @@ def measure_gradient_norms(
                 # One transfer per batch for all the norms.
                 names = list(per_layer)
                 values = torch.stack([per_layer[n].to(loss.device) for n in names]).tolist()
+                out_batch = {name: sum(torch.stack(norms).tolist())
+                             for name, norms in batch_norms.items()}
                 for name, value in zip(names, values, strict=True):
                     param_sums[name] += value
-                for name, norms in batch_norms.items():
-                    out_sums[name] += sum(torch.stack(norms).tolist())
+                    if value == 0.0 and out_batch.get(name, 0.0) == 0.0:
+                        zero_batches[name] += 1
+                for name, total in out_batch.items():
+                    out_sums[name] += total
                 # A call whose output no gradient reached counts as norm 0.
                 for name, n in calls.items():
                     out_counts[name] += n
@@ -220,6 +280,8 @@ def measure_gradient_norms(
         "batches": done,
         "unused": [name for name, _ in layers if name not in seen],
         "legacy_silent": [name for name, _ in layers if name not in legacy_fired],
+        "dead": [name for name, _ in used if zero_batches[name] == done],
+        "relu": relu_summary({k: v.cpu() for k, v in relu_fired.items()}),
     }
 
 
@@ -251,8 +313,10 @@ def analyse_gradients(
                                     low, high, silent=len(silent_layers))
               for kind in NORM_KINDS}
     chosen = measured[norm]
+    dead = [name for name in measured["dead"] if name not in silent_layers]
     return {
         **health[norm],
+        "dead": len(dead),
         "ghs_norm": norm,
         "bounds": [low, high],
         "batches": measured["batches"],
@@ -265,10 +329,12 @@ def analyse_gradients(
                 "type": kind,
                 "output_norm": measured["output"][name],
                 "parameter_norm": measured["parameter"][name],
-                "status": layer_status(chosen[name], low, high),
+                "status": "dead" if name in dead else layer_status(chosen[name], low, high),
             }
             for name, kind in layers
         ],
+        "dead_layers": dead,
+        "relu": measured["relu"],
         "silent_layers": silent_layers,
         "unused_layers": measured["unused"],
     }

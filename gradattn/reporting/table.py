@@ -55,7 +55,8 @@ TABLES = {
     4: Table("Table 4 — Train–validation gap",
              ("val_top1", "train_val_gap", "best_epoch", "epochs")),
     5: Table("Table 5 — Gradient flow (Gradient Health Score)",
-             ("ghs", "vanishing", "exploding", "norm_mean", "norm_min", "norm_max", "norm_std")),
+             ("ghs", "vanishing", "dead", "exploding", "norm_mean", "norm_min", "norm_max",
+              "norm_std")),
 }
 
 Variant = tuple[str, dict]  # (model, options)
@@ -308,15 +309,16 @@ def _gap(study: Study, setting: dict, cols: list[Variant]) -> str:
 
 
 def _vanishing_exploding(val) -> str:
-    van, exp = val("vanishing"), val("exploding")
+    van, exp, dead = val("vanishing"), val("exploding"), val("dead")
     if not van and not exp:
         return MISSING
-    v, e = (mean_std(x.values())[1] if x else 0 for x in (van, exp))
+    v, e, d = (mean_std(x.values())[1] if x else 0 for x in (van, exp, dead))
     if v == 0 and e == 0:
         return "none"
     fmt = whole if len(van) <= 1 else (lambda x: f"{x:.1f}")
-    return ", ".join(([f"{fmt(v)} vanishing"] if v else []) +
-                     ([f"{fmt(e)} exploding"] if e else []))
+    # Dead layers (exactly zero gradient on every batch) are among the vanishing ones.
+    return ", ".join(([f"{fmt(v)} vanishing" + (f" ({fmt(d)} dead)" if d else "")] if v else [])
+                     + ([f"{fmt(e)} exploding"] if e else []))
 
 
 def _gradients(study: Study, setting: dict, cols: list[Variant]) -> str:
@@ -357,8 +359,9 @@ def gradients_note(runs: list[Run]) -> str:
     batches = "/".join(map(str, sorted({int(b) for b in numbers(g.get("batches")
                                                                   for g in grads)}))) or "?"
     return (f"Norm: L2 norm of {what}, averaged over {batches} training batches of the trained "
-            f"model; {healthy}; GHS = healthy / analysed layers. Avg norm, range and std are "
-            "taken over the analysed layers.")
+            f"model; {healthy}; GHS = healthy / analysed layers. Dead: layers whose gradient is "
+            "exactly zero on every analysed batch (counted among the vanishing). Avg norm, "
+            "range and std are taken over the analysed layers.")
 
 
 RECIPES = {"corrected": "this project's protocol",
