@@ -11,8 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT
-from grid_helpers import dvc, env_for, gradattn, sh, tiny_project
+from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
 
 from gradattn.core.errors import ConfigError
 from gradattn.reporting.cli import main

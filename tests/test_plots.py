@@ -305,3 +305,28 @@ def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monk
     assert runs["metrics/toy/gradattn.json"] == metrics
     assert "per_layer" not in runs["metrics/toy/gradattn.gradients.json"]
     assert runs["metrics/toy/gradattn.history.json"] == history(0.5)
+
+
+def test_gradient_heatmap_draws_dead_layers_apart(tmp_path, monkeypatch):
+    # A layer whose norm is exactly 0 from epoch 2 on gets the "dead" legend; none without.
+    import importlib.util
+
+    figures = []
+    real_save = P.save
+    monkeypatch.setattr(P, "save", lambda fig, path: figures.append(fig) or real_save(fig, path))
+    rows = [{"epoch": e, "layer": layer, "norm": 0.0 if (layer == "deep" and e > 1) else 0.1}
+            for e in (1, 2, 3) for layer in ("shallow", "deep")]
+    assert_png(P.plot_gradient_heatmap(rows, tmp_path / "dead.png", title="toy"))
+    alive = [{**r, "norm": 0.1} for r in rows]
+    P.plot_gradient_heatmap(alive, tmp_path / "alive.png", title="toy")
+    legends = [[t.get_text() for ax in f.axes if ax.get_legend()
+                for t in ax.get_legend().get_texts()] for f in figures]
+    assert legends == [["exactly 0 (dead)"], []]
+    # The script names the first epoch from which a layer stayed at exactly 0.
+    path = Path(__file__).resolve().parents[1] / "scripts/grad_history_figure.py"
+    spec = importlib.util.spec_from_file_location("grad_history_figure", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.first_dead_epochs(rows) == {"deep": 2}
+    revived = rows + [{"epoch": 4, "layer": "deep", "norm": 0.1}]
+    assert script.first_dead_epochs(revived) == {}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from grid_helpers import dvc, env_for, gradattn, tiny_project
+from conftest import dvc, env_for, gradattn, tiny_project
 
 DATASET = "fashionmnist-mini"
 METRICS = f"metrics/{DATASET}/gradattn.json"

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import seaborn as sns
 import torch
-from matplotlib.colors import LogNorm
+from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from gradattn.core.io import atomic_path, write_with
 
@@ -156,7 +157,8 @@ def plot_comparison(histories: dict[str, dict[str, list[dict]]],
 def plot_gradient_heatmap(rows: list[dict], path: str | Path, *, title: str,
                           layer_order: Sequence[str] | None = None) -> Path:
     """Layer × epoch heat map of parameter-gradient norms (log colour scale); rows are
-    {epoch, layer, norm} as the train stage's grad_history.json."""
+    {epoch, layer, norm} as the train stage's grad_history.json. A norm of exactly 0 (a dead
+    layer: no gradient at all) is drawn red, apart from the colour scale."""
     epochs = sorted({r["epoch"] for r in rows})
     layers = list(layer_order) if layer_order else list(dict.fromkeys(r["layer"] for r in rows))
     grid = np.full((len(layers), len(epochs)), np.nan)
@@ -175,6 +177,14 @@ def plot_gradient_heatmap(rows: list[dict], path: str | Path, *, title: str,
         sns.heatmap(masked, ax=ax, cmap="viridis", norm=norm, xticklabels=epochs,
                     yticklabels=layers, cbar_kws={"label": "parameter-gradient L2 norm (log)"},
                     linewidths=0.3, linecolor="white")
+        zero = np.where(grid == 0, 1.0, np.nan)
+        if np.isfinite(zero).any():
+            sns.heatmap(zero, ax=ax, cmap=ListedColormap(["#d62728"]), cbar=False,
+                        xticklabels=epochs, yticklabels=layers, linewidths=0.3,
+                        linecolor="white")
+            ax.legend(handles=[Patch(color="#d62728", label="exactly 0 (dead)")],
+                      loc="upper left", bbox_to_anchor=(0, -0.08), frameon=False,
+                      fontsize="small")
         ax.set_xlabel("epoch")
         ax.set_ylabel("layer (input → output)")
         ax.tick_params(axis="y", labelsize="small", rotation=0)
