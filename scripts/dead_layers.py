@@ -263,7 +263,8 @@ def train(args: argparse.Namespace, out: Path) -> dict:
     gen = torch.Generator().manual_seed(args.seed)
     sites = list(relu_sites(model))
     first_all_dead: dict[str, int | None] = {s: None for s in sites}
-    result = {"args": vars(args), "epochs": [], "first_step_all_dead": first_all_dead}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"args": settings, "epochs": [], "first_step_all_dead": first_all_dead}
     steps_per_epoch = len(xtr) // args.batch_size  # drop the last partial batch
     step, t0 = 0, time.time()
 

@@ -84,3 +84,14 @@ def test_publish_with_no_runs_writes_nothing(tmp_path, capsys):
     assert main(["table", "--repo", str(repo), "--no-exps", "--no-workspace",
                  "--publish", str(out)]) == 2
     assert "no runs to publish" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_unreadable_commands_file_is_one_line_and_writes_nothing(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    out = repo / "results" / "toy"
+    args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
+            "--publish", str(out), "--commands", str(tmp_path / "missing.sh")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.sh: No such file or directory" in err
+    assert not out.exists()
