@@ -31,7 +31,8 @@ def _table(args: argparse.Namespace) -> str:
                                     "readable text file of the commands that made the runs"
                                     ) from None
         written = publish(runs, args.publish, repo=args.repo, command=" ".join(
-            ["gradattn", *sys.argv[1:]]), commands=commands, force=args.force)
+            ["gradattn", *sys.argv[1:]]), commands=commands, force=args.force,
+            workspace=not args.no_workspace)
         print(f"published {len(table.Study(runs).runs)} runs: {written}", file=sys.stderr)
         return ""
     study = table.Study(runs)

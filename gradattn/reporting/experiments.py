@@ -205,13 +205,14 @@ class _Revision:
         made = _entry(train, paths.model_file(dataset, model).as_posix()) or {}
         scored = _entry(self.stages[evaluate], paths.metrics_file(dataset, model).as_posix())
         record = self.json_or_none(paths.run_record_file(dataset, model, "train").as_posix())
-        environment = {k: v for k, v in ((record or {}).get("train") or {}).items()
-                       if k in ("device", "precision", "fast")}
+        ran = (record or {}).get("train") or {}
+        environment = {k: v for k, v in ran.items() if k in ("device", "precision", "fast")}
         if record and record.get("environment"):
             environment.update(record["environment"])
         return {"source": self.source, "rev": self.rev, "params": params,
                 "data_md5": used.get("md5"), "model_md5": made.get("md5"),
-                "metrics_md5": (scored or {}).get("md5"), "environment": environment}
+                "metrics_md5": (scored or {}).get("md5"), "environment": environment,
+                "train_resolved": ran}
 
 
 def runs_of_revision(source: str, read: ReadBytes, rev: str | None = None) -> list[Run]:
@@ -354,16 +355,17 @@ def experiment_revisions(root: Path, all_commits: bool = False) -> list[tuple[st
     return out
 
 
-def _commit(root: Path, rev: str | None) -> str | None:
-    """The commit hash of `rev` (an experiment's too); for the working tree (None) the commit
-    it is on, marked so. None where git cannot tell."""
-    import subprocess
+def _commit(root: Path, scm, rev: str | None) -> str | None:
+    """The commit hash of `rev` (a DVC experiment's too); for the working tree (None) the
+    commit it is on, marked so. The name itself where neither git nor DVC can tell."""
+    from dvc.scm import RevError, SCMError, resolve_rev
 
-    done = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{rev or 'HEAD'}^{{commit}}"],
-                          cwd=root, capture_output=True, text=True)
-    if done.returncode != 0:
+    try:
+        if rev is not None:
+            return resolve_rev(scm, rev)
+        return f"{scm.get_rev()} (workspace)"
+    except (RevError, SCMError):  # no commit yet
         return rev
-    return done.stdout.strip() + ("" if rev else " (workspace)")
 
 
 def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiments: bool = True,
@@ -395,7 +397,7 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
                         raise GradattnError(f"cannot open {root} as a git repository ({err}): "
                                             "name one with --repo") from None
                 read = revision_reader(root, scm, rev)
-            runs += runs_of_revision(label, read, _commit(root, rev))
+            runs += runs_of_revision(label, read, _commit(root, scm, rev) if scm else None)
     finally:
         if scm is not None:
             scm.close()

@@ -25,20 +25,35 @@ from gradattn.core.io import atomic_dir
 from gradattn.reporting import table
 from gradattn.reporting.experiments import Run
 
-# The recorded params shown in README's provenance table (all of them are in provenance.json).
-SHOWN_PARAMS = ("recipe", "train.max_epochs", "train.batch_size", "train.weights",
-                "train.plateau", "data.split", "data.legacy_preprocessing")
+# README's provenance table shows these (provenance.json holds every recorded param): the
+# value the stage ran with (the run record's, `auto` resolved) where it has one.
+SHOWN = ("recipe", "train.max_epochs", "train.batch_size", "train.weights", "train.plateau",
+         "data.split", "data.legacy_preprocessing")
 
 
-def git_commit(repo: Path) -> str:
-    """HEAD's full hash, with '+ uncommitted changes' when the tracked tree differs."""
+def _shown(row: dict, key: str):
+    params = row.get("params") or {}
+    section, _, name = key.partition(".")
+    if section == "train" and name in (row.get("train_resolved") or {}):
+        return row["train_resolved"][name]
+    protocol = params.get("data.protocol") or {}
+    if key == "data.split" and "split" in protocol:
+        return protocol["split"]
+    if key == "data.legacy_preprocessing" and "legacy_defect" in protocol:
+        return protocol["legacy_defect"]
+    return params.get(key, "–")
+
+
+def git_commit(repo: Path, *, workspace: bool = True) -> str:
+    """HEAD's full hash, with '+ uncommitted changes' when the tracked tree differs and the
+    working tree's runs are part of the study."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
     head = git("rev-parse", "HEAD") or "unknown (not a git repository)"
     dirty = git("status", "--porcelain", "--untracked-files=no")
-    return f"{head} + uncommitted changes" if dirty else head
+    return f"{head} + uncommitted changes" if dirty and workspace else head
 
 
 def _short(md5: str | None) -> str:
@@ -63,17 +78,16 @@ def provenance_rows(study: table.Study) -> list[dict]:
 
 def _provenance_markdown(rows: list[dict]) -> str:
     header = ["Setting", "Dataset", "Model", "Seed", "Top-1 %", "Source", "Revision",
-              *SHOWN_PARAMS, "Data md5", "Model md5", "Metrics md5", "Machine"]
+              *SHOWN, "Data md5", "Model md5", "Metrics md5", "Machine"]
     body = []
     for r in rows:
-        params = r.get("params") or {}
         env = r.get("environment") or {}
         machine = ", ".join(str(env[k]) for k in ("device", "precision", "fast") if k in env)
         top1 = r.get("top1")
         body.append([str(r["setting"]), r["dataset"], r["variant"], str(r["seed"]),
                      "–" if top1 is None else f"{100 * top1:.2f}", r.get("source", "–"),
                      (r.get("rev") or "–")[:10],
-                     *[str(params.get(k, "–")) for k in SHOWN_PARAMS],
+                     *[str(_shown(r, k)) for k in SHOWN],
                      _short(r.get("data_md5")), _short(r.get("model_md5")),
                      _short(r.get("metrics_md5")), machine or "–"])
     return table.markdown_table(header, body)
@@ -144,7 +158,7 @@ def readme(name: str, study: table.Study, *, commit: str, command: str, commands
 
 
 def publish(runs: list[Run], folder: Path, *, repo: Path, command: str,
-            commands: str | None = None, force: bool = False) -> Path:
+            commands: str | None = None, force: bool = False, workspace: bool = True) -> Path:
     """Write the study of `runs` into `folder` (see the module docstring); returns README.md."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()) and not force:
@@ -160,6 +174,7 @@ def publish(runs: list[Run], folder: Path, *, repo: Path, command: str,
         (tmp / "tables.csv").write_text(table.csv(study))
         (tmp / "provenance.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
         (tmp / "README.md").write_text(readme(
-            folder.name, study, commit=git_commit(repo), command=command, commands=commands,
+            folder.name, study, commit=git_commit(repo, workspace=workspace), command=command,
+            commands=commands,
             figures=figures, rows=rows, when=when))
     return folder / "README.md"
