@@ -31,6 +31,7 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -97,22 +98,50 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan) -> torch.opti
 
 
 class TensorLR:
-    """Keeps each param group's learning rate in the one tensor the step (and graph) reads."""
+    """Keeps each param group's learning rate in the one tensor the step (and graph) reads,
+    and the value the schedule set as a Python float beside it.
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    The tensor holds that value rounded to its dtype (float32 on CUDA: 1e-3 reads back as
+    0.0010000000474974513), so the history, the schedule's next cut and the checkpoint take
+    the float (`values`), exactly what the eager path's float learning rate would be."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, values: list[float] | None = None):
         self.optimizer = optimizer
         self.tensors = [group["lr"] for group in optimizer.param_groups]
         if not all(isinstance(t, Tensor) for t in self.tensors):
             raise TypeError("TensorLR needs an optimiser made with a tensor learning rate")
+        self.values = [float(t) for t in self.tensors] if values is None else list(values)
+
+    @property
+    def value(self) -> float:
+        """The first group's learning rate as the schedule set it."""
+        return self.values[0]
+
+    @contextmanager
+    def as_floats(self):
+        """Inside, the param groups hold the schedule's floats (for a scheduler's step, which
+        then computes in float64 as on the eager path, or for a checkpoint's state); after,
+        the tensors again, filled with whatever was set inside."""
+        for group, value in zip(self.optimizer.param_groups, self.values, strict=True):
+            group["lr"] = value
+        try:
+            yield
+        finally:
+            self.sync()
 
     def sync(self) -> None:
-        """Copy a value that replaced a group's tensor back into that tensor."""
-        for group, tensor in zip(self.optimizer.param_groups, self.tensors, strict=True):
+        """Copy a value that replaced a group's tensor back into that tensor (and keep it as
+        the float); a tensor filled in place (by an older scheduler) gives its value."""
+        for i, (group, tensor) in enumerate(zip(self.optimizer.param_groups, self.tensors,
+                                                strict=True)):
             value = group["lr"]
             if value is not tensor:
+                self.values[i] = float(value)
                 with torch.no_grad():
-                    tensor.fill_(float(value))
+                    tensor.fill_(self.values[i])
                 group["lr"] = tensor
+            elif float(tensor) != float(torch.tensor(self.values[i], dtype=tensor.dtype)):
+                self.values[i] = float(tensor)
 
 
 def settle_loaded_optimizer(optimizer: torch.optim.Optimizer, plan: Plan,
@@ -130,8 +159,9 @@ def settle_loaded_optimizer(optimizer: torch.optim.Optimizer, plan: Plan,
                 group["lr"] = float(group["lr"])
 
 
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+def current_lr(optimizer: torch.optim.Optimizer, lr: TensorLR | None = None) -> float:
+    """The learning rate the schedule set (on the fast path the float, not its tensor)."""
+    return lr.value if lr is not None else float(optimizer.param_groups[0]["lr"])
 
 
 class _Snapshot:
