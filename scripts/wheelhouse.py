@@ -1,6 +1,6 @@
 """Fill a folder with wheels of every dependency of gradattn, for an offline install:
 
-    scripts/wheelhouse.sh DIR [--python 3.12] [--platform manylinux2014_x86_64 ...] [--with-torch]
+    scripts/wheelhouse.sh DIR [--python 3.12] [--platform manylinux_2_28_x86_64 ...] [--with-torch]
     # on the offline node:
     pip install --no-index --find-links DIR -e .
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,24 @@ from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCH = {"torch", "torchvision"}
+# glibc 2.28 and later: RHEL/Rocky 8+, Ubuntu 20.04+, Debian 10+ (most GPU nodes and images).
+DEFAULT_PLATFORM = "manylinux_2_28_x86_64"
+
+
+def expand(platforms: list[str]) -> list[str]:
+    """Every manylinux tag a node with these accepts: pip matches the tags it is given
+    exactly, but a glibc 2.28 node also runs wheels built for 2.17 (manylinux2014) to 2.27."""
+    tags: list[str] = []
+    for tag in platforms:
+        match = re.fullmatch(r"manylinux(?:_2_(\d+)|(2014))_(\w+)", tag)
+        if match is None:
+            tags.append(tag)
+            continue
+        glibc = 17 if match.group(2) else int(match.group(1))
+        arch = match.group(3)
+        tags += [f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 16, -1)]
+        tags.append(f"manylinux2014_{arch}")
+    return list(dict.fromkeys(tags))
 
 
 def fail(message: str) -> None:
@@ -100,8 +119,9 @@ def main() -> None:
     p.add_argument("--python", metavar="X.Y",
                    help="the target's Python version (default: this interpreter's)")
     p.add_argument("--platform", action="append", default=[], metavar="TAG",
-                   help="a platform tag the target accepts, e.g. manylinux2014_x86_64 "
-                   "(repeatable; default: this machine's)")
+                   help="the target's platform tag, e.g. manylinux_2_28_x86_64 (glibc 2.28; "
+                   "older manylinux tags are added); repeatable; default: this machine's, or "
+                   f"{DEFAULT_PLATFORM} with --python")
     p.add_argument("--with-torch", action="store_true",
                    help="also torch and torchvision (and their CUDA libraries)")
     args = p.parse_args()
@@ -110,14 +130,11 @@ def main() -> None:
     python = args.python or here
     platforms = args.platform
     if args.python and not platforms:
-        platforms = ["manylinux2014_x86_64"]
-    if platforms and not args.python:
-        args.python = python
+        platforms = [DEFAULT_PLATFORM]
     cross = bool(platforms)
     if cross:
-        # manylinux tags are cumulative: a manylinux_2_28 machine also takes 2_17 (2014).
         target = ["--only-binary=:all:", "--implementation", "cp", "--python-version", python,
-                  *[a for tag in platforms for a in ("--platform", tag)]]
+                  *[a for tag in expand(platforms) for a in ("--platform", tag)]]
     else:
         target = []
     env = default_environment()
