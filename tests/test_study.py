@@ -77,3 +77,13 @@ def test_the_study_command_is_on_the_gradattn_command():
     done = subprocess.run([sys.executable, "-m", "gradattn.reporting.cli", "study", "run",
                            "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--per-gpu K" in done.stdout and "--dry" in done.stdout
+
+
+def test_starts_are_staggered(tmp_path):
+    jobs = [Job(n, [sys.executable, "-c", f"import time; open({str(tmp_path / n)!r}, 'w')"
+                    ".write(repr(time.time()))"]) for n in ("a", "b")]
+    outcome = schedule(jobs, [{}, {}], tmp_path / "logs", say=lambda _: None,
+                       poll_seconds=0.02, stagger_seconds=0.5)
+    assert sorted(outcome.done) == ["a", "b"]
+    a, b = (float((tmp_path / n).read_text()) for n in ("a", "b"))
+    assert b - a >= 0.45

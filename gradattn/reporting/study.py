@@ -36,6 +36,7 @@ from gradattn.core.errors import GradattnError
 # little without MPS; two hide one cell's CPU-bound stages (6-13 s of imports per stage,
 # preprocessing, figures) behind the other's training. benchmarks/packing.py measures it.
 PER_GPU = 2
+STAGGER_S = 2.0  # between two cells' starts: each `dvc exp run` locks the repo while it sets up
 DRY_SIZES = (("train", 200), ("val", 50), ("test", 100))
 DRY_SETTINGS = ["train.max_epochs=1", "train.device=cpu", "gradients.batches=1"]
 
@@ -66,9 +67,12 @@ def _duration(seconds: float) -> str:
 
 def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
              say: Callable[[str], None], poll_seconds: float = 0.5,
+             stagger_seconds: float = 0.0,
              clock: Callable[[], float] = time.monotonic) -> Outcome:
     """Run `jobs`, at most one per slot at a time (a slot's environment goes to its job); a
-    failed job is queued once more at the end. Returns what was done and what failed."""
+    failed job is queued once more at the end. Starts are `stagger_seconds` apart (DVC
+    takes the repository's lock while it sets an experiment up). Returns what was done and
+    what failed."""
     pending = deque(jobs)
     running: dict[int, tuple[Job, subprocess.Popen]] = {}
     outcome = Outcome()
@@ -85,10 +89,12 @@ def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
             f"{len(outcome.failed)} failed{eta}]")
 
     log_dir.mkdir(parents=True, exist_ok=True)
+    last_start = float("-inf")
     while pending or running:
         for slot, env in enumerate(slots):
-            if slot in running or not pending:
+            if slot in running or not pending or clock() - last_start < stagger_seconds:
                 continue
+            last_start = clock()
             job = pending.popleft()
             job.tries += 1
             job.log = log_dir / f"{job.name}{'' if job.tries == 1 else f'.try{job.tries}'}.log"
@@ -221,9 +227,10 @@ def run_study(args: argparse.Namespace) -> str:
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     if args.mps and gpus:
         with Mps(work / "mps") as mps_env:
-            outcome = schedule(todo, [{**s, **mps_env} for s in slots], work / "logs", say=say)
+            outcome = schedule(todo, [{**s, **mps_env} for s in slots], work / "logs",
+                               say=say, stagger_seconds=STAGGER_S)
     else:
-        outcome = schedule(todo, slots, work / "logs", say=say)
+        outcome = schedule(todo, slots, work / "logs", say=say, stagger_seconds=STAGGER_S)
     print(f"study {name}: {len(outcome.done)} done, {len(outcome.failed)} failed, "
           f"{len(skipped)} already here, in {_duration(time.monotonic() - started)}"
           + (f"; retried once: {', '.join(outcome.retried)}" if outcome.retried else ""),
