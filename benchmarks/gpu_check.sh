@@ -15,7 +15,7 @@
 #
 # Steps, each under its own timeout, all within GPU_CHECK_BUDGET_S (default 540 s; about 6-7
 # minutes expected on an H100, estimated from the issue's numbers, not measured here yet):
-#   1. the fast-path tests (CPU logic + the CUDA-only ones)            ~1 min
+#   1. the fast-path and device-analysis tests (CPU logic + the CUDA-only ones)  ~1 min
 #   2. prepare full Fashion-MNIST with the pipeline's configure, download and preprocess
 #      stages (corrected recipe: the official split, 54k/6k/10k)       ~20 s
 #   3. throughput at 32 px, ResNet-18 and GradAttn, eager fp32 vs fast  ~1 min
@@ -23,6 +23,8 @@
 #   4. train to early stopping on full Fashion-MNIST (28 px, the paper's protocol, at most
 #      GPU_CHECK_MAX_EPOCHS epochs): ResNet-18 and GradAttn on the fast path, ResNet-18 on
 #      the eager fp32 path; wall times, best val and test accuracy       ~4-5 min
+#   5. only with GPU_CHECK_PACKING=1 (raise GPU_CHECK_BUDGET_S by ~300): benchmarks/packing.py,
+#      ResNet-18, 1/4/8 trainings as processes, under MPS and on streams -> packing.json
 # Everything lands in $OUT (default ./gpu-check-out): gpu_check.log, throughput.json,
 # train.json and gpu_check.json (the summary, with pass/fail against the targets).
 #
@@ -68,9 +70,10 @@ elif os.environ["CPU_DRY_RUN"] != "1":
     sys.exit("no CUDA GPU visible: this check is for a GPU machine (GPU_CHECK_CPU=1 for a dry run)")
 EOF
 
-step "1. tests (tests/test_fast.py, tests/test_train.py)"
+step "1. tests (tests/test_fast.py, tests/test_train.py, tests/test_analysis_device.py)"
 tests_rc=0
 timeout "$(limit 240)" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_train.py \
+    tests/test_analysis_device.py \
     -rs --durations=5 || tests_rc=$?
 echo "tests exit code: $tests_rc"
 echo "$tests_rc" > "$WORK/tests_rc"
@@ -167,6 +170,14 @@ for model_name, fast, precision in runs:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 EOF
+
+if [ "${GPU_CHECK_PACKING:-0}" = 1 ]; then
+    step "5. packing: ResNet-18, K = 1, 4, 8 trainings on the GPU (benchmarks/packing.py)"
+    if [ "$CPU_DRY_RUN" = 1 ]; then pk_args=(--dry --models resnet18); else
+        pk_args=(--models resnet18 --counts 1 4 8 --seconds 8); fi
+    timeout "$(limit 300)" "$PY" benchmarks/packing.py "${pk_args[@]}" --out "$OUT/packing.json" \
+        || echo "packing failed or timed out: $?"
+fi
 
 step "summary"
 "$PY" - <<'EOF'
