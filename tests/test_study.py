@@ -87,3 +87,12 @@ def test_starts_are_staggered(tmp_path):
     assert sorted(outcome.done) == ["a", "b"]
     a, b = (float((tmp_path / n).read_text()) for n in ("a", "b"))
     assert b - a >= 0.45
+
+
+def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
+    from gradattn.reporting.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "run", "--dry"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no .dvc/ here" in err

@@ -202,6 +202,13 @@ def run_study(args: argparse.Namespace) -> str:
                             "has run (nothing was run)")
     if args.per_gpu < 1 or (args.gpus is not None and args.gpus < 0):
         raise GradattnError("--gpus must be >= 0 and --per-gpu >= 1")
+    if not Path(".dvc").is_dir():
+        raise GradattnError("gradattn study run works in a DVC project's root (no .dvc/ here): "
+                            "cd to the project, or `dvc init` one")
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
+                      capture_output=True).returncode != 0:
+        raise GradattnError("no commit to run the study from: each cell is an experiment on "
+                            "HEAD, so commit params.yaml and the pipeline first")
     cells = grid.load_cells()
     work = Path(".dvc/tmp/study") / name  # DVC's tmp folder: out of git
     jobs = cell_jobs(cells, dry=args.dry, data_dir=work)
