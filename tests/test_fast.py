@@ -140,6 +140,7 @@ def test_history_records_the_scheduled_lr_not_its_float32_tensor(monkeypatch):
     lrs = [r["lr"] for r in result.history]
     assert lrs == [0.001, 0.001, 0.001, 0.001 * 0.2, 0.001 * 0.2, 0.001 * 0.2 * 0.2]
     assert all(type(v) is float for v in lrs)
+    monkeypatch.undo()
     eager = fit(Scripted([0.3]), *scripted_data(), dataclasses.replace(cfg, fast="off"),
                 log=quiet, progress=False)
     assert [r["lr"] for r in eager.history] == lrs  # the same on both paths, exactly
