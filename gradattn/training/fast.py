@@ -10,8 +10,10 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
   on the CPU; fast auto is on for CUDA and off for the CPU. Fast on a CPU is the *stand-in*:
   the same logic with the graph replaced by an eager call, so tests check it without a GPU.
 - The learning rate is a 0-dim tensor in the optimiser's param group, which the graph reads
-  on every replay. ReduceLROnPlateau fills it in place (recent torch); `TensorLR.sync` puts
-  any value that replaced it (an older torch, `load_state_dict`) back into the same tensor.
+  on every replay. `TensorLR` keeps the value the schedule set as a Python float beside it
+  (float32 on CUDA would read 1e-3 back as 0.0010000000474974513): the scheduler steps and
+  checkpoints see the float (`TensorLR.as_floats`), the history records it, and `sync`
+  fills whatever value was set (or loaded) into the same tensor.
 - Adam is `capturable=True` (its step count and bias corrections live on the GPU).
 - Before capture, a few warm-up steps run on a side stream (as torch.cuda.graphs asks); they
   train on random data, so the model's weights, buffers and Adam state are saved before and
