@@ -4,20 +4,22 @@ and the settings it ran with -> metrics/<dataset>/<model>.gradients.run.json."""
 
 from dataclasses import asdict
 
-from gradattn.analysis.gradients import analyse_gradients
 from gradattn.core import paths
-from gradattn.core.device import resolve_device
 from gradattn.core.io import write_json
 from gradattn.core.records import write_run_record
 from gradattn.core.settings import TrainConfig, load_resolved, read_recipe
 from gradattn.core.stage import run, stage_args
-from gradattn.models.trained import load_trained
-from gradattn.prepared import load_meta, load_split
-from gradattn.prepared.batches import Batches
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.analysis.gradients import analyse_gradients
+    from gradattn.core.device import resolve_device
+    from gradattn.models.trained import load_trained
+    from gradattn.prepared import load_meta, load_split
+    from gradattn.prepared.batches import Batches
+
     cfg = load_resolved("gradients")
     # The training settings of the run that made the model (its own record).
     model, record = load_trained(dataset, model_name)

@@ -8,21 +8,24 @@ spans datasets, so it must depend on one folder that holds every dataset's input
 of its own outputs, and metrics/ holds summary.json.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import read_json, write_json, write_with
 from gradattn.core.settings import load_resolved, load_section
-from gradattn.core.stage import run
-from gradattn.reporting import plots as P
+from gradattn.core.stage import run, stage_args
 from gradattn.reporting.experiments import read_workspace, runs_of
-from gradattn.reporting.report import results_markdown, summary_entries
-from gradattn.reporting.table import Study
+
+if TYPE_CHECKING:
+    from gradattn.reporting.table import Study
 
 SUMMARY = paths.METRICS / "summary.json"
-RESULTS = P.PLOTS / "results.md"
-COMPARISON = P.PLOTS / "comparison.png"
+RESULTS = paths.PLOTS / "results.md"
+COMPARISON = paths.PLOTS / "comparison.png"
 
 
 def figure_links(study: Study) -> list[tuple[str, str]]:
@@ -40,12 +43,18 @@ def figure_links(study: Study) -> list[tuple[str, str]]:
                                ("reliability diagram", f"reliability_{m}.png"),
                                ("confusion matrix", f"confusion_{m}.png"),
                                ("attention over the taps", f"attention_{m}.png")):
-                if (P.PLOTS / dataset / file).exists():
+                if (paths.PLOTS / dataset / file).exists():
                     links.append((f"{dataset}, {label}: {what}", f"{dataset}/{file}"))
     return links
 
 
 def main() -> None:
+    stage_args()
+    # Imported once the arguments are checked: a wrong call answers at once (no pandas).
+    from gradattn.reporting import plots as P
+    from gradattn.reporting.report import results_markdown, summary_entries
+    from gradattn.reporting.table import Study
+
     data = load_section("data")
     files = {}
     for dataset in data.datasets:

@@ -230,6 +230,7 @@ def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatc
                                              pe="learnable"),
                                       record("fashionmnist-mini", "noskip18", 0.1, 1.0))))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["report.py"])  # the stage takes no arguments
     runpy.run_path(str(ROOT / "stages" / "report.py"), run_name="__main__")
     text = (tmp_path / "plots" / "results.md").read_text()
     assert "| fashionmnist-mini | **78.67** | 77.33 |" in text
