@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from gradattn.core import paths
 from gradattn.core.io import write_json
-from gradattn.core.records import write_run_record
+from gradattn.core.records import run_environment, write_run_record
 from gradattn.core.stage import run, stage_args
 
 
@@ -64,7 +64,9 @@ def main() -> None:
                      model_options=cfg.model_options,
                      legacy_preprocessing=uses_legacy_defect(meta),
                      best_epoch=result.best_epoch, weights_epoch=weights_epoch,
-                     epochs=len(result.history))
+                     epochs=len(result.history),
+                     environment=run_environment(device=device.type, precision=ran["precision"],
+                                                 fast=ran["fast"]))
     resume.unlink(missing_ok=True)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     trained = result.history[result.resumed_from:]
