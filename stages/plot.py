@@ -75,7 +75,11 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
                          title=f"{name}: attention over the five taps, mean over "
                                f"{len(labels):,} test images")
     summary = {k: v for k, v in grads.items() if k not in ("per_layer", "unused_layers")}
-    return label, {paths.metrics_file(dataset, model).as_posix(): metrics,
+    record = paths.run_record_file(dataset, model, "train")
+    # The report says where the runs ran (the environment the train stage recorded).
+    environment = {record.as_posix(): {"environment": read_json(record).get("environment")}
+                   } if record.exists() else {}
+    return label, environment | {paths.metrics_file(dataset, model).as_posix(): metrics,
                    paths.gradients_file(dataset, model).as_posix(): summary,
                    paths.history_file(dataset, model).as_posix():
                        read_json(paths.history_file(dataset, model))}

@@ -28,6 +28,40 @@ RESULTS = paths.PLOTS / "results.md"
 COMPARISON = paths.PLOTS / "comparison.png"
 
 
+REPRODUCIBLE = ("Reproducible: bit for bit on the same machine with the same library versions "
+                "(the environment above; `dvc repro -f` gives these very numbers); on another "
+                "CPU or GPU, thread count or torch version only within seed noise (the winner "
+                "of a close pair can flip), so compare runs made in one environment.")
+SMOKE = (" The bundled fashionmnist-mini study (3,000 training images, 10 epochs, one seed) is "
+         "a smoke test of the pipeline, not evidence about the models: the studies on real "
+         "data, with several seeds, are in `results/` (docs/findings.md says what they show).")
+
+
+def _short(commit) -> str:
+    commit = str(commit)
+    return commit[:12] + ("+modified" if commit.endswith("+modified") else "")
+
+
+def environment_line(files: dict, study: Study) -> str:
+    """Where the runs ran, as their train stages recorded it (gradattn.core.records)."""
+    seen = []
+    for r in study.runs:
+        record = files.get(paths.run_record_file(r.dataset, r.model, "train").as_posix()) or {}
+        env = record.get("environment")
+        if not env:
+            continue
+        where = env.get("gpu") or f"{env.get('cpu')}, {env.get('threads')} threads"
+        line = (f"{where}; Python {env.get('python')}, torch {env.get('torch')}, torchvision "
+                f"{env.get('torchvision')}, numpy {env.get('numpy')}; {env.get('precision')}, "
+                f"fast path {env.get('fast')}; gradattn {_short(env.get('gradattn_commit'))}")
+        if line not in seen:
+            seen.append(line)
+    if not seen:
+        return ("Environment: not recorded (runs older than environment records; "
+                "`dvc repro -f train` records it).")
+    return "Environment (train stage): " + " | ".join(seen) + "."
+
+
 def figure_links(study: Study) -> list[tuple[str, str]]:
     """(description, path relative to plots/) of every figure, for results.md."""
     links = [("Training curves and test top-1 of every dataset (paper Figs. 3–4)",
@@ -86,6 +120,8 @@ def main() -> None:
             f"{p['normalise']} normalisation"
             + (", with the notebooks' double-normalisation defect" if p["legacy_defect"] else "")
             for d, p in protocols.items()) + ".",
+        environment_line(files, study),
+        REPRODUCIBLE + (SMOKE if set(data.datasets) == {"fashionmnist-mini"} else ""),
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
         "`metrics/<dataset>/<model>.gradients.json` (gradients); the headline (top-1, macro "
         "F1, ECE, GHS, epochs) in `metrics/summary.json`, the one DVC metrics file.",
