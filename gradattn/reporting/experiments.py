@@ -46,6 +46,7 @@ from gradattn.core.settings import (
     DataConfig,
     EvaluateConfig,
     TrainConfig,
+    load_yaml,
 )
 
 # Keys that cannot change a result (train.num_workers: retired, in old revisions only).
@@ -318,7 +319,7 @@ def read_workspace(root: Path) -> tuple[dict | None, ReadJson]:
         return json.loads(file.read_text()) if file.is_file() else None
 
     file = root / "params.yaml"
-    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else None, read_json
+    return (load_yaml(file.read_text()) or {}) if file.is_file() else None, read_json
 
 
 def workspace_reader(root: Path) -> ReadBytes:
