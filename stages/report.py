@@ -32,9 +32,10 @@ REPRODUCIBLE = ("Reproducible: bit for bit on the same machine with the same lib
                 "(the environment above; `dvc repro -f` gives these very numbers); on another "
                 "CPU or GPU, thread count or torch version only within seed noise (the winner "
                 "of a close pair can flip), so compare runs made in one environment.")
-SMOKE = (" The bundled fashionmnist-mini study (3,000 training images, 10 epochs, one seed) is "
-         "a smoke test of the pipeline, not evidence about the models: the studies on real "
-         "data, with several seeds, are in `results/` (docs/findings.md says what they show).")
+SMOKE = (" This study on the bundled fashionmnist-mini (3,000 training images, at most {epochs} "
+         "epoch(s), one seed) is a smoke test of the pipeline, not evidence about the models: "
+         "the studies on real data, with several seeds, are in `results/` (docs/findings.md "
+         "says what they show).")
 
 
 def _short(commit) -> str:
@@ -121,7 +122,8 @@ def main() -> None:
             + (", with the notebooks' double-normalisation defect" if p["legacy_defect"] else "")
             for d, p in protocols.items()) + ".",
         environment_line(files, study),
-        REPRODUCIBLE + (SMOKE if set(data.datasets) == {"fashionmnist-mini"} else ""),
+        REPRODUCIBLE + (SMOKE.format(epochs=t.max_epochs)
+                        if set(data.datasets) == {"fashionmnist-mini"} else ""),
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
         "`metrics/<dataset>/<model>.gradients.json` (gradients); the headline (top-1, macro "
         "F1, ECE, GHS, epochs) in `metrics/summary.json`, the one DVC metrics file.",
