@@ -10,11 +10,14 @@ the top of dvc.yaml).
 from gradattn.config import dataset_options, dataset_protocol, load_params
 from gradattn.core import paths
 from gradattn.core.io import write_json
-from gradattn.core.stage import run
-from gradattn.sources.registry import get_spec
+from gradattn.core.stage import run, stage_args
 
 
 def main() -> None:
+    stage_args()
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.sources.registry import get_spec
+
     params = load_params()
     data = params.data
     for dataset in data.datasets:

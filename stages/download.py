@@ -6,11 +6,13 @@ from pathlib import Path
 from gradattn.core import paths
 from gradattn.core.io import read_json, remove_stale
 from gradattn.core.stage import run, stage_args
-from gradattn.sources.registry import get_spec
 
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.sources.registry import get_spec
+
     cfg = read_json(paths.source_config(dataset))
     spec = get_spec(
         dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")

@@ -5,7 +5,6 @@ from dataclasses import asdict
 
 import numpy as np
 
-from gradattn.analysis.evaluation import evaluate
 from gradattn.core import paths
 from gradattn.core.io import write_json, write_with
 from gradattn.core.records import write_run_record
@@ -15,6 +14,9 @@ from gradattn.core.stage import run, stage_args
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.analysis.evaluation import evaluate
+
     cfg = load_resolved("evaluate")
     metrics, arrays = evaluate(dataset, model_name, batch_size=cfg.batch_size,
                                ece_bins=cfg.ece_bins, gap=cfg.gap)

@@ -4,20 +4,22 @@ and the settings it ran with -> metrics/<dataset>/<model>.gradients.run.json."""
 
 from dataclasses import asdict
 
-from gradattn.analysis.gradients import analyse_gradients
 from gradattn.core import paths
-from gradattn.core.device import resolve_device
 from gradattn.core.io import write_json
-from gradattn.core.records import write_run_record
+from gradattn.core.records import run_environment, write_run_record
 from gradattn.core.settings import TrainConfig, load_resolved, read_recipe
 from gradattn.core.stage import run, stage_args
-from gradattn.models.trained import load_trained
-from gradattn.prepared import load_meta, load_split
-from gradattn.prepared.batches import Batches
 
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.analysis.gradients import analyse_gradients
+    from gradattn.core.device import resolve_device
+    from gradattn.models.trained import load_trained
+    from gradattn.prepared import load_meta, load_split
+    from gradattn.prepared.batches import Batches
+
     cfg = load_resolved("gradients")
     # The training settings of the run that made the model (its own record).
     model, record = load_trained(dataset, model_name)
@@ -38,12 +40,14 @@ def main() -> None:
     # Where the numbers come from, before the long per-layer list.
     per_layer = {k: result.pop(k) for k in ("per_layer", "silent_layers", "unused_layers")}
     order = f"in a random order (seed {train_cfg.seed})" if shuffle else "in order"
+    result["split"] = cfg.split  # Table 5's caption says which split (gradattn.reporting.table)
     result["data"] = (f"{cfg.split} split, first {result['batches']} batches of "
                       f"{train_cfg.batch_size} {order}, no augmentation")
     result["mode"] = "train mode (batch-norm batch statistics, dropout on), as the notebooks"
     result.update(per_layer)
     write_run_record(dataset, model_name, "gradients", read_recipe(), asdict(cfg),
-                     weights_epoch=record.get("weights_epoch", record.get("best_epoch")))
+                     weights_epoch=record.get("weights_epoch", record.get("best_epoch")),
+                     environment=run_environment(device=device.type))  # fp32, eager
     write_json(paths.gradients_file(dataset, model_name), result)
     silent = f", {result['silent']} silent (counted)" if result["silent"] else ""
     dead = (f" ({result['dead']} dead: {', '.join(result['dead_layers'])})"

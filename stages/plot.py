@@ -14,7 +14,6 @@ from gradattn.core.errors import GradattnError
 from gradattn.core.io import read_json, write_json
 from gradattn.core.settings import read_params
 from gradattn.core.stage import run, stage_args
-from gradattn.reporting import plots as P
 from gradattn.reporting.names import model_label
 
 NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
@@ -38,6 +37,8 @@ def read_predictions(dataset: str, model: str) -> dict[str, np.ndarray]:
 def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
     """Every per-model figure and plot-data file; returns the model's display name and the
     run's files for the digest."""
+    from gradattn.reporting import plots as P
+
     metrics = read_json(paths.metrics_file(dataset, model))
     grads = read_json(paths.gradients_file(dataset, model))
     pred = read_predictions(dataset, model)
@@ -74,7 +75,11 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
                          title=f"{name}: attention over the five taps, mean over "
                                f"{len(labels):,} test images")
     summary = {k: v for k, v in grads.items() if k not in ("per_layer", "unused_layers")}
-    return label, {paths.metrics_file(dataset, model).as_posix(): metrics,
+    record = paths.run_record_file(dataset, model, "train")
+    # The report says where the runs ran (the environment the train stage recorded).
+    environment = {record.as_posix(): {"environment": read_json(record).get("environment")}
+                   } if record.exists() else {}
+    return label, environment | {paths.metrics_file(dataset, model).as_posix(): metrics,
                    paths.gradients_file(dataset, model).as_posix(): summary,
                    paths.history_file(dataset, model).as_posix():
                        read_json(paths.history_file(dataset, model))}
@@ -82,6 +87,9 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
+    # Imported once the arguments are checked: a wrong call answers at once (no matplotlib).
+    from gradattn.reporting import plots as P
+
     models = read_params()["models"]  # validated by the configure stage
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset
     labels, files = {}, {}

@@ -6,11 +6,13 @@ import time
 from gradattn.core import paths
 from gradattn.core.io import read_json
 from gradattn.core.stage import run, stage_args
-from gradattn.sources.preparation import prepare_dataset
 
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.sources.preparation import prepare_dataset
+
     t0 = time.perf_counter()
     meta = prepare_dataset(dataset, read_json(paths.prepare_config(dataset)), paths.RAW / dataset,
                            paths.PREPARED)

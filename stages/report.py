@@ -8,21 +8,59 @@ spans datasets, so it must depend on one folder that holds every dataset's input
 of its own outputs, and metrics/ holds summary.json.
 """
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import read_json, write_json, write_with
 from gradattn.core.settings import load_resolved, load_section
-from gradattn.core.stage import run
-from gradattn.reporting import plots as P
+from gradattn.core.stage import run, stage_args
 from gradattn.reporting.experiments import read_workspace, runs_of
-from gradattn.reporting.report import results_markdown, summary_entries
-from gradattn.reporting.table import Study
+
+if TYPE_CHECKING:
+    from gradattn.reporting.table import Study
 
 SUMMARY = paths.METRICS / "summary.json"
-RESULTS = P.PLOTS / "results.md"
-COMPARISON = P.PLOTS / "comparison.png"
+RESULTS = paths.PLOTS / "results.md"
+COMPARISON = paths.PLOTS / "comparison.png"
+
+
+REPRODUCIBLE = ("Reproducible: bit for bit on the same machine with the same library versions "
+                "(the environment above; `dvc repro -f` gives these very numbers); on another "
+                "CPU or GPU, thread count or torch version only within seed noise (the winner "
+                "of a close pair can flip), so compare runs made in one environment.")
+SMOKE = (" This study on the bundled fashionmnist-mini (3,000 training images, at most {epochs} "
+         "epoch(s), one seed) is a smoke test of the pipeline, not evidence about the models: "
+         "the studies on real data, with several seeds, are in `results/` (docs/findings.md "
+         "says what they show).")
+
+
+def _short(commit) -> str:
+    commit = str(commit)
+    return commit[:12] + ("+modified" if commit.endswith("+modified") else "")
+
+
+def environment_line(files: dict, study: Study) -> str:
+    """Where the runs ran, as their train stages recorded it (gradattn.core.records)."""
+    seen = []
+    for r in study.runs:
+        record = files.get(paths.run_record_file(r.dataset, r.model, "train").as_posix()) or {}
+        env = record.get("environment")
+        if not env:
+            continue
+        where = env.get("gpu") or f"{env.get('cpu')}, {env.get('threads')} threads"
+        line = (f"{where}; Python {env.get('python')}, torch {env.get('torch')}, torchvision "
+                f"{env.get('torchvision')}, numpy {env.get('numpy')}; {env.get('precision')}, "
+                f"fast path {env.get('fast')}; gradattn {_short(env.get('gradattn_commit'))}")
+        if line not in seen:
+            seen.append(line)
+    if not seen:
+        return ("Environment: not recorded (runs older than environment records; "
+                "`dvc repro -f train` records it).")
+    return "Environment (train stage): " + " | ".join(seen) + "."
 
 
 def figure_links(study: Study) -> list[tuple[str, str]]:
@@ -40,12 +78,18 @@ def figure_links(study: Study) -> list[tuple[str, str]]:
                                ("reliability diagram", f"reliability_{m}.png"),
                                ("confusion matrix", f"confusion_{m}.png"),
                                ("attention over the taps", f"attention_{m}.png")):
-                if (P.PLOTS / dataset / file).exists():
+                if (paths.PLOTS / dataset / file).exists():
                     links.append((f"{dataset}, {label}: {what}", f"{dataset}/{file}"))
     return links
 
 
 def main() -> None:
+    stage_args()
+    # Imported once the arguments are checked: a wrong call answers at once (no pandas).
+    from gradattn.reporting import plots as P
+    from gradattn.reporting.report import results_markdown, summary_entries
+    from gradattn.reporting.table import Study
+
     data = load_section("data")
     files = {}
     for dataset in data.datasets:
@@ -77,6 +121,9 @@ def main() -> None:
             f"{p['normalise']} normalisation"
             + (", with the notebooks' double-normalisation defect" if p["legacy_defect"] else "")
             for d, p in protocols.items()) + ".",
+        environment_line(files, study),
+        REPRODUCIBLE + (SMOKE.format(epochs=t.max_epochs)
+                        if set(data.datasets) == {"fashionmnist-mini"} else ""),
         "Per-run numbers: `metrics/<dataset>/<model>.json` (evaluate) and "
         "`metrics/<dataset>/<model>.gradients.json` (gradients); the headline (top-1, macro "
         "F1, ECE, GHS, epochs) in `metrics/summary.json`, the one DVC metrics file.",

@@ -6,21 +6,14 @@ epoch, so `dvc plots show` during a run shows the epochs so far."""
 from dataclasses import asdict
 
 from gradattn.core import paths
-from gradattn.core.device import resolve_device
 from gradattn.core.io import write_json
-from gradattn.core.records import write_run_record
+from gradattn.core.records import run_environment, write_run_record
 from gradattn.core.stage import run, stage_args
-from gradattn.models import count_parameters
-from gradattn.models.probe import parameter_grad_norms, split_grad_history
-from gradattn.models.trained import save_trained
-from gradattn.prepared import load_meta
-from gradattn.prepared.batches import make_batches, uses_legacy_defect
-from gradattn.training.fast import resolve_plan
-from gradattn.training.loop import fit, make_deterministic
-from gradattn.training.runs import load_run_config, new_model, run_id
 
 
 def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
+    from gradattn.models.probe import split_grad_history
+
     # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
     history, grad_history = split_grad_history(rows)
     write_json(paths.grad_history_file(dataset, model_name), grad_history)
@@ -29,6 +22,17 @@ def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
+    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    from gradattn.core.device import resolve_device
+    from gradattn.models import count_parameters
+    from gradattn.models.probe import parameter_grad_norms
+    from gradattn.models.trained import save_trained
+    from gradattn.prepared import load_meta
+    from gradattn.prepared.batches import make_batches, uses_legacy_defect
+    from gradattn.training.fast import resolve_plan
+    from gradattn.training.loop import fit, make_deterministic
+    from gradattn.training.runs import load_run_config, new_model, run_id
+
     cfg = load_run_config(dataset, model_name)
     train_cfg = cfg.train
     meta = load_meta(dataset)
@@ -60,7 +64,9 @@ def main() -> None:
                      model_options=cfg.model_options,
                      legacy_preprocessing=uses_legacy_defect(meta),
                      best_epoch=result.best_epoch, weights_epoch=weights_epoch,
-                     epochs=len(result.history))
+                     epochs=len(result.history),
+                     environment=run_environment(device=device.type, precision=ran["precision"],
+                                                 fast=ran["fast"]))
     resume.unlink(missing_ok=True)
     resumed = f", resumed after epoch {result.resumed_from}" if result.resumed_from else ""
     trained = result.history[result.resumed_from:]

@@ -247,9 +247,9 @@ def project_for(dataset: str, base: Path) -> Path:
 # Runs a stage script as `python stages/<stage>.py <dataset>` would, but may first import the
 # library and then drop to another user (who may not be able to read this Python's install).
 RUN_AS = """
-import os, runpy, sys
-import gradattn.sources.registry, gradattn.core.stage
-gradattn.sources.registry.known_datasets()
+import os, pkgutil, runpy, sys
+import gradattn.sources.preparation, gradattn.sources.registry, gradattn.core.stage
+gradattn.sources.registry.get_spec(sys.argv[2])  # imports the dataset's source module
 if sys.argv[3]:
     os.setuid(int(sys.argv[3]))
 sys.argv = sys.argv[1:3]

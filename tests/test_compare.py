@@ -95,11 +95,38 @@ def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, 
     shown = sorted(p.name for p in images.iterdir())
     assert shown == ["base.figure.png", "history.json.png", "workspace.figure.png"]
     assert (images / "workspace.figure.png").read_bytes() == b"\x89PNG new"
-    assert f"![workspace]({images.as_posix()}/workspace.figure.png)" in report
+    assert "![workspace](images/workspace.figure.png)" in report  # relative to the report
     # The changed data plot is drawn (both revisions), not copied.
     drawn = images / "history.json.png"
-    assert drawn.read_bytes()[:4] == b"\x89PNG" and f"]({drawn.as_posix()})" in report
+    assert drawn.read_bytes()[:4] == b"\x89PNG" and "](images/history.json.png)" in report
     assert capsys.readouterr().out == ""  # with --out, nothing on stdout
+
+
+def image_links(report: Path) -> list[Path]:
+    """Every image a markdown report links, resolved as a viewer does: from its folder."""
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+    return [report.parent / link for link in links]
+
+
+@pytest.mark.parametrize("html", [False, True])
+def test_a_report_keeps_its_images_beside_it(repo, tmp_path, monkeypatch, html):
+    """--out without --images: the figures go to <report>_images/ next to the report and the
+    links, relative to it, resolve once the command has ended (and after moving both)."""
+    monkeypatch.chdir(repo)  # the report elsewhere than the working directory
+    out = tmp_path / "reports" / "r.md"
+    out.parent.mkdir()
+    extra = ["--html", str(tmp_path / "r.html")] if html else []
+    assert main(["compare", "--rev", "base", "--out", str(out), *extra]) == 0
+    links = image_links(out)
+    assert len(links) == 3 and not any(Path(p).is_absolute() for p in re.findall(
+        r"!\[[^\]]*\]\(([^)]+)\)", out.read_text()))
+    assert {p.parent.name for p in links} == {"r_images"}
+    assert all(p.is_file() and p.read_bytes()[:4] == b"\x89PNG" for p in links)
+    moved = tmp_path / "moved"
+    out.parent.rename(moved)
+    assert all(p.is_file() for p in image_links(moved / "r.md"))
+    if html:
+        assert (tmp_path / "r.html").read_text().count('src="data:image/png;base64,') == 3
 
 
 def test_compare_warns_when_metrics_change_without_params(repo, capsys):

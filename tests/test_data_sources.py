@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -36,6 +37,7 @@ from gradattn.sources import (
     medmnist_sets,
     padufes,
     pcam,
+    registry,
     svhn,
     tinyimagenet,
 )
@@ -43,6 +45,7 @@ from gradattn.sources import custom as custom_mod
 from gradattn.sources import fetch as fetch_mod
 from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GRADATTN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATASETS = SHARED / "datasets"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -271,6 +274,27 @@ def test_every_dataset_is_registered_with_a_known_augmentation():
         assert spec.augment in AUGMENTATIONS and spec.splits and spec.url
     assert get_spec("svhn").augment not in ("flip", "crop_flip")  # digits must not be mirrored
     assert {n for n in names if get_spec(n).notebook_defect} == {"cifar10", "fashionmnist"}
+
+
+def test_the_lazy_registry_names_what_each_module_registers():
+    """registry.BUILTIN (dataset -> module, imported on first use) against what importing
+    every source module registers, in a fresh interpreter."""
+    code = ("import importlib, pkgutil, gradattn.sources as s, gradattn.sources.registry as r\n"
+            "print(sorted(r._REGISTRY))\n"
+            "found = {}\n"
+            "for m in pkgutil.iter_modules(s.__path__):\n"
+            "    before = set(r._REGISTRY)\n"
+            "    importlib.import_module('gradattn.sources.' + m.name)\n"
+            "    found |= {name: m.name for name in set(r._REGISTRY) - before}\n"
+            "print(sorted(found.items()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.splitlines()
+    assert out[0] == "[]"  # importing the package registers nothing: nothing is paid for
+    registered = dict(eval(out[1]))  # noqa: S307 (our own subprocess's repr)
+    assert registered.keys() == registry.BUILTIN.keys()
+    for name, module in registry.BUILTIN.items():
+        assert get_spec(name).name == name
+        assert registered[name] == module
 
 
 def test_medmnist_size_option_picks_the_larger_files():

@@ -27,8 +27,10 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports, at any depth of its code (function-level imports too)."""
+def _imports(path: Path, dynamic: bool = False) -> set[str]:
+    """Every module a file imports, at any depth of its code (function-level imports too);
+    with `dynamic`, also those it imports by name (`importlib.import_module("a.b")`, or
+    f"a.{name}": every module of package a), as gradattn.sources.registry does."""
     modules: set[str] = set()
     package = ".".join(path.relative_to(ROOT).with_suffix("").parts)
     if path.name != "__init__.py":
@@ -46,7 +48,21 @@ def _imports(path: Path) -> set[str]:
             modules.add(base)
             # `from gradattn import paths` imports the module gradattn.core.paths.
             modules.update(f"{base}.{alias.name}" for alias in node.names)
+        elif dynamic and isinstance(node, ast.Call) and getattr(
+                node.func, "attr", getattr(node.func, "id", None)) == "import_module":
+            modules.update(_named_modules(node.args[0]) if node.args else ())
     return modules
+
+
+def _named_modules(arg: ast.expr) -> set[str]:
+    """The modules an import_module argument can name: a literal, or an f-string's package."""
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        return {arg.value}
+    if isinstance(arg, ast.JoinedStr) and isinstance(arg.values[0], ast.Constant):
+        package = str(arg.values[0].value).rstrip(".")
+        folder = ROOT / package.replace(".", "/")
+        return {f"{package}.{p.stem}" for p in folder.glob("*.py") if p.stem != "__init__"}
+    raise AssertionError(f"import_module({ast.unparse(arg)}): name the module or its package")
 
 
 def code_closure(script: Path) -> set[Path]:
@@ -60,7 +76,7 @@ def code_closure(script: Path) -> set[Path]:
         if path in seen:
             continue
         seen.add(path)
-        for module in _imports(path):
+        for module in _imports(path, dynamic=True):
             parts = module.split(".")
             for i in range(1, len(parts) + 1):
                 found = _module_file(".".join(parts[:i]))
@@ -103,8 +119,9 @@ def test_each_stage_depends_on_all_the_code_it_runs(name):
 
 
 def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
-    # The checker itself: configure reaches the models, the sources registered by
-    # gradattn/sources/__init__.py (a parent package's code runs on import) and config.py.
+    # The checker itself: configure reaches the models, the sources the registry imports by
+    # name (importlib), gradattn/sources/__init__.py (a parent package's code runs on import)
+    # and config.py.
     closure = {p.relative_to(ROOT).as_posix() for p in code_closure(ROOT / "stages/configure.py")}
     assert {"gradattn/config.py", "gradattn/core/errors.py", "gradattn/__init__.py",
             "gradattn/sources/__init__.py", "gradattn/sources/cifar10.py"} <= closure

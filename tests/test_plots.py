@@ -225,11 +225,17 @@ def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatc
     shutil.copytree(ROOT / "configs", tmp_path / "configs")  # configure's output (in git)
     file = tmp_path / "plotdata" / "fashionmnist-mini" / "runs.json"
     file.parent.mkdir(parents=True)
+    env = {"cpu": "Intel Xeon", "threads": 2, "gpu": None, "python": "3.12.1", "torch": "2.9.0",
+           "torchvision": "0.24.0", "numpy": "2.3.0", "precision": "fp32", "fast": "off",
+           "gradattn_commit": "0123456789abcdef+modified"}
     file.write_text(json.dumps(digest(record("fashionmnist-mini", "resnet18", 0.7867, 1.0),
                                       record("fashionmnist-mini", "gradattn", 0.7733, 0.9,
                                              pe="learnable"),
-                                      record("fashionmnist-mini", "noskip18", 0.1, 1.0))))
+                                      record("fashionmnist-mini", "noskip18", 0.1, 1.0))
+                               | {"metrics/fashionmnist-mini/resnet18.train.run.json":
+                                  {"environment": env}}))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["report.py"])  # the stage takes no arguments
     runpy.run_path(str(ROOT / "stages" / "report.py"), run_name="__main__")
     text = (tmp_path / "plots" / "results.md").read_text()
     assert "| fashionmnist-mini | **78.67** | 77.33 |" in text
@@ -237,6 +243,12 @@ def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatc
     # The protocol as the recipe resolved it, not params.yaml's `auto`.
     assert "- Data: fashionmnist-mini: official split (seed 0)" in text
     assert "the best epoch's weights evaluated" in text and "auto" not in text
+    # What is reproducible, that the bundled study is a smoke test, and where it ran.
+    assert "bit for bit on the same machine" in text and "a smoke test" in text
+    assert "`results/`" in text
+    assert ("- Environment (train stage): Intel Xeon, 2 threads; Python 3.12.1, torch 2.9.0, "
+            "torchvision 0.24.0, numpy 2.3.0; fp32, fast path off; gradattn "
+            "0123456789ab+modified.") in text
     summary = json.loads((tmp_path / "metrics" / "summary.json").read_text())
     assert summary["fashionmnist-mini/gradattn"]["top1"] == 0.7733
     assert_png(tmp_path / "plots" / "comparison.png")

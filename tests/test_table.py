@@ -171,8 +171,10 @@ def _md5(path: Path) -> str:
 
 
 def record_run(root: Path, model: str, seed: int, top1: float, *, max_epochs: int = 1,
-               pe: str = "rope", params_yaml: dict | None = None) -> None:
-    """Files and dvc.lock entries of one run of dataset d1, as `dvc repro` records them."""
+               pe: str = "rope", params_yaml: dict | None = None,
+               environment: dict | None = None) -> None:
+    """Files and dvc.lock entries of one run of dataset d1, as `dvc repro` records them (and
+    the train stage's run record, when given the environment it ran in)."""
     def write(rel, data):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(data))
@@ -182,6 +184,9 @@ def record_run(root: Path, model: str, seed: int, top1: float, *, max_epochs: in
     config = write(f"configs/models/{model}.json", {"model": model, "options": options})
     prepare = write("configs/d1/prepare.json", {"dataset": "d1", "split": "official"})
     metrics = write(f"metrics/d1/{model}.json", {"top1": top1})
+    if environment is not None:
+        write(f"metrics/d1/{model}.train.run.json",
+              {"train": {"seed": seed, "device": "cpu"}, "environment": environment})
     prepared = {"path": "data/prepared/d1", "hash": "md5", "md5": "aa.dir"}
     weights = {"path": f"models/d1/{model}.pt", "hash": "md5", "md5": f"{model}{seed}"}
     lock_file = root / "dvc.lock"
@@ -207,7 +212,7 @@ def test_a_run_is_what_dvc_lock_recorded_not_params_yaml(tmp_path):
         "d1", "gradattn", 42, {"stem": "imagenet", "pe": "rope"})
     assert run.setting == {"recipe": "corrected", "data.split": "official",
                            "train.max_epochs": 1, "train.device": "auto",
-                           "evaluate.ece_bins": 15}
+                           "evaluate.ece_bins": 15, "environment": "not recorded"}
     assert run.metrics == {"top1": 0.25}
     md = table.markdown(table.Study([run]), [1])
     assert "Recipe: **corrected**" in md and "| d1 | – | – | – | 25.00 |" in md

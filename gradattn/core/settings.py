@@ -7,6 +7,7 @@ on this module only; gradattn.config adds what needs the dataset registry and th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -340,13 +341,30 @@ class GradientsConfig:
                        silent=recipe_value(recipe, "gradients.silent", self.silent))
 
 
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading YAML 1.2's floats as DVC writes them: `dvc exp run -S
+    train.min_lr=1e-6` leaves `min_lr: 1e-06` in params.yaml, which YAML 1.1 reads as a string
+    (it wants a dot: `1.0e-6`), while DVC (ruamel, YAML 1.2) records a number."""
+
+
+ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    """params.yaml's text as DVC reads it (ParamsLoader)."""
+    return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
+
+
 def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     """params.yaml as a dict, or a one-line ConfigError."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the project root, where params.yaml is")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
+        params = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(params, dict):

@@ -25,10 +25,11 @@ def stage_args(*names: str) -> list[str]:
     args = sys.argv[1:]
     if len(args) != len(names):
         script = Path(sys.argv[0])
-        stage = f"{script.stem}@" + "-".join(f"<{n}>" for n in names)
+        stage = script.stem + ("@" + "-".join(f"<{n}>" for n in names) if names else "")
+        usage = " ".join([f"python stages/{script.name}", *(f"<{n}>" for n in names)])
         raise GradattnError(
-            f"usage: python stages/{script.name} {' '.join(f'<{n}>' for n in names)} "
-            f"(got {len(args)} argument(s)); DVC runs it for you: `dvc repro {stage}`")
+            f"usage: {usage} (got {len(args)} argument(s)); DVC runs it for you: "
+            f"`dvc repro {stage}`")
     return args
 
 

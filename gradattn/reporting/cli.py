@@ -40,18 +40,28 @@ def _table(args: argparse.Namespace) -> str:
     return table.csv(study, tables) if args.format == "csv" else table.markdown(study, tables)
 
 
+def compare_images(out: Path) -> Path:
+    """Where `--out report.md` keeps its figures without --images: report_images/ beside it."""
+    return out.parent / f"{out.stem}_images"
+
+
 def _compare(args: argparse.Namespace) -> str:
     from gradattn.reporting.compare import compare_markdown
 
+    # A report written to a file keeps its figures beside it (--images DIR, or
+    # <report>_images/), linked relative to it: they outlive the command and move with it.
+    images, links = args.images, None
+    if args.out is not None:
+        images, links = images or compare_images(args.out), args.out.parent
     if not args.html:
-        return compare_markdown(args.rev, args.repo, images=args.images)
+        return compare_markdown(args.rev, args.repo, images=images, links=links)
     import tempfile
 
     from gradattn.reporting.pages import markdown_page
 
     with tempfile.TemporaryDirectory() as tmp:  # the page embeds the figures it shows
-        text = compare_markdown(args.rev, args.repo, images=args.images or Path(tmp))
-        _write(args.html, markdown_page(text, Path(".")))
+        text = compare_markdown(args.rev, args.repo, images=images or Path(tmp), links=links)
+        _write(args.html, markdown_page(text, links or Path(".")))
     return text
 
 
@@ -124,7 +134,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rev", required=True, metavar="REV", help="the git revision to compare with")
     c.add_argument("--images", type=Path, metavar="DIR",
                    help="draw each changed data plot (REV vs workspace) as a PNG in DIR and "
-                   "embed it in the report")
+                   "embed it in the report (with --out, default: <report>_images/ beside it, "
+                   "linked relative to the report)")
     c.add_argument("--html", type=Path, metavar="FILE",
                    help="also write the report as one offline HTML page (images embedded)")
     c.set_defaults(run=_compare)

@@ -16,6 +16,7 @@ markdown report (CI posts it on the pull request with CML).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -273,7 +274,10 @@ def warning(params_changed: bool, metrics_changed: bool) -> str | None:
     return None
 
 
-def compare_markdown(base: str, root: str | Path = ".", images: Path | None = None) -> str:
+def compare_markdown(base: str, root: str | Path = ".", images: Path | None = None,
+                     links: Path | None = None) -> str:
+    """The report; with `images` its figures are written there, linked relative to the folder
+    `links` (the report's own, so the links work wherever the report and its images go)."""
     root = Path(root)
     params = _diff_json(root, "params", base)
     metrics = _diff_json(root, "metrics", base)
@@ -283,6 +287,10 @@ def compare_markdown(base: str, root: str | Path = ".", images: Path | None = No
                        in HEADLINE)
     any_metric = any(_changed(e) for entries in metrics.values() for e in entries.values())
     plots = changed_plots(root, base, images)
+
+    def link(path: str) -> str:
+        return Path(os.path.relpath(path, links)).as_posix() if links is not None else path
+
     note = warning(bool(param_rows), any_metric)
     parts = [
         f"# Changes against `{base}` ({_short(root, base)})", "",
@@ -309,9 +317,9 @@ def compare_markdown(base: str, root: str | Path = ".", images: Path | None = No
     for change in plots:
         if change.drawn:
             parts += ["", f"### `{change.plot}`", "",
-                      f"![{change.plot}: {base} and workspace]({change.drawn})"]
+                      f"![{change.plot}: {base} and workspace]({link(change.drawn)})"]
         if change.images:
-            b, w = (f"![{tag}]({path})" if path else "–"
+            b, w = (f"![{tag}]({link(path)})" if path else "–"
                     for tag, path in zip(("base", "workspace"), change.images, strict=True))
             parts += ["", f"### `{change.plot}`", "", f"| `{base}` | workspace |",
                       "| --- | --- |", f"| {b} | {w} |"]

@@ -10,6 +10,11 @@ params.yaml, which can say something else than its committed metrics:
   the `recipe` — seed excepted;
 - the *seed* (train.seed as train@ recorded it).
 
+The *environment* the train stage recorded (gradattn.core.records.RESULT_ENVIRONMENT: library
+versions, CPU or GPU, threads, precision, fast path) is part of the setting: runs are
+bit-for-bit reproducible only within one environment, so runs of different environments are
+never pooled, and a run made on two machines is two runs (docs/reproduce.md).
+
 Runs pool over seeds only when their settings are equal. Every file a run is read from must be
 the one dvc.lock records (same md5), and each stage must have run on the outputs of the one
 before it; otherwise the revision holds results of another run than its dvc.lock says, and
@@ -34,12 +39,14 @@ import yaml
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
+from gradattn.core.records import RESULT_ENVIRONMENT
 from gradattn.core.settings import (
     DEFAULT_MODELS,
     RECIPES,
     DataConfig,
     EvaluateConfig,
     TrainConfig,
+    load_yaml,
 )
 
 # Keys that cannot change a result (train.num_workers: retired, in old revisions only).
@@ -185,6 +192,7 @@ class _Revision:
         setting = {k: v for k, v in setting.items() if k not in IGNORED}
         provenance = self.provenance(dataset, model, evaluate,
                                      {**setting, "train.seed": seed})
+        setting["environment"] = result_environment(provenance["environment"])
         return Run(self.source, dataset, model, options.get("options") or {}, setting,
                    int(seed), metrics, gradients, provenance=provenance,
                    history=self.json_or_none(paths.history_file(dataset, model).as_posix()))
@@ -213,6 +221,17 @@ class _Revision:
                 "data_md5": used.get("md5"), "model_md5": made.get("md5"),
                 "metrics_md5": (scored or {}).get("md5"), "environment": environment,
                 "train_resolved": ran}
+
+
+NOT_RECORDED = "not recorded"
+
+
+def result_environment(environment: dict) -> dict | str:
+    """The parts of a run's environment that can change its numbers; 'not recorded' for runs
+    whose train stage predates environment records (they pool only with each other)."""
+    if not environment.get("torch"):
+        return NOT_RECORDED
+    return {k: environment.get(k) for k in RESULT_ENVIRONMENT}
 
 
 def runs_of_revision(source: str, read: ReadBytes, rev: str | None = None) -> list[Run]:
@@ -300,7 +319,7 @@ def read_workspace(root: Path) -> tuple[dict | None, ReadJson]:
         return json.loads(file.read_text()) if file.is_file() else None
 
     file = root / "params.yaml"
-    return (yaml.safe_load(file.read_text()) or {}) if file.is_file() else None, read_json
+    return (load_yaml(file.read_text()) or {}) if file.is_file() else None, read_json
 
 
 def workspace_reader(root: Path) -> ReadBytes:

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from gradattn.core.errors import ConfigError, GradattnError
-from gradattn.core.settings import MODEL_OPTIONS, PE_CHOICES, read_params, read_recipe
+from gradattn.core.settings import MODEL_OPTIONS, PE_CHOICES, load_yaml, read_params, read_recipe
 
 TRUE = {"1", "true", "yes", "y", "on"}
 
@@ -104,7 +104,7 @@ def load_cells(params_file: Path = Path("params.yaml")) -> list[Cell]:
     if proc.returncode != 0:
         return cells(read_params(params_file))
     try:
-        params = yaml.safe_load(proc.stdout) or {}
+        params = load_yaml(proc.stdout) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"params.yaml at HEAD is not valid YAML: "
                           f"{str(err).splitlines()[0]}") from None

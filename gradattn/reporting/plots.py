@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import seaborn as sns
-import torch
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -288,6 +287,8 @@ def plot_overview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str]
 
 
 def reliability_rows(logits: np.ndarray, labels: np.ndarray, bins: int) -> list[dict]:
+    import torch  # here: the report stage draws with this module but never needs torch
+
     from gradattn.analysis.metrics import reliability_bins
 
     return reliability_bins(torch.as_tensor(logits), torch.as_tensor(labels), bins)

@@ -82,6 +82,25 @@ def _describe(items: list[dict]) -> list[str]:
     return [", ".join(f"{k}={f.get(k)}" for k in varying) for f in flats]
 
 
+def _setting_items(settings: list[dict]) -> list[list[tuple[str, object]]]:
+    """For each setting, the (key, value) pairs that tell it apart from the others: keys whose
+    values differ among the settings, leaving out those this one does not set (None)."""
+    flats = [_flat(s) for s in settings]
+    keys = sorted({k for f in flats for k in f})
+    varying = [k for k in keys if len({json.dumps(f.get(k), default=str) for f in flats}) > 1]
+    return [[(k, f[k]) for k in varying if f.get(k) is not None] for f in flats]
+
+
+HEADING_WIDTH = 100  # a longer setting label becomes a list under its heading
+
+
+def _setting_heading(number: int, items: list[tuple[str, object]]) -> list[str]:
+    label = ", ".join(f"{k}={v}" for k, v in items)
+    if len(label) + len(f"# Setting {number}: ") <= HEADING_WIDTH:
+        return [f"# Setting {number}: {label}" if label else f"# Setting {number}", ""]
+    return [f"# Setting {number}", "", *(f"- {k}={v}" for k, v in items), ""]
+
+
 def _dataset_rank(name: str) -> tuple:
     norm = re.sub(r"[^a-z0-9]", "", name.lower())
     for i, prefix in enumerate(DATASET_ORDER):
@@ -109,7 +128,9 @@ class Study:
             if run.setting not in settings:
                 settings.append(run.setting)
         self.settings = settings
-        self.setting_labels = _describe(settings) if len(settings) > 1 else [""]
+        self.setting_items = _setting_items(settings) if len(settings) > 1 else [[]]
+        self.setting_labels = [", ".join(f"{k}={v}" for k, v in items)
+                               for items in self.setting_items]
         variants: list[Variant] = []
         for run in self.runs:
             if (run.model, run.options) not in variants:
@@ -358,10 +379,18 @@ def gradients_note(runs: list[Run]) -> str:
                "exploding above)" if lows and highs else "bounds unknown")
     batches = "/".join(map(str, sorted({int(b) for b in numbers(g.get("batches")
                                                                   for g in grads)}))) or "?"
-    return (f"Norm: L2 norm of {what}, averaged over {batches} training batches of the trained "
+    splits = " / ".join(sorted({_gradient_split(g) for g in grads}))
+    return (f"Norm: L2 norm of {what}, averaged over {batches} {splits} batches of the trained "
             f"model; {healthy}; GHS = healthy / analysed layers. Dead: layers whose gradient is "
             "exactly zero on every analysed batch (counted among the vanishing). Avg norm, "
             "range and std are taken over the analysed layers.")
+
+
+def _gradient_split(gradients: dict) -> str:
+    """Which split the gradient analysis ran on: recorded as `split` (and at the head of its
+    `data` line: 'test split, first 20 batches ...'); training for files that say neither."""
+    split = gradients.get("split") or str(gradients.get("data", "")).split(" split", 1)[0]
+    return {"train": "training", "val": "validation", "test": "test-split"}.get(split, "training")
 
 
 RECIPES = {"corrected": "this project's protocol",
@@ -415,8 +444,8 @@ def markdown(study: Study, tables: Iterable[int] = TABLES, *, paper_columns: boo
     paper's four variants even where they did not run; bold_best: bold Table 1's best."""
     parts = []
     for s, setting in enumerate(study.settings):
-        if study.setting_labels[s]:
-            parts += [f"# Setting {s + 1}: {study.setting_labels[s]}", ""]
+        if len(study.settings) > 1:
+            parts += _setting_heading(s + 1, study.setting_items[s])
         parts += [recipe_line(setting), ""]
         cols = study.columns(setting, paper_columns)
         for number in tables:

@@ -2,23 +2,10 @@
 pair through its DatasetSpec), the registry that maps a name to its spec, and what they
 share (fetching, streaming into the prepared format, splits, the recipes' data protocols).
 
-Importing this package registers every built-in source, as timm's `models/__init__.py`
-does; the registry itself imports none of them.
+The registry imports a source's module the first time its dataset is asked for
+(registry.BUILTIN names them), so a stage pays only for the source it uses.
 """
 
-from gradattn.sources import (  # noqa: F401  (imported to register their datasets)
-    bundled,
-    cifar10,
-    fashionmnist,
-    medmnist_sets,
-    padufes,
-    pcam,
-    svhn,
-    tinyimagenet,
-)
-from gradattn.sources.custom import custom_spec
-from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets, register_custom
-
-register_custom(custom_spec)
+from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets
 
 __all__ = ["DatasetSpec", "get_spec", "known_datasets"]

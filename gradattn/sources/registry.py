@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,22 +40,35 @@ class DatasetSpec:
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
+# The built-in datasets and the module (in gradattn.sources) that registers each, imported
+# the first time the name is asked for: importing them all would cost every stage seconds of
+# torch and torchvision imports for the one dataset it handles. tests/test_data_sources.py
+# holds this table equal to what the modules register.
+BUILTIN = {
+    "fashionmnist-mini": "bundled",
+    "cifar10": "cifar10",
+    "fashionmnist": "fashionmnist",
+    "tissuemnist": "medmnist_sets",
+    "bloodmnist": "medmnist_sets",
+    "padufes20": "padufes",
+    "pcam": "pcam",
+    "svhn": "svhn",
+    "tinyimagenet": "tinyimagenet",
+}
+
+
 def register(spec: DatasetSpec) -> DatasetSpec:
     _REGISTRY[spec.name] = spec
     return spec
 
 
-# data.custom entries: set by gradattn.sources (the custom source imports this module).
-_custom_factory: Callable[[str, dict], DatasetSpec] | None = None
-
-
-def register_custom(factory: Callable[[str, dict], DatasetSpec]) -> None:
-    global _custom_factory
-    _custom_factory = factory
+def _custom_factory(name: str, cfg: dict) -> DatasetSpec:
+    """A data.custom entry's spec (gradattn.sources.custom, imported when first needed)."""
+    return importlib.import_module("gradattn.sources.custom").custom_spec(name, cfg)
 
 
 def known_datasets() -> tuple[str, ...]:
-    return tuple(sorted(_REGISTRY))
+    return tuple(sorted(set(_REGISTRY) | set(BUILTIN)))
 
 
 def get_spec(name: str, custom: dict | None = None, options: dict | None = None) -> DatasetSpec:
@@ -62,8 +76,10 @@ def get_spec(name: str, custom: dict | None = None, options: dict | None = None)
     ignored), as gradattn.config.dataset_options(data, name, protocol) returns them."""
     if custom and name in custom:
         return _custom_factory(name, custom[name])
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(f"gradattn.sources.{BUILTIN[name]}")
     if name not in _REGISTRY:
-        allowed = sorted(set(_REGISTRY) | set(custom or {}))
+        allowed = sorted(set(known_datasets()) | set(custom or {}))
         raise GradattnError(f"unknown dataset {name!r}: choose one of {', '.join(allowed)}, "
                             "or describe your own under data.custom")
     spec = _REGISTRY[name]

@@ -1,0 +1,50 @@
+"""The documents agree with each other and with params.yaml: one install command, one smoke
+preset, and an explanation in docs/params.md for every key params.yaml holds (its comments
+live there, since DVC's -S rewrite would move or drop them). That DVC accepts every documented
+-S: tests/test_dvc_yaml.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ."
+SMOKE = "dvc exp run -S train.max_epochs=1 -S gradients.batches=2"
+
+
+def _leaves(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in d.items():
+        if isinstance(value, dict) and value and key != "sources":
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def test_readme_and_reproduce_give_the_same_install_command():
+    readme, reproduce = (ROOT / "README.md").read_text(), (ROOT / "docs/reproduce.md").read_text()
+    assert INSTALL in readme and INSTALL in reproduce
+    # No other way to install in either (e.g. another index for torch in one of them only).
+    for text in (readme, reproduce):
+        installs = re.findall(r"^[^\n`]*pip install[^\n]*$", text, flags=re.M)
+        assert all(INSTALL in line or "'.[test]'" in line for line in installs), installs
+        assert text.count("download.pytorch.org/whl/cpu") == 1  # the same CPU-torch note
+
+
+def test_the_smoke_preset_is_documented_once_in_the_same_words():
+    for doc in ("README.md", "docs/reproduce.md"):
+        assert SMOKE in (ROOT / doc).read_text(), doc
+
+
+def test_docs_params_explains_every_key_of_params_yaml():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    doc = (ROOT / "docs/params.md").read_text()
+    keys = _leaves(params)
+    assert "train.seed" in keys and "data.sources" in keys and len(keys) > 40
+    missing = [k for k in keys if f"`{k}`" not in doc and f"`{k}.<dataset>`" not in doc]
+    assert not missing, f"docs/params.md does not explain {missing}"
+    assert "#" not in (ROOT / "params.yaml").read_text().split("\n", 2)[2]  # no comments below
