@@ -10,6 +10,7 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -159,9 +160,36 @@ def one_line(err: object) -> str:
     return " ".join(str(err).split())
 
 
+def json_text(data: Any, path: str | os.PathLike) -> str:
+    """`data` as indented JSON text for the file `path`; NaN and Infinity (not JSON: other
+    readers reject them) are refused with one line naming the file and the key."""
+    try:
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        key, value = _non_finite(data) or ("a value", "not finite")
+        raise GradattnError(
+            f"{path}: not written: {key} is {value}, not a finite number (JSON has no "
+            "NaN/Infinity); a setting or the data made the run diverge: check train.lr and the "
+            "inputs, and rerun with GRADATTN_DEBUG=1 to see where") from None
+
+
+def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinite float in `node`."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return key or "the value", node
+    if isinstance(node, dict):
+        children = ((f"{key}.{k}" if key else str(k), v) for k, v in node.items())
+    elif isinstance(node, (list, tuple)):
+        children = ((f"{key}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return None
+    return next((found for k, v in children if (found := _non_finite(v, k))), None)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    text = json_text(data, path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: str | None = None):

@@ -78,6 +78,9 @@ def _os_error(err: OSError) -> str:
 
 def _exit(err: BaseException, code: int, message: str) -> None:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        # The error a one-line message replaced (`raise ... from None`) is what a bug
+        # report needs: show it too.
+        err.__suppress_context__ = False
         traceback.print_exception(err)
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)

@@ -25,7 +25,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from gradattn.core.errors import GradattnError
-from gradattn.core.io import disk_errors, move_into_place, remove_stale, temp_dir_beside
+from gradattn.core.io import (
+    disk_errors,
+    json_text,
+    move_into_place,
+    remove_stale,
+    temp_dir_beside,
+)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_ROOT = Path("data/prepared")
@@ -254,7 +260,7 @@ class PreparedWriter:
             **self.notes,
         }
         with disk_errors(self.final.parent):
-            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (self.tmp / "meta.json").write_text(json_text(meta, self.final / "meta.json"))
         move_into_place(self.tmp, self.final)
         return meta
 

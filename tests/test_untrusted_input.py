@@ -1,0 +1,112 @@
+"""Data that changes or breaks never gives a wrong result in silence: each case below is made
+for real (a NaN setting, a cut .npy, a damaged meta.json or .npz, a non-UTF-8 params.yaml,
+a full disk) and ends in one line naming the file or key and what to do, a non-zero exit, and
+nothing written that looks finished."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
+
+from gradattn.config import TrainConfig
+from gradattn.core import io, paths
+from gradattn.core.errors import GradattnError
+from gradattn.core.stage import DEBUG_ENV
+from gradattn.training.loop import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+DATASET, MODEL = "fashionmnist-mini", "resnet18"
+
+
+def run_stage(script: str, *args: str, cwd: Path, env: dict | None = None):
+    full_env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
+    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd,
+                          env=full_env, capture_output=True, text=True)
+
+
+def one_line(proc, code: int = 2) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and "likely a bug" not in lines[0], lines[0]
+    return lines[0]
+
+
+def project(tmp_path: Path, changes: str = "") -> Path:
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text() + changes)
+    return tmp_path
+
+
+# ---------------------------------------------------------------- finite numbers
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+def test_a_non_finite_setting_stops_configure_with_one_line(tmp_path, value):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["lr"] = float(value.replace(".", ""))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    line = one_line(run_stage("configure.py", cwd=tmp_path))
+    assert f"train.lr = {float(value.replace('.', ''))} is not allowed: must be a finite number" in line
+    assert not (tmp_path / "configs").exists()
+
+
+def test_a_non_finite_model_option_is_named_by_key(tmp_path):
+    # model.dropout = NaN passes torch's own 0 <= p <= 1 check (NaN compares false).
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["model"]["dropout"] = float("nan")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    line = one_line(run_stage("configure.py", cwd=tmp_path))
+    assert "model.dropout = nan is not allowed: must be a finite number" in line
+
+
+def test_json_files_never_hold_nan_or_infinity(tmp_path):
+    target = tmp_path / "metrics.json"
+    with pytest.raises(GradattnError) as err:
+        io.write_json(target, {"top1": 0.1, "per_layer": [{"norm": 1.0}, {"norm": float("inf")}]})
+    message = str(err.value)
+    assert "\n" not in message and str(target) in message and "per_layer[1].norm" in message
+    assert list(tmp_path.iterdir()) == []  # no file, no temporary
+
+
+def test_a_diverging_training_stops_before_writing_nan(tmp_path):
+    train, val = data()
+    cfg = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", lr=1e30
+                      ).resolve("corrected", "test")
+    rows: list = []
+    with pytest.raises(GradattnError, match="training diverged at epoch 1") as err:
+        fit(tiny(), train, val, cfg, checkpoint=tmp_path / "run.resume.pt", run_id="r",
+            log=quiet, progress=False, on_epoch=lambda h: rows.extend(h))
+    assert "\n" not in str(err.value) and "lower train.lr" in str(err.value)
+    assert rows == [] and not (tmp_path / "run.resume.pt").exists()
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+def non_utf8(tmp_path: Path) -> Path:
+    cwd = project(tmp_path)
+    text = (cwd / "params.yaml").read_bytes()
+    (cwd / "params.yaml").write_bytes(text.replace(b"# The study", b"# The \xe9tude", 1))
+    return cwd
+
+
+def test_a_non_utf8_params_yaml_is_one_line(tmp_path):
+    line = one_line(run_stage("evaluate.py", DATASET, MODEL, cwd=non_utf8(tmp_path)))
+    assert "params.yaml is not UTF-8 text (byte 0xe9" in line and "save it as UTF-8" in line
+
+
+def test_debug_still_prints_the_traceback_of_a_damaged_file(tmp_path):
+    proc = run_stage("evaluate.py", DATASET, MODEL, cwd=non_utf8(tmp_path),
+                     env={DEBUG_ENV: "1"})
+    assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
+    assert "UnicodeDecodeError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: params.yaml is not UTF-8")
