@@ -5,8 +5,6 @@ nothing written that looks finished."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -35,8 +33,11 @@ def run_stage(script: str, *args: str, cwd: Path, env: dict | None = None):
 
 
 def one_line(proc, code: int = 2) -> str:
-    lines = proc.stderr.strip().splitlines()
+    # Progress bars (tqdm) may come first; the message is one line, the last.
+    lines = [line for line in proc.stderr.strip().splitlines() if "Traceback" in line
+             or line.startswith("error")]
     assert proc.returncode == code and len(lines) == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == lines[0]
     assert lines[0].startswith("error: ") and "likely a bug" not in lines[0], lines[0]
     return lines[0]
 
@@ -55,7 +56,8 @@ def test_a_non_finite_setting_stops_configure_with_one_line(tmp_path, value):
     params["train"]["lr"] = float(value.replace(".", ""))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     line = one_line(run_stage("configure.py", cwd=tmp_path))
-    assert f"train.lr = {float(value.replace('.', ''))} is not allowed: must be a finite number" in line
+    shown = float(value.replace(".", ""))
+    assert f"train.lr = {shown} is not allowed: must be a finite number" in line
     assert not (tmp_path / "configs").exists()
 
 
@@ -110,3 +112,88 @@ def test_debug_still_prints_the_traceback_of_a_damaged_file(tmp_path):
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
     assert "UnicodeDecodeError" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: params.yaml is not UTF-8")
+
+
+@pytest.fixture(scope="module")
+def prepared_project(tmp_path_factory) -> Path:
+    """configure, download and preprocess of the bundled set, run for real (once)."""
+    cwd = project(tmp_path_factory.mktemp("prepared"))
+    for script, *args in (("configure.py",), ("download.py", DATASET),
+                          ("preprocess.py", DATASET)):
+        proc = run_stage(script, *args, cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def copy_of(project_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(project_dir, tmp_path / "p")
+    return tmp_path / "p"
+
+
+@pytest.mark.parametrize("damage", ["truncated images", "truncated labels", "meta.json"])
+def test_a_damaged_prepared_dataset_is_one_line_naming_the_file(prepared_project, tmp_path,
+                                                                damage):
+    cwd = copy_of(prepared_project, tmp_path)
+    folder = cwd / paths.PREPARED / DATASET
+    name = {"truncated images": "train_images.npy", "truncated labels": "train_labels.npy",
+            "meta.json": "meta.json"}[damage]
+    whole = (folder / name).read_bytes()
+    (folder / name).write_bytes(whole[: len(whole) // 2])
+    line = one_line(run_stage("train.py", DATASET, MODEL, cwd=cwd))
+    shown = "data/prepared/fashionmnist-mini" + ("/meta.json" if name == "meta.json" else "")
+    assert f"{shown}" in line and "is damaged or not the file it should be" in line, line
+    assert f"`dvc repro -f preprocess@{DATASET}`" in line and "dvc checkout" in line
+    if name != "meta.json":
+        assert name in line
+    assert not (cwd / "models").exists() and not (cwd / "metrics").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled"])
+def test_a_damaged_predictions_file_is_one_line_without_pickle_advice(prepared_project, tmp_path,
+                                                                      damage):
+    cwd = copy_of(prepared_project, tmp_path)
+    io.write_json(cwd / paths.metrics_file(DATASET, MODEL), {"top1": 0.5})
+    io.write_json(cwd / paths.gradients_file(DATASET, MODEL), {"ghs": 1.0})
+    npz = cwd / paths.predictions_file(DATASET, MODEL)
+    npz.parent.mkdir(parents=True)
+    if damage == "truncated":
+        np.savez_compressed(npz, logits=np.zeros((50, 10), np.float32))
+        npz.write_bytes(npz.read_bytes()[:-100])
+    else:  # what `np.load(..., allow_pickle=True)` would unpickle: it could run code
+        np.savez(npz, logits=np.array([{"a": 1}], dtype=object))
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["models"] = [MODEL]
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    line = one_line(run_stage("plot.py", DATASET, cwd=cwd))
+    assert str(paths.predictions_file(DATASET, MODEL)) in line
+    assert f"`dvc repro -f evaluate@{DATASET}-{MODEL}`" in line
+    assert "allow_pickle" not in line
+    if damage == "pickled":
+        assert "it holds pickled Python objects" in line
+    assert not (cwd / "plots").exists() and not (cwd / "plotdata").exists()
+
+
+def test_a_full_disk_in_preprocess_is_one_line_not_a_bus_error(prepared_project, tmp_path):
+    """data/prepared on a real 1 MB file system (a tmpfs in a private mount namespace): the
+    3.6 MB of arrays do not fit. Writing into a sparse memory map there used to kill the
+    stage with SIGBUS and no message."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user/mount namespaces here (unshare -rm) to mount a small tmpfs")
+    cwd = copy_of(prepared_project, tmp_path)
+    import shutil
+
+    shutil.rmtree(cwd / paths.PREPARED)
+    (cwd / paths.PREPARED).mkdir()
+    env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV} | {"PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs data/prepared && "
+         f"{sys.executable} {ROOT}/stages/preprocess.py {DATASET} && ls -A data/prepared; "
+         "s=$?; ls -A data/prepared; exit $s"],
+        cwd=cwd, env=env, capture_output=True, text=True)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert errors == ["error: cannot write to data/prepared: No space left on device; the disk "
+                      "is full: free space (e.g. `dvc gc -w`) and run again"], proc.stderr
+    assert proc.stdout.strip() == ""  # nothing left in the full folder, no temporary

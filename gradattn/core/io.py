@@ -12,12 +12,16 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gradattn.core.errors import GradattnError
 
@@ -198,5 +202,43 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: 
         writer(tmp)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+# What parsing a damaged or cut file raises (numpy, json, zipfile, pickle, PIL, YAML): the
+# file is not what it should be, not a bug in gradattn.
+_DAMAGE = (ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, pickle.UnpicklingError,
+           SyntaxError, yaml.YAMLError)
+
+
+def damaged_file(path: str | os.PathLike, err: BaseException, fix: str) -> GradattnError:
+    """The one line for a file that cannot be parsed: its name, why, and `fix`."""
+    # numpy's advice for pickled data is to load it unsafely: never pass it on.
+    reason = ("it holds pickled Python objects" if "pickle" in str(err)
+              else one_line(err) or type(err).__name__)
+    return GradattnError(f"{path} is damaged or not the file it should be ({reason}): {fix}")
+
+
+@contextmanager
+def reading(path: str | os.PathLike, fix: str):
+    """Parse `path` inside this block: a truncated or damaged file becomes one line naming it
+    and `fix` (what to do). A refused read (permissions, a missing file: OSError with an errno)
+    passes through to the stage runner, which names the file too."""
+    try:
+        yield
+    except GradattnError:
+        raise
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise damaged_file(path, err, fix) from err
+    except _DAMAGE as err:
+        raise damaged_file(path, err, fix) from err
+
+
+def restore_hint(path: str | os.PathLike, stage: str | None = None) -> str:
+    """What to do about a damaged DVC output: check it out again, or make it again."""
+    again = f"`dvc repro -f {stage}`" if stage else "`dvc repro`"
+    return f"restore it with `dvc checkout {path}` or re-create it with {again}"
+
+
+def read_json(path: str | os.PathLike, fix: str | None = None) -> Any:
+    with reading(path, fix or restore_hint(path)):
+        return json.loads(Path(path).read_text(encoding="utf-8"))
