@@ -5,6 +5,7 @@ nothing written that looks finished."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -197,3 +198,100 @@ def test_a_full_disk_in_preprocess_is_one_line_not_a_bus_error(prepared_project,
     assert errors == ["error: cannot write to data/prepared: No space left on device; the disk "
                       "is full: free space (e.g. `dvc gc -w`) and run again"], proc.stderr
     assert proc.stdout.strip() == ""  # nothing left in the full folder, no temporary
+
+
+# ---------------------------------------------------------------- reports over revisions
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+def record(repo: Path, seed: int, top1: float) -> None:
+    """One run's files and dvc.lock, as tests/test_table.py's record_run writes them."""
+    from test_table import record_run
+
+    record_run(repo, "gradattn", seed, top1)
+
+
+@pytest.fixture
+def two_revisions(tmp_path) -> Path:
+    """seed1: a run whose metrics are in git; HEAD: a run whose metrics file is a DVC output
+    that is not in the local cache (a fresh clone with no DVC remote)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
+    record(repo, 1, 0.25)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "seed 1")
+    git(repo, "tag", "seed1")
+    record(repo, 2, 0.75)
+    git(repo, "rm", "-q", "--cached", "metrics/d1/gradattn.json")
+    (repo / "metrics/d1/.gitignore").write_text("/gradattn.json\n")  # as `dvc repro` does
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "seed 2, metrics in DVC's cache only")
+    return repo
+
+
+def test_table_leaves_out_a_revision_whose_results_are_not_here(two_revisions, capsys):
+    from gradattn.reporting.cli import main
+
+    args = ["table", "--repo", str(two_revisions), "--no-exps", "--no-workspace",
+            "--rev", "seed1", "--rev", "HEAD", "--table", "1"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert "| d1 | – | – | – | 25.00 |" in out  # seed 1 alone
+    assert err.count("\n") == 1 and err.startswith("note: left out rev HEAD: their results are "
+                                                   "neither in git nor in the local DVC cache")
+    assert "--strict" in err
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: rev HEAD: its dvc.lock records "
+                                                   "metrics/d1/gradattn.json")
+
+
+@pytest.mark.parametrize("damage", ["yaml", "not a mapping", "metrics json"])
+def test_table_with_a_damaged_dvc_lock_or_metrics_is_one_line(tmp_path, capsys, damage):
+    from gradattn.reporting.cli import main
+
+    record(tmp_path, 1, 0.25)
+    if damage == "yaml":
+        (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train@d1: [\n")
+    elif damage == "not a mapping":
+        (tmp_path / "dvc.lock").write_text("- just\n- a list\n")
+    else:  # cut in half, and dvc.lock updated to match: only parsing can tell
+        from test_table import _md5, _set_lock
+
+        metrics = tmp_path / "metrics/d1/gradattn.json"
+        metrics.write_text(metrics.read_text()[:5])
+        _set_lock(tmp_path, ["stages", "evaluate@d1-gradattn", "outs", 0, "md5"], _md5(metrics))
+    assert main(["table", "--repo", str(tmp_path), "--no-exps"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    shown = "metrics/d1/gradattn.json" if damage == "metrics json" else "dvc.lock"
+    assert err.startswith(f"error: workspace: {shown} is damaged or not the file it should be")
+
+
+@pytest.mark.parametrize("path", ["dvc.lock", "metrics/summary.json"])
+@pytest.mark.parametrize("side", ["workspace", "base"])
+def test_compare_with_a_damaged_lock_or_headline_is_one_line(tmp_path, capsys, path, side):
+    from gradattn.reporting.cli import main
+
+    record(tmp_path, 1, 0.25)
+    git(tmp_path, "init", "-q")
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "metrics/summary.json").write_text(json.dumps({"d1/gradattn": {"top1": 0.25}}))
+    good = (tmp_path / path).read_bytes()
+    # Cut short: bad JSON; for dvc.lock, "stages:\n  configu" (YAML, but no stages in it).
+    if side == "base":
+        (tmp_path / path).write_bytes(good[:17])
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-qm", "base")
+    (tmp_path / path).write_bytes(good[:17] if side == "workspace" else good)
+    assert main(["compare", "--rev", "HEAD", "--repo", str(tmp_path)]) == 2
+    out, err = capsys.readouterr()
+    where = "the workspace" if side == "workspace" else "--rev HEAD"
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {path} of {where} is damaged or not the file it should be")
