@@ -295,3 +295,87 @@ def test_compare_with_a_damaged_lock_or_headline_is_one_line(tmp_path, capsys, p
     where = "the workspace" if side == "workspace" else "--rev HEAD"
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"error: {path} of {where} is damaged or not the file it should be")
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def image_folder_project(tmp_path: Path, folder: Path) -> Path:
+    cwd = tmp_path / "project"
+    cwd.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["datasets"] = ["mine"]
+    params["data"]["custom"] = {"mine": {"format": "imagefolder", "path": str(folder)}}
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage("configure.py", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd
+
+
+def grey_folder(root: Path, bits: int = 8, per_class: int = 10) -> Path:
+    """Two classes of distinct flat grey images: pixel value = level(class, i)."""
+    from PIL import Image
+
+    for k, cls in enumerate(("a", "b")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            level = (k * per_class + i) * 3000 + 123 if bits == 16 else k * per_class + i
+            dtype = np.uint16 if bits == 16 else np.uint8
+            Image.fromarray(np.full((8, 8), level, dtype)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_16_bit_png_keeps_its_grey_levels_scaled_not_clipped(tmp_path):
+    folder = grey_folder(tmp_path / "src", bits=16)
+    cwd = image_folder_project(tmp_path, folder)
+    for script in ("download.py", "preprocess.py"):
+        proc = run_stage(script, "mine", cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+    prepared = cwd / paths.PREPARED / "mine"
+    levels = np.concatenate([np.load(prepared / f"{s}_images.npy").reshape(-1, 64)[:, 0]
+                             for s in ("train", "val", "test")])
+    expected = {round((j * 3000 + 123) * 255 / 65535) for j in range(20)}
+    assert set(levels.tolist()) == expected  # 20 distinct levels from 1 to 235, none clipped
+    assert len(expected) == 20 and max(expected) < 255
+
+
+@pytest.mark.parametrize("link", ["loop to the root", "loop to itself", "class into class",
+                                  "file twice", "train into test"])
+def test_an_image_reachable_twice_is_refused_at_download(tmp_path, link):
+    folder = tmp_path / "src"
+    if link == "train into test":
+        grey_folder(folder / "train")
+        grey_folder(folder / "test", per_class=2)
+        (folder / "test/b/same").symlink_to(folder / "train/b")
+    else:
+        grey_folder(folder)
+        target, at = {"loop to the root": (folder, "a/up"),
+                      "loop to itself": (folder / "a", "a/me"),
+                      "class into class": (folder / "b", "a/more"),
+                      "file twice": (folder / "a/3.png", "b/copy.png")}[link]
+        (folder / at).symlink_to(target)
+    cwd = image_folder_project(tmp_path, folder)
+    line = one_line(run_stage("download.py", "mine", cwd=cwd))
+    assert line.startswith("error: data.custom.mine: ") and "remove" in line
+    if link == "file twice":
+        assert "b/copy.png" in line and "a/3.png" in line and "are the same file" in line
+    else:
+        assert "already listed as" in line and "symlink loop" in line
+    assert not (cwd / paths.RAW / "mine" / "images.zip").exists()
+    assert [p.name for p in (cwd / paths.RAW).rglob("*")] == []  # nothing, no temporary
+
+
+def test_no_image_lands_in_two_splits(tmp_path):
+    folder = grey_folder(tmp_path / "src", per_class=30)
+    (folder / "a/sub").mkdir()
+    (folder / "a/sub/deeper").symlink_to(folder / "b", target_is_directory=True)
+    cwd = image_folder_project(tmp_path, folder)
+    assert "already listed" in one_line(run_stage("download.py", "mine", cwd=cwd))
+    (folder / "a/sub/deeper").unlink()  # without the link: 60 distinct images, each once
+    for script in ("download.py", "preprocess.py"):
+        proc = run_stage(script, "mine", cwd=cwd)
+        assert proc.returncode == 0, proc.stderr
+    prepared = cwd / paths.PREPARED / "mine"
+    seen = [np.load(prepared / f"{s}_images.npy")[:, 0, 0, 0].tolist()
+            for s in ("train", "val", "test")]
+    assert sorted(sum(seen, [])) == list(range(60))
