@@ -379,3 +379,37 @@ def test_no_image_lands_in_two_splits(tmp_path):
     seen = [np.load(prepared / f"{s}_images.npy")[:, 0, 0, 0].tolist()
             for s in ("train", "val", "test")]
     assert sorted(sum(seen, [])) == list(range(60))
+
+
+# ---------------------------------------------------------------- source data DVC sees
+
+
+def running(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
+@pytest.mark.slow
+def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_path):
+    from conftest import dvc, tiny_project
+
+    project = tiny_project(tmp_path / "p")
+    dvc("repro", "preprocess@tiny", cwd=project)
+    meta = lambda: json.loads((project / "data/prepared/tiny/meta.json").read_text())  # noqa: E731
+    assert meta()["counts"]["train"] == 200
+    source = project / "tiny.npz"
+    with np.load(source) as npz:
+        arrays = dict(npz)
+
+    # Touched, same bytes: the list of files is the same, nothing downstream runs.
+    os.utime(source, (1e9, 1e9))
+    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+
+    # Edited: 50 training images fewer. DVC sees it, and the next repro prepares it again.
+    np.savez(source, **{k: v[:150] if k.startswith("train") else v for k, v in arrays.items()})
+    assert "sources@tiny" in dvc("status", cwd=project).stdout
+    ran = running(dvc("repro", "preprocess@tiny", cwd=project).stdout)
+    assert ran == {"sources@tiny", "download@tiny", "preprocess@tiny"}, ran
+    assert meta()["counts"]["train"] == 150
+    listed = json.loads((project / "data/sources/tiny.json").read_text())["files"]
+    assert list(listed) == ["tiny.npz"] and listed["tiny.npz"]["size"] == source.stat().st_size
+    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}

@@ -16,7 +16,7 @@ import pickle
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,26 @@ def remove_stale(
         else:
             path.unlink(missing_ok=True)
     return len(stale)
+
+
+def walk_once(top: str | os.PathLike, seen_dirs: dict[str, Path] | None = None, *,
+              where: str = "") -> Iterator[Path]:
+    """Every file under `top` (sorted), following symlinked folders but entering each real
+    folder once: a symlink loop, or a second way into a folder already listed, is refused with
+    one line (prefixed by `where`, e.g. the setting that named the folder). `seen_dirs` (real
+    path -> where it was met) may span several walks of one source."""
+    seen_dirs = {} if seen_dirs is None else seen_dirs
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            raise GradattnError(
+                f"{where + ': ' if where else ''}{dirpath} leads to {real}, already listed as "
+                f"{seen_dirs[real]} (a symlink loop, or a link to another folder of the data): "
+                "every file must be reachable one way only; remove the link")
+        seen_dirs[real] = Path(dirpath)
+        dirnames.sort()
+        for filename in sorted(filenames):
+            yield Path(dirpath) / filename
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:

@@ -33,6 +33,7 @@ from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from gradattn.core.errors import ConfigError, GradattnError
+from gradattn.core.io import walk_once
 from gradattn.prepared.augment import AUGMENTATIONS
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import install, pack_zip
@@ -136,23 +137,6 @@ def _folder_classes(name: str, trees: dict[str, Path]) -> list[str]:
     return classes
 
 
-def walk_files(name: str, top: Path, seen_dirs: dict[str, Path]):
-    """Every file under `top` (sorted), following symlinked folders, but each real folder
-    once: a symlink loop, or a second way into a folder already listed (another class's or
-    split's), is refused. `seen_dirs` (real path -> where it was met) spans one whole source."""
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            raise GradattnError(
-                f"data.custom.{name}: {dirpath} leads to {real}, already listed as "
-                f"{seen_dirs[real]} (a symlink loop, or a link to another folder of the data): "
-                "every image must be reachable one way only; remove the link")
-        seen_dirs[real] = Path(dirpath)
-        dirnames.sort()
-        for filename in sorted(filenames):
-            yield Path(dirpath) / filename
-
-
 def _list_images(name: str, trees: dict[str, Path], classes: list[str]
                  ) -> list[tuple[Path, str]]:
     """(file, `<split>/<class>/<relative path>`) of every image, each real file once: an image
@@ -164,7 +148,7 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
             top = tree / cls
             if not top.is_dir():
                 continue
-            for path in walk_files(name, top, seen_dirs):
+            for path in walk_once(top, seen_dirs, where=f"data.custom.{name}"):
                 if not path.name.lower().endswith(IMG_EXTENSIONS) or not path.is_file():
                     continue
                 real = os.path.realpath(path)
