@@ -413,3 +413,63 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_
     listed = json.loads((project / "data/sources/tiny.json").read_text())["files"]
     assert list(listed) == ["tiny.npz"] and listed["tiny.npz"]["size"] == source.stat().st_size
     assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+
+    # An output edited in place (root ignores the read-only bit) leaves the cache intact
+    # under the project's cache type: `dvc checkout` brings back what preprocess wrote.
+    dvc("config", "cache.type", project_cache_type(), cwd=project)
+    dvc("checkout", "--relink", "data/prepared/tiny", cwd=project)
+    meta_file = project / "data/prepared/tiny/meta.json"
+    original = meta_file.read_bytes()
+    os.chmod(meta_file, 0o644)
+    with open(meta_file, "r+b") as fh:
+        fh.write(b"{damaged")
+    assert "preprocess@tiny" in dvc("status", cwd=project).stdout
+    dvc("checkout", "--force", "data/prepared/tiny", cwd=project)
+    assert meta_file.read_bytes() == original
+
+
+def project_cache_type() -> str:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc/config")
+    return config["cache"]["type"]
+
+
+def test_the_dvc_cache_is_never_linked_into_the_workspace():
+    assert set(project_cache_type().split(",")) <= {"reflink", "copy"}
+
+
+# ---------------------------------------------------------------- temporaries of killed stages
+
+
+def test_any_stage_removes_what_dead_processes_left_and_keeps_live_ones(tmp_path):
+    """A stage killed and later served from DVC's run cache never cleans up itself: whatever
+    stage runs next does, keeping the temporaries of processes still running (a concurrent
+    experiment's checkpoint)."""
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    host = "".join(c for c in socket.gethostname() if c.isalnum())[:32]
+    live = f"{os.getpid()}@{host}"
+    cwd = project(tmp_path)
+    left = {  # path -> removed?
+        f"checkpoints/{DATASET}/.resnet18.abc.resume.pt.tmp-{dead}@{host}-x1.pt": True,
+        f"data/prepared/.{DATASET}.tmp-{dead}@{host}-x2/train_images.npy": True,
+        f"data/raw/{DATASET}/.{DATASET}.npz.tmp-k1ll3d": True,  # no owner recorded: old
+        f"metrics/{DATASET}/.resnet18.json.tmp-{dead}@{host}-x3": True,
+        f"checkpoints/{DATASET}/.gradattn.abc.resume.pt.tmp-{live}-x4.pt": False,  # running
+        f"checkpoints/{DATASET}/.gradattn.abc.resume.pt.tmp-{dead}@otherhost-x5.pt": False,
+    }
+    for rel in left:
+        (cwd / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cwd / rel).write_bytes(b"half a file")
+    io.write_json(cwd / paths.source_config(DATASET), {"dataset": DATASET, "source": None,
+                                                       "custom": None})
+    proc = run_stage("sources.py", DATASET, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "removed 4 temporary file(s) that killed runs left" in proc.stdout
+    for rel, removed in left.items():
+        top = cwd / rel if ".tmp-" in Path(rel).name else (cwd / rel).parent
+        assert top.exists() != removed, rel

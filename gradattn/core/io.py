@@ -1,7 +1,9 @@
 """Atomic writes: an interrupted stage never leaves a file or folder that looks finished.
 
-Every temporary is named `.<final name>.tmp-<random>` beside its final path, so a stage can
-find and remove what a killed run of it left (`remove_stale`).
+Every temporary is named `.<final name>.tmp-<pid>@<host>-<random>` beside its final path, so
+a stage can find and remove what a killed run of it left (`remove_stale`), and any stage can
+remove what dead processes left anywhere in the project (`sweep_dead`, at every stage's
+start: a killed stage then served from DVC's run cache never runs its own clean-up).
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,14 @@ from gradattn.core.errors import GradattnError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-TMP = ".tmp-"  # marks a temporary: `.<name>.tmp-<random>`
+TMP = ".tmp-"  # marks a temporary: `.<name>.tmp-<pid>@<host>-<random>`
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_OWNER = re.compile(r"\.tmp-(\d+)@([A-Za-z0-9]+)-")
+
+
+def _tag() -> str:
+    """The part of a temporary's name after TMP that says which process made it."""
+    return f"{os.getpid()}@{_HOST}-"
 
 # What to do when the disk refuses a write, by errno.
 _DISK_ADVICE = {
@@ -76,7 +87,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         # What a killed earlier write of this same file left; nothing else writes it now.
         remove_stale(path.parent, path.name)
-        prefix = f".{path.name}{TMP}"
+        prefix = f".{path.name}{TMP}{_tag()}"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix or "")
         os.close(fd)
         try:
@@ -93,7 +104,7 @@ def temp_dir_beside(path: str | os.PathLike) -> Path:
     path = Path(path)
     with disk_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP}"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP}{_tag()}"))
         _usual_mode(tmp, folder=True)
     return tmp
 
@@ -125,7 +136,7 @@ def scratch_dir(parent: str | os.PathLike, name: str = "scratch"):
     if the process is killed)."""
     with disk_errors(parent):
         Path(parent).mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TMP}"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TMP}{_tag()}"))
     try:
         yield tmp
     finally:
@@ -168,6 +179,45 @@ def walk_once(top: str | os.PathLike, seen_dirs: dict[str, Path] | None = None, 
         dirnames.sort()
         for filename in sorted(filenames):
             yield Path(dirpath) / filename
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _dead_owner(name: str) -> bool:
+    """Whether the process that made temporary `name` is gone. A name without an owner (made
+    before owners were recorded) counts as dead; one of another host is never judged."""
+    owner = _OWNER.search(name)
+    if owner is None:
+        return True
+    return owner.group(2) == _HOST and not _alive(int(owner.group(1)))
+
+
+def sweep_dead(folders: Iterable[str | os.PathLike], depth: int = 3) -> list[Path]:
+    """Remove the temporaries that dead processes left in `folders`, down to `depth` levels
+    (`data/raw/<dataset>/.x.tmp-…` is 3 below `data`); a live process's are kept, so stages
+    of concurrent experiments sharing a folder (checkpoints/) are safe. Returns what went."""
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for level in range(depth):
+            for path in folder.glob("/".join(["*"] * level + [f".*{TMP}*"])):
+                if not _dead_owner(path.name) or not path.exists():
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:
