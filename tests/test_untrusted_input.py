@@ -340,7 +340,7 @@ def test_16_bit_png_keeps_its_grey_levels_scaled_not_clipped(tmp_path):
 
 
 @pytest.mark.parametrize("link", ["loop to the root", "loop to itself", "class into class",
-                                  "file twice", "train into test"])
+                                  "file twice", "train into test", "dangling"])
 def test_an_image_reachable_twice_is_refused_at_download(tmp_path, link):
     folder = tmp_path / "src"
     if link == "train into test":
@@ -352,13 +352,16 @@ def test_an_image_reachable_twice_is_refused_at_download(tmp_path, link):
         target, at = {"loop to the root": (folder, "a/up"),
                       "loop to itself": (folder / "a", "a/me"),
                       "class into class": (folder / "b", "a/more"),
-                      "file twice": (folder / "a/3.png", "b/copy.png")}[link]
+                      "file twice": (folder / "a/3.png", "b/copy.png"),
+                      "dangling": (folder / "a/gone.png", "a/link.png")}[link]
         (folder / at).symlink_to(target)
     cwd = image_folder_project(tmp_path, folder)
     line = one_line(run_stage("download.py", "mine", cwd=cwd))
     assert line.startswith("error: data.custom.mine: ") and "remove" in line
     if link == "file twice":
         assert "b/copy.png" in line and "a/3.png" in line and "are the same file" in line
+    elif link == "dangling":
+        assert "a/link.png is a link to nothing" in line
     else:
         assert "already listed as" in line and "symlink loop" in line
     assert not (cwd / paths.RAW / "mine" / "images.zip").exists()

@@ -149,8 +149,13 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
             if not top.is_dir():
                 continue
             for path in walk_once(top, seen_dirs, where=f"data.custom.{name}"):
-                if not path.name.lower().endswith(IMG_EXTENSIONS) or not path.is_file():
+                if not path.name.lower().endswith(IMG_EXTENSIONS):
                     continue
+                if not path.is_file():  # a dangling link: an image silently missing
+                    raise GradattnError(
+                        f"data.custom.{name}: {path} is a link to nothing "
+                        f"({os.readlink(path) if path.is_symlink() else 'not a file'}): "
+                        "point it at the image or remove it")
                 real = os.path.realpath(path)
                 if real in seen_files:
                     raise GradattnError(
