@@ -15,17 +15,20 @@
 #
 # Steps, each under its own timeout, all within GPU_CHECK_BUDGET_S (default 540 s; about 6-7
 # minutes expected on an H100, estimated from the issue's numbers, not measured here yet):
-#   1. the fast-path tests (CPU logic + the CUDA-only ones)            ~1 min
-#   2. prepare full Fashion-MNIST: 70,000 images pooled, 70/15/15       ~10 s
+#   1. the fast-path and device-analysis tests (CPU logic + the CUDA-only ones)  ~1 min
+#   2. prepare full Fashion-MNIST with the pipeline's configure, download and preprocess
+#      stages (corrected recipe: the official split, 54k/6k/10k)       ~20 s
 #   3. throughput at 32 px, ResNet-18 and GradAttn, eager fp32 vs fast  ~1 min
 #      targets: fast >= 45k img/s ResNet-18, >= 30k GradAttn, >= 4x eager fp32
 #   4. train to early stopping on full Fashion-MNIST (28 px, the paper's protocol, at most
 #      GPU_CHECK_MAX_EPOCHS epochs): ResNet-18 and GradAttn on the fast path, ResNet-18 on
 #      the eager fp32 path; wall times, best val and test accuracy       ~4-5 min
+#   5. only with GPU_CHECK_PACKING=1 (raise GPU_CHECK_BUDGET_S by ~300): benchmarks/packing.py,
+#      ResNet-18, 1/4/8 trainings as processes, under MPS and on streams -> packing.json
 # Everything lands in $OUT (default ./gpu-check-out): gpu_check.log, throughput.json,
 # train.json and gpu_check.json (the summary, with pass/fail against the targets).
 #
-# GPU_CHECK_CPU=1 is a dry run of the script's plumbing on a CPU (a 1,000-image subset,
+# GPU_CHECK_CPU=1 is a dry run of the script's plumbing on a CPU (trains on a 1,000-image subset,
 # one epoch, quick throughput): it proves the script runs, not that the GPU path is fast.
 
 set -euo pipefail
@@ -67,65 +70,42 @@ elif os.environ["CPU_DRY_RUN"] != "1":
     sys.exit("no CUDA GPU visible: this check is for a GPU machine (GPU_CHECK_CPU=1 for a dry run)")
 EOF
 
-step "1. tests (tests/test_fast.py, tests/test_train.py)"
+step "1. tests (tests/test_fast.py, tests/test_train.py, tests/test_analysis_device.py)"
 tests_rc=0
 timeout "$(limit 240)" "$PY" -m pytest -q -p no:cacheprovider tests/test_fast.py tests/test_train.py \
+    tests/test_analysis_device.py \
     -rs --durations=5 || tests_rc=$?
 echo "tests exit code: $tests_rc"
 echo "$tests_rc" > "$WORK/tests_rc"
 
-step "2. prepare full Fashion-MNIST from $SRC"
-if timeout "$(limit 120)" "$PY" - <<'EOF'
-import gzip, json, os
+step "2. prepare full Fashion-MNIST from $SRC with the pipeline's own stages"
+# configure, download and preprocess, as `dvc repro preprocess@fashionmnist` runs them (no
+# DVC here), in a scratch project under $WORK: the corrected recipe, the official split.
+PIPE="$WORK/pipeline"
+prepare_fashionmnist() {
+    mkdir -p "$PIPE"
+    "$PY" - "$PIPE/params.yaml" <<'EOF' || return $?
+import os, sys
 from pathlib import Path
-import numpy as np
-from gradattn.prepared.format import PreparedWriter
-
-src, root = Path(os.environ["SRC"]), Path(os.environ["WORK"]) / "prepared"
-name = "fashionmnist"
-if (root / name / "meta.json").exists():
-    print(f"already prepared: {root / name}")
-    raise SystemExit(0)
-
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-files = {k: src / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz" for k in
-         ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-missing = [str(p) for p in files.values() if not p.exists()]
-if missing:
-    raise SystemExit(f"missing {missing}: copy /usr/share/datasets/fashion-mnist/*.gz to "
-                     ".device-data/fashion-mnist/ (and carry .device-data)")
-images = np.concatenate([idx(files["train-images"]), idx(files["t10k-images"])])[..., None]
-labels = np.concatenate([idx(files["train-labels"]), idx(files["t10k-labels"])]).astype(np.int64)
-assert images.shape == (70000, 28, 28, 1), images.shape
-# The notebooks' split: train and test pooled, shuffled, cut 70/15/15.
-order = np.random.default_rng(0).permutation(len(labels))
-if os.environ["CPU_DRY_RUN"] == "1":
-    order = order[:1000]
-n_train, n_val = round(0.70 * len(order)), round(0.15 * len(order))
-parts = {"train": order[:n_train], "val": order[n_train:n_train + n_val],
-         "test": order[n_train + n_val:]}
-classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-           "Sneaker", "Bag", "Ankle boot"]
-notes = {"split": "pooled", "split_seed": 0, "augment": "rotate10",
-         "split_note": "Fashion-MNIST train+test pooled, random 70/15/15 (gpu_check)"}
-with PreparedWriter(name, classes, root=root, notes=notes) as writer:
-    for split, rows in parts.items():
-        rows = np.sort(rows)
-        writer.write_split(split, images[rows], labels[rows])
-    meta = writer.commit()
-print(f"prepared {root / name}: {json.dumps(meta['counts'])}")
+import yaml
+params = yaml.safe_load(Path("params.yaml").read_text())
+params["data"]["datasets"] = ["fashionmnist"]
+params["data"]["sources"]["fashionmnist"] = str(Path(os.environ["SRC"]).resolve())
+Path(sys.argv[1]).write_text(yaml.safe_dump(params, sort_keys=False))
 EOF
-then :; else echo "preparing Fashion-MNIST failed: $?"; fi
+    local repo=$PWD
+    (cd "$PIPE" &&
+     timeout "$(limit 60)" "$PY" "$repo/stages/configure.py" &&
+     timeout "$(limit 60)" "$PY" "$repo/stages/download.py" fashionmnist &&
+     timeout "$(limit 120)" "$PY" "$repo/stages/preprocess.py" fashionmnist)
+}
+if [ -f "$PIPE/data/prepared/fashionmnist/meta.json" ]; then
+    echo "already prepared: $PIPE/data/prepared/fashionmnist"
+elif prepare_fashionmnist; then :; else echo "preparing Fashion-MNIST failed: $?"; fi
 
 step "3. throughput at 32 px"
 if [ "$CPU_DRY_RUN" = 1 ]; then tp_args=(--quick --sizes 32); else tp_args=(--sizes 32 --min-seconds 3); fi
-timeout "$(limit 150)" "$PY" benchmarks/throughput.py --root "$WORK/prepared" --dataset fashionmnist \
+timeout "$(limit 150)" "$PY" benchmarks/throughput.py --root "$PIPE/data/prepared" --dataset fashionmnist \
     "${tp_args[@]}" --out "$OUT/throughput.json" || echo "throughput failed: $?"
 
 step "4. train to early stopping on full Fashion-MNIST"
@@ -138,9 +118,12 @@ from gradattn.config import TrainConfig
 from gradattn.prepared.batches import Batches
 from gradattn.prepared.format import load_meta, load_split
 from gradattn.models import build_model
-from gradattn.training.loop import fit, make_deterministic, predict, resolve_device
+from gradattn.core.device import resolve_device
+from gradattn.models.trained import predict
+from gradattn.training.loop import fit, make_deterministic
 
-root, out = Path(os.environ["WORK"]) / "prepared", Path(os.environ["OUT"]) / "train.json"
+root = Path(os.environ["WORK"]) / "pipeline/data/prepared"
+out = Path(os.environ["OUT"]) / "train.json"
 dry = os.environ["CPU_DRY_RUN"] == "1"
 max_epochs = 1 if dry else int(os.environ["MAX_EPOCHS"])
 meta = load_meta("fashionmnist", root)
@@ -153,10 +136,14 @@ for model_name, fast, precision in runs:
     make_deterministic(cfg.seed, device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, num_classes=meta["num_classes"], in_channels=meta["channels"])
-    train = Batches(*load_split("fashionmnist", "train", root), meta, device=device,
+    def split(name, n):  # the dry run trains on a subset (n images), one epoch
+        images, labels = load_split("fashionmnist", name, root)
+        return (images[:n], labels[:n]) if dry else (images, labels)
+
+    train = Batches(*split("train", 700), meta, device=device,
                     batch_size=cfg.batch_size, shuffle=True, augment=meta["augment"])
-    val, test = (Batches(*load_split("fashionmnist", split, root), meta, device=device,
-                         batch_size=256) for split in ("val", "test"))
+    val, test = (Batches(*split(name, 150), meta, device=device, batch_size=256)
+                 for name in ("val", "test"))
     print(f"--- {model_name}, fast={fast}, precision={precision}: {train.num_images:,} train "
           f"images on {device}", flush=True)
     t0 = time.perf_counter()
@@ -183,6 +170,14 @@ for model_name, fast, precision in runs:
     if device.type == "cuda":
         torch.cuda.empty_cache()
 EOF
+
+if [ "${GPU_CHECK_PACKING:-0}" = 1 ]; then
+    step "5. packing: ResNet-18, K = 1, 4, 8 trainings on the GPU (benchmarks/packing.py)"
+    if [ "$CPU_DRY_RUN" = 1 ]; then pk_args=(--dry --models resnet18); else
+        pk_args=(--models resnet18 --counts 1 4 8 --seconds 8); fi
+    timeout "$(limit 300)" "$PY" benchmarks/packing.py "${pk_args[@]}" --out "$OUT/packing.json" \
+        || echo "packing failed or timed out: $?"
+fi
 
 step "summary"
 "$PY" - <<'EOF'

@@ -35,6 +35,7 @@ from gradattn.training.fast import (
     Plan,
     TensorLR,
     Trainer,
+    _Snapshot,
     make_optimizer,
     resolve_plan,
     settle_loaded_optimizer,
@@ -119,6 +120,30 @@ def test_lr_drops_by_factor_to_min_lr_and_the_steps_follow(cfg):
     moved = [(b - a).abs().mean().item() for a, b in zip(w[:-1], w[1:], strict=True)]
     assert all(m > 0 for m in moved)
     assert 1e-4 < moved[-1] / moved[0] < 1e-2  # lr 1e-6 against 1e-3
+
+
+def test_history_records_the_scheduled_lr_not_its_float32_tensor(monkeypatch):
+    # On CUDA the lr tensor is float32 (1e-3 reads back as 0.0010000000474974513); the
+    # history, the schedule's cuts and the checkpoint take the float the schedule set, as
+    # the eager path's. The stand-in's tensor made float32 here, as on a GPU.
+    import gradattn.training.loop as loop
+
+    def float32_lr(model, cfg, plan):
+        return torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, dtype=torch.float32),
+                                weight_decay=cfg.weight_decay)
+
+    monkeypatch.setattr(loop, "make_optimizer", float32_lr)
+    train, val = scripted_data()
+    cfg = dataclasses.replace(FAST, max_epochs=6, lr=1e-3, plateau_factor=0.2,
+                              plateau_patience=1, early_stopping_patience=20)
+    result = fit(Scripted([0.3]), train, val, cfg, log=quiet, progress=False)
+    lrs = [r["lr"] for r in result.history]
+    assert lrs == [0.001, 0.001, 0.001, 0.001 * 0.2, 0.001 * 0.2, 0.001 * 0.2 * 0.2]
+    assert all(type(v) is float for v in lrs)
+    monkeypatch.undo()
+    eager = fit(Scripted([0.3]), *scripted_data(), dataclasses.replace(cfg, fast="off"),
+                log=quiet, progress=False)
+    assert [r["lr"] for r in eager.history] == lrs  # the same on both paths, exactly
 
 
 # --- early stopping and best weights --------------------------------------------------------
@@ -365,23 +390,41 @@ def _cuda_plan(precision: str = "fp32") -> Plan:
     return resolve_plan(TrainConfig(fast="on", precision=precision), torch.device("cuda"))
 
 
-@cuda
-def test_cuda_graph_reads_the_lr_tensor():
-    plan = _cuda_plan()
-    model = tiny(dropout=0.0).cuda().to(memory_format=torch.channels_last)
+def _one_step_updates(trainer: Trainer, lr: TensorLR, value: float, x, y) -> list:
+    """How far each parameter moves in one training step at learning rate `value`; the
+    model and the optimiser are put back as they were (in place: a graph holds them)."""
+    snapshot = _Snapshot(trainer.model, trainer.optimizer)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    lr.tensors[0].fill_(value)
+    trainer.train_epoch([(x, y)])
+    moved = [p.detach() - b for p, b in zip(trainer.model.parameters(), before, strict=True)]
+    snapshot.restore()
+    return moved
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_the_step_reads_the_lr_tensor_one_update_scales_with_it(device):
+    # Adam's first step moves each weight by lr * m/(sqrt(v) + eps): twice the lr, twice the
+    # update, on every parameter (zero-valued ones such as BatchNorm's biases included). A
+    # graph that had baked the learning rate in at capture (1e-3) would move both by the
+    # same amount. On the CPU this is the stand-in's eager step on the same tensor.
+    plan = _cuda_plan() if device == "cuda" else resolve_plan(FAST, "cpu")
+    model = tiny(dropout=0.0).to(device)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, FAST, plan)
     lr = TensorLR(opt)
-    train, val = data(device="cuda")
+    train, val = data(device=device)
     trainer = Trainer(model, opt, plan)
     trainer.prepare(train, val)
+    assert (trainer.train_graph is not None) == (device == "cuda")
     x, y = next(train.epoch(0))
-    before = [p.detach().clone() for p in model.parameters()]
-    lr.tensors[0].fill_(1e-30)  # lr 0 would divide 0 by 0 in capturable Adam
-    trainer.train_epoch([(x, y)])
-    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
-    lr.tensors[0].fill_(1e-2)
-    trainer.train_epoch([(x, y)])
-    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))
+    a = 1e-4
+    at_a = _one_step_updates(trainer, lr, a, x, y)
+    at_2a = _one_step_updates(trainer, lr, 2 * a, x, y)
+    for (name, _), d1, d2 in zip(model.named_parameters(), at_a, at_2a, strict=True):
+        assert d1.norm() > 0.1 * a, name  # it moved: about a per element
+        assert (d2 - 2 * d1).norm() <= 1e-3 * (2 * d1).norm(), name
 
 
 @cuda
@@ -420,7 +463,8 @@ def test_cuda_fast_fit_matches_eager_fp32(monkeypatch):
     for a, b in zip(eager.history, fast.history, strict=True):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-3)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=2e-3)
-        assert a["lr"] == b["lr"]
+        assert a["lr"] == b["lr"] and type(b["lr"]) is float  # the schedule's, not float32's
+    assert fast.history[0]["lr"] == 0.001
     for k in we:
         if we[k].is_floating_point():
             assert (we[k] - wf[k]).abs().mean() < 1e-4, k

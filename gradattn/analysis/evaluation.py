@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from gradattn.analysis.metrics import classification_metrics, train_val_gap
 from gradattn.core import paths
-from gradattn.core.device import resolve_device
+from gradattn.core.device import exact_fp32, resolve_device
 from gradattn.core.io import read_json
 from gradattn.models import count_parameters
 from gradattn.models.trained import load_trained, predict
@@ -87,7 +87,8 @@ def evaluate(dataset: str, model_name: str, *, batch_size: int, ece_bins: int,
     model.to(device)
     meta = load_meta(dataset)
     test = make_batches(dataset, "test", meta, batch_size=batch_size, device=device)
-    logits, labels = predict(model, test)
+    with exact_fp32():  # on a GPU: the CPU's numbers up to rounding
+        logits, labels = predict(model, test)
     history = read_json(paths.history_file(dataset, model_name))
     best = record["best_epoch"]
     evaluated = record.get("weights_epoch", best)  # older checkpoints: always the best
@@ -111,5 +112,6 @@ def evaluate(dataset: str, model_name: str, *, batch_size: int, ece_bins: int,
         "class_counts": np.bincount(train_labels, minlength=len(meta["classes"])),
     }
     if returns_attention(model):
-        arrays["attention"] = mean_attention(model, test.epoch(), total=len(test))
+        with exact_fp32():
+            arrays["attention"] = mean_attention(model, test.epoch(), total=len(test))
     return metrics, arrays

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from gradattn.core.device import exact_fp32
 from gradattn.models.probe import (  # noqa: F401  (re-exported: the analysis' public names)
     ENCODER_TYPES,
     analysed_layers,
@@ -305,8 +306,9 @@ def analyse_gradients(
         raise ValueError(f"norm must be one of {', '.join(NORM_KINDS)}, got {norm!r}")
     if silent not in SILENT_KINDS:
         raise ValueError(f"silent must be one of {', '.join(SILENT_KINDS)}, got {silent!r}")
-    measured = measure_gradient_norms(model, batches, num_batches, loss_fn=loss_fn, seed=seed,
-                                      progress=progress)
+    with exact_fp32():  # on a GPU: the CPU's norms up to rounding (docs/gpu.md)
+        measured = measure_gradient_norms(model, batches, num_batches, loss_fn=loss_fn,
+                                          seed=seed, progress=progress)
     silent_layers = measured["legacy_silent"] if silent == "count" else []
     layers = [(name, kind) for name, kind in measured["layers"] if name not in silent_layers]
     health = {kind: gradient_health({name: measured[kind][name] for name, _ in layers},

@@ -13,6 +13,7 @@ import fcntl
 import os
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -72,3 +73,17 @@ def resolve_device(name: str) -> torch.device:
                   "set CUDA_VISIBLE_DEVICES to choose)")
             return torch.device("cuda", index)
     return torch.device(name)
+
+
+@contextmanager
+def exact_fp32():
+    """Full fp32 convolutions and matmuls on a GPU for the block (TF32 off; cuDNN's default
+    is on), so evaluation and gradient analysis on a GPU give the CPU's numbers up to
+    rounding (logits within 1e-4 relative; docs/gpu.md). Nothing changes on the CPU."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32 = matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved

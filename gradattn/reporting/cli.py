@@ -174,6 +174,10 @@ def parser() -> argparse.ArgumentParser:
                    help="stages for `dvc exp run` to reproduce (default: the whole pipeline)")
     g.add_argument("-o", "--out", type=Path, help=argparse.SUPPRESS)
     g.set_defaults(run=_grid)
+
+    from gradattn.reporting.study import add_parser as add_study  # `gradattn study run`
+
+    add_study(sub)
     return p
 
 

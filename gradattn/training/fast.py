@@ -10,8 +10,10 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
   on the CPU; fast auto is on for CUDA and off for the CPU. Fast on a CPU is the *stand-in*:
   the same logic with the graph replaced by an eager call, so tests check it without a GPU.
 - The learning rate is a 0-dim tensor in the optimiser's param group, which the graph reads
-  on every replay. ReduceLROnPlateau fills it in place (recent torch); `TensorLR.sync` puts
-  any value that replaced it (an older torch, `load_state_dict`) back into the same tensor.
+  on every replay. `TensorLR` keeps the value the schedule set as a Python float beside it
+  (float32 on CUDA would read 1e-3 back as 0.0010000000474974513): the scheduler steps and
+  checkpoints see the float (`TensorLR.as_floats`), the history records it, and `sync`
+  fills whatever value was set (or loaded) into the same tensor.
 - Adam is `capturable=True` (its step count and bias corrections live on the GPU).
 - Before capture, a few warm-up steps run on a side stream (as torch.cuda.graphs asks); they
   train on random data, so the model's weights, buffers and Adam state are saved before and
@@ -31,6 +33,7 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -97,22 +100,50 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan) -> torch.opti
 
 
 class TensorLR:
-    """Keeps each param group's learning rate in the one tensor the step (and graph) reads."""
+    """Keeps each param group's learning rate in the one tensor the step (and graph) reads,
+    and the value the schedule set as a Python float beside it.
 
-    def __init__(self, optimizer: torch.optim.Optimizer):
+    The tensor holds that value rounded to its dtype (float32 on CUDA: 1e-3 reads back as
+    0.0010000000474974513), so the history, the schedule's next cut and the checkpoint take
+    the float (`values`), exactly what the eager path's float learning rate would be."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, values: list[float] | None = None):
         self.optimizer = optimizer
         self.tensors = [group["lr"] for group in optimizer.param_groups]
         if not all(isinstance(t, Tensor) for t in self.tensors):
             raise TypeError("TensorLR needs an optimiser made with a tensor learning rate")
+        self.values = [float(t) for t in self.tensors] if values is None else list(values)
+
+    @property
+    def value(self) -> float:
+        """The first group's learning rate as the schedule set it."""
+        return self.values[0]
+
+    @contextmanager
+    def as_floats(self):
+        """Inside, the param groups hold the schedule's floats (for a scheduler's step, which
+        then computes in float64 as on the eager path, or for a checkpoint's state); after,
+        the tensors again, filled with whatever was set inside."""
+        for group, value in zip(self.optimizer.param_groups, self.values, strict=True):
+            group["lr"] = value
+        try:
+            yield
+        finally:
+            self.sync()
 
     def sync(self) -> None:
-        """Copy a value that replaced a group's tensor back into that tensor."""
-        for group, tensor in zip(self.optimizer.param_groups, self.tensors, strict=True):
+        """Copy a value that replaced a group's tensor back into that tensor (and keep it as
+        the float); a tensor filled in place (by an older scheduler) gives its value."""
+        for i, (group, tensor) in enumerate(zip(self.optimizer.param_groups, self.tensors,
+                                                strict=True)):
             value = group["lr"]
             if value is not tensor:
+                self.values[i] = float(value)
                 with torch.no_grad():
-                    tensor.fill_(float(value))
+                    tensor.fill_(self.values[i])
                 group["lr"] = tensor
+            elif float(tensor) != float(torch.tensor(self.values[i], dtype=tensor.dtype)):
+                self.values[i] = float(tensor)
 
 
 def settle_loaded_optimizer(optimizer: torch.optim.Optimizer, plan: Plan,
@@ -130,8 +161,9 @@ def settle_loaded_optimizer(optimizer: torch.optim.Optimizer, plan: Plan,
                 group["lr"] = float(group["lr"])
 
 
-def current_lr(optimizer: torch.optim.Optimizer) -> float:
-    return float(optimizer.param_groups[0]["lr"])
+def current_lr(optimizer: torch.optim.Optimizer, lr: TensorLR | None = None) -> float:
+    """The learning rate the schedule set (on the fast path the float, not its tensor)."""
+    return lr.value if lr is not None else float(optimizer.param_groups[0]["lr"])
 
 
 class _Snapshot:

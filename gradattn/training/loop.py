@@ -10,6 +10,7 @@ TrainConfig (no `auto`; TrainConfig.resolve)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -163,7 +164,7 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, plan)
-    lr_tensor = TensorLR(optimizer) if plan.fast else None
+    lr_tensor = TensorLR(optimizer, [cfg.lr] * len(optimizer.param_groups)) if plan.fast else None
     if cfg.weights not in ("best", "last"):
         raise ValueError(f"train.weights must be resolved to best or last, got {cfg.weights!r}")
     scheduler = make_plateau(optimizer, cfg)
@@ -216,14 +217,14 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         grad_norms = grad_probe(model) if grad_probe else None
 
         val_loss, val_acc = trainer.validate(val)
-        lr = current_lr(optimizer)
+        lr = current_lr(optimizer, lr_tensor)
         train_loss = loss_sum / train.num_images
         if not math.isfinite(train_loss) or not math.isfinite(val_loss):
             # Diverged: every later number (and the weights kept) would be NaN; stop before
             # writing any of it.
             raise GradattnError(
                 f"training diverged at epoch {epoch}: train loss {train_loss}, val loss "
-                f"{val_loss} (lr {current_lr(optimizer):g}); nothing of this epoch was kept: "
+                f"{val_loss} (lr {lr:g}); nothing of this epoch was kept: "
                 "lower train.lr (or set train.precision: fp32) and rerun")
         row = {
             "epoch": epoch,
@@ -239,9 +240,8 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         history.append(row)
         if stopper.update(val_acc, epoch):
             best_state = copy.deepcopy(model.state_dict())
-        scheduler.step(val_acc)
-        if lr_tensor is not None:
-            lr_tensor.sync()
+        with _floats(lr_tensor):  # the schedule computes on the float, as eager does
+            scheduler.step(val_acc)
         if on_epoch is not None:
             on_epoch(history)
         log(_epoch_line(row, cfg, stopper, epoch_seconds=[r["seconds"] for r in history]))
@@ -252,9 +252,11 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         due = (not plan.fast or last
                or time.perf_counter() - last_saved >= FAST_CHECKPOINT_INTERVAL_S)
         if checkpoint is not None and due:
+            with _floats(lr_tensor):  # the float lr, so a resumed run continues exactly
+                optimizer_state = optimizer.state_dict()
             _save_checkpoint(checkpoint, {
                 "run_id": run_id, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "early_stopping": stopper.state_dict(), "best_model": best_state,
                 "history": history,
             })
@@ -272,6 +274,11 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
                      best_val_accuracy=stopper.best, resumed_from=resumed_from,
                      stopped_early=stopper.should_stop,
                      seconds=time.perf_counter() - started, extras=extras)
+
+
+def _floats(lr: TensorLR | None):
+    """The param groups holding the schedule's float learning rates (fast path), or as they are."""
+    return lr.as_floats() if lr is not None else contextlib.nullcontext()
 
 
 def _epoch_line(row: dict, cfg: TrainConfig, stopper: EarlyStopping, *,

@@ -1,0 +1,292 @@
+"""`gradattn study run`: the cells of `gradattn grid` on one machine's GPUs, packed, then published.
+
+Every cell is one DVC experiment, as the grid defines it (`dvc exp run --temp -n <name> -S
+...`: each in its own temporary copy of the repository, so several run at once). A GPU takes
+`--per-gpu` cells at a time (each worker process sees only its GPU: CUDA_VISIBLE_DEVICES),
+optionally under CUDA MPS (`--mps`: one MPS daemon for the study, so the processes share the
+GPU's SMs instead of time-slicing it). A line of progress follows every start and end (cells
+done / running / failed, time left at the mean cell time so far); a cell that fails is run
+once more at the end of the queue, and one that fails twice is reported with its log. At the
+end `gradattn table --publish results/<study>` writes the study's tables, with the commands
+that made them and the commit, from exactly the study's experiments.
+
+`--dry` runs the same path on the CPU in minutes: every cell's dataset replaced by a small cut
+of the bundled Fashion-MNIST (200 train / 50 val / 100 test images, named `<dataset>-dry`),
+one epoch, one gradient batch; published into results/<study>-dry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gradattn.core.errors import GradattnError
+
+# Cells per GPU by default. Measured on an H200 (shared/measurements/h200-2026-12-04): eight
+# separate processes together reached about what one reaches alone, so packing more buys
+# little without MPS; two hide one cell's CPU-bound stages (6-13 s of imports per stage,
+# preprocessing, figures) behind the other's training. benchmarks/packing.py measures it.
+PER_GPU = 2
+STAGGER_S = 2.0  # between two cells' starts: each `dvc exp run` locks the repo while it sets up
+DRY_SIZES = (("train", 200), ("val", 50), ("test", 100))
+DRY_SETTINGS = ["train.max_epochs=1", "train.device=cpu", "gradients.batches=1"]
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]
+    tries: int = 0
+    started: float = 0.0
+    log: Path | None = None
+
+
+@dataclass
+class Outcome:
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, Path] = field(default_factory=dict)  # name -> its last log
+    retried: list[str] = field(default_factory=list)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
+             say: Callable[[str], None], poll_seconds: float = 0.5,
+             stagger_seconds: float = 0.0,
+             clock: Callable[[], float] = time.monotonic) -> Outcome:
+    """Run `jobs`, at most one per slot at a time (a slot's environment goes to its job); a
+    failed job is queued once more at the end. Starts are `stagger_seconds` apart (DVC
+    takes the repository's lock while it sets an experiment up). Returns what was done and
+    what failed."""
+    pending = deque(jobs)
+    running: dict[int, tuple[Job, subprocess.Popen]] = {}
+    outcome = Outcome()
+    total = len(jobs)
+    times: list[float] = []
+
+    def progress(event: str) -> None:
+        left = total - len(outcome.done) - len(outcome.failed)
+        eta = ""
+        if times:
+            waves = (left + len(slots) - 1) // len(slots)
+            eta = f", about {_duration(waves * sum(times) / len(times))} left"
+        say(f"study: {event} [{len(outcome.done)}/{total} done, {len(running)} running, "
+            f"{len(outcome.failed)} failed{eta}]")
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    last_start = float("-inf")
+    while pending or running:
+        for slot, env in enumerate(slots):
+            if slot in running or not pending or clock() - last_start < stagger_seconds:
+                continue
+            last_start = clock()
+            job = pending.popleft()
+            job.tries += 1
+            job.log = log_dir / f"{job.name}{'' if job.tries == 1 else f'.try{job.tries}'}.log"
+            job.started = clock()
+            with open(job.log, "w") as log:
+                proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
+                                        env={**os.environ, **env})
+            running[slot] = (job, proc)
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env.get(
+                "CUDA_VISIBLE_DEVICES") else ""
+            progress(f"started {job.name}{where}")
+        time.sleep(poll_seconds)
+        for slot, (job, proc) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[slot]
+            seconds = clock() - job.started
+            if proc.returncode == 0:
+                times.append(seconds)
+                outcome.done.append(job.name)
+                progress(f"finished {job.name} in {_duration(seconds)}")
+            elif job.tries < 2:
+                outcome.retried.append(job.name)
+                pending.append(job)
+                progress(f"{job.name} failed (exit {proc.returncode}, log {job.log}); "
+                         "it runs once more at the end")
+            else:
+                outcome.failed[job.name] = job.log
+                progress(f"{job.name} failed again (exit {proc.returncode}, log {job.log})")
+    return outcome
+
+
+# --- the study's cells as jobs ----------------------------------------------------------------
+def _dry_data(folder: Path) -> Path:
+    """A small cut of the bundled Fashion-MNIST, as a custom npz dataset."""
+    import numpy as np
+
+    from gradattn.sources.bundled import BUNDLED
+
+    path = folder / "dry.npz"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        bundled = np.load(BUNDLED)
+        np.savez(path, **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
+                          for s, n in DRY_SIZES for k in ("images", "labels")})
+    return path
+
+
+def cell_jobs(cells, *, dry: bool, data_dir: Path) -> list[Job]:
+    """`dvc exp run --temp -n <name> -S ...` for every cell (under --dry, on a small cut of
+    the bundled set, one epoch)."""
+    jobs = []
+    for cell in cells:
+        sets, name = list(cell.overrides), cell.name
+        if dry:
+            dataset = f"{cell.dataset}-dry"
+            npz = _dry_data(data_dir).resolve()  # the cell runs in a copy elsewhere
+            sets = [s for s in sets if not s.startswith("data.datasets=")]
+            sets += [f"data.datasets=[{dataset}]",
+                     f"++data.custom.{dataset}={{format: npz, path: {npz}}}", *DRY_SETTINGS]
+            name = f"{cell.name}-dry"
+        argv = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "-n", name,
+                *[a for s in sets for a in ("-S", s)]]
+        jobs.append(Job(name, argv))
+    return jobs
+
+
+def gpu_count() -> int:
+    """GPUs this machine shows (nvidia-smi, without importing torch); 0 without one."""
+    if not shutil.which("nvidia-smi"):
+        return 0
+    proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return sum(line.startswith("GPU ") for line in proc.stdout.splitlines())
+
+
+class Mps:
+    """One CUDA MPS control daemon for the study, in its own pipe and log folders."""
+
+    def __init__(self, folder: Path):
+        if not shutil.which("nvidia-cuda-mps-control"):
+            raise GradattnError("--mps: nvidia-cuda-mps-control is not on PATH: install the "
+                                "CUDA toolkit's MPS tools or run without --mps")
+        self.env = {"CUDA_MPS_PIPE_DIRECTORY": str(folder / "pipe"),
+                    "CUDA_MPS_LOG_DIRECTORY": str(folder / "log")}
+        for path in self.env.values():
+            Path(path).mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> dict[str, str]:
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True,
+                       env={**os.environ, **self.env})
+        return self.env
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True,
+                       env={**os.environ, **self.env})
+
+
+def run_study(args: argparse.Namespace) -> str:
+    from gradattn.reporting import grid
+
+    name = f"{args.name}-dry" if args.dry else args.name
+    results = Path("results") / name
+    if results.exists() and any(results.iterdir()) and not args.force:
+        raise GradattnError(f"{results} exists: pass --force to replace it once the study "
+                            "has run (nothing was run)")
+    if args.per_gpu < 1 or (args.gpus is not None and args.gpus < 0):
+        raise GradattnError("--gpus must be >= 0 and --per-gpu >= 1")
+    if not Path(".dvc").is_dir():
+        raise GradattnError("gradattn study run works in a DVC project's root (no .dvc/ here): "
+                            "cd to the project, or `dvc init` one")
+    if subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"],
+                      capture_output=True).returncode != 0:
+        raise GradattnError("no commit to run the study from: each cell is an experiment on "
+                            "HEAD, so commit params.yaml and the pipeline first")
+    cells = grid.load_cells()
+    work = Path(".dvc/tmp/study") / name  # DVC's tmp folder: out of git
+    jobs = cell_jobs(cells, dry=args.dry, data_dir=work)
+    skipped = [j for j in jobs if not args.force and grid.done_here(j.name)]
+    if skipped:
+        print(f"study: {len(skipped)} cells are already experiments here, not run again "
+              "(--force runs them)", file=sys.stderr)
+    todo = [j for j in jobs if j not in skipped]
+    if args.force:
+        for job in todo:
+            job.argv.append("--force")
+
+    gpus = 0 if args.dry else (gpu_count() if args.gpus is None else args.gpus)
+    if gpus:
+        slots = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in range(gpus)
+                 for _ in range(args.per_gpu)]
+    else:  # the CPU (or --dry): no GPU visible to any cell
+        slots = [{"CUDA_VISIBLE_DEVICES": ""} for _ in range(args.per_gpu)]
+    where = (f"{gpus} GPU(s) x {args.per_gpu}" + (" under MPS" if args.mps else "")
+             if gpus else f"the CPU, {args.per_gpu} at a time")
+    print(f"study {name}: {len(todo)} cells on {where}; logs in {work}", file=sys.stderr)
+    started = time.monotonic()
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    if args.mps and gpus:
+        with Mps(work / "mps") as mps_env:
+            outcome = schedule(todo, [{**s, **mps_env} for s in slots], work / "logs",
+                               say=say, stagger_seconds=STAGGER_S)
+    else:
+        outcome = schedule(todo, slots, work / "logs", say=say, stagger_seconds=STAGGER_S)
+    print(f"study {name}: {len(outcome.done)} done, {len(outcome.failed)} failed, "
+          f"{len(skipped)} already here, in {_duration(time.monotonic() - started)}"
+          + (f"; retried once: {', '.join(outcome.retried)}" if outcome.retried else ""),
+          file=sys.stderr)
+
+    finished = [j.name for j in jobs if j.name not in outcome.failed]
+    if finished:
+        commands = "\n".join([
+            shlex.join(["gradattn", *sys.argv[1:]]),
+            "# which ran, per cell:",
+            *[shlex.join(["dvc", *j.argv[3:]]) for j in jobs if j.name in finished]]) + "\n"
+        commands_file = work / "commands.txt"
+        commands_file.write_text(commands)
+        table = [sys.executable, "-m", "gradattn.reporting.cli", "table", "--publish",
+                 str(results), "--commands", str(commands_file), "--no-workspace", "--no-exps",
+                 *[a for n in finished for a in ("--rev", n)], "--force"]
+        if subprocess.run(table).returncode != 0:
+            raise GradattnError(f"publishing {results} failed (above); the experiments are "
+                                "kept: `dvc exp show`")
+    if outcome.failed:
+        logs = ", ".join(f"{n} ({log})" for n, log in outcome.failed.items())
+        rest = f"; the others are published in {results}" if finished else ""
+        raise GradattnError(f"{len(outcome.failed)} of {len(jobs)} cells failed twice: "
+                            f"{logs}{rest}")
+    return ""
+
+
+def add_parser(sub) -> None:
+    """`gradattn study run`, added to the `gradattn` command's subcommands."""
+    s = sub.add_parser(
+        "study", help="run the grid's cells on this machine's GPUs, packed, then publish",
+        description=__doc__.split("\n\n")[1])
+    what = s.add_subparsers(dest="study_command", required=True)
+    r = what.add_parser("run", help="run every cell of `gradattn grid`, then publish the tables",
+                        description=__doc__)
+    r.add_argument("--gpus", type=int, metavar="N",
+                   help="GPUs to use, 0..N-1 (default: every GPU nvidia-smi lists)")
+    r.add_argument("--per-gpu", type=int, default=PER_GPU, metavar="K",
+                   help=f"cells trained at once on each GPU (default {PER_GPU}; on the CPU: "
+                   "cells at once)")
+    r.add_argument("--mps", action="store_true",
+                   help="run the cells under one CUDA MPS daemon (nvidia-cuda-mps-control)")
+    r.add_argument("--dry", action="store_true",
+                   help="the same path on the CPU: small cuts of the bundled set, one epoch; "
+                   "publishes results/<name>-dry")
+    r.add_argument("--name", default="study",
+                   help="the study's name: results/<name> (default: study)")
+    r.add_argument("--force", action="store_true",
+                   help="run cells that are already experiments here again and replace "
+                   "results/<name>")
+    r.add_argument("-o", "--out", type=Path, help=argparse.SUPPRESS)
+    r.set_defaults(run=run_study)

@@ -1,0 +1,80 @@
+"""scripts/wheelhouse.sh: a folder of wheels from which a fresh venv installs the project with
+`pip install --no-index` (an offline node), then runs `dvc version` and `gradattn --help`.
+
+torch and torchvision are what GPU images ship and the wheelhouse leaves out by default;
+here two empty stand-in wheels of those names take their place (a real torch is a gigabyte
+to install, and neither command imports it), so the install proves that every *other*
+dependency, and the build backend `pip install -e .` needs, is in the folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
+    """An installable wheel of `name` with no code (metadata only)."""
+    dist = f"{name}-{version}.dist-info"
+    files = {
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                         "Tag: py3-none-any\n",
+    }
+    files[f"{dist}/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}/RECORD,,\n"
+    path = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as whl:
+        for arcname, text in files.items():
+            whl.writestr(arcname, text)
+    return path
+
+
+def test_a_wheelhouse_installs_the_project_offline_in_a_fresh_venv(tmp_path):
+    house = tmp_path / "wheelhouse"
+    built = subprocess.run(["bash", str(ROOT / "scripts/wheelhouse.sh"), str(house)],
+                           capture_output=True, text=True,
+                           env={**os.environ, "PYTHON": sys.executable})
+    assert built.returncode == 0, built.stderr[-3000:]
+    assert "without torch/torchvision" in built.stdout
+    wheels = {w.name.split("-")[0].lower() for w in house.glob("*.whl")}
+    assert {"dvc", "numpy", "setuptools"} <= wheels and not wheels & {"torch", "torchvision"}
+    assert not list(house.glob("*.tar.gz"))  # source-only packages were built into wheels
+
+    stand_ins = tmp_path / "image"  # what a GPU image ships
+    stand_ins.mkdir()
+    stand_in_wheel(stand_ins, "torch", "2.14.1")
+    stand_in_wheel(stand_ins, "torchvision", "0.29.1")
+    project = tmp_path / "project"  # a copy: the install writes its egg-info beside the code
+    project.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(ROOT / "gradattn", project / "gradattn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)  # fresh: no system site-packages
+    bin_dir = env_dir / "bin"
+    install = subprocess.run(
+        [str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links", str(house),
+         "--find-links", str(stand_ins), "-e", str(project)],
+        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+             "PIP_CONFIG_FILE": os.devnull})  # no machine-wide find-links or index
+    assert install.returncode == 0, install.stderr[-3000:]
+
+    dvc = subprocess.run([str(bin_dir / "dvc"), "version"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert dvc.returncode == 0 and "DVC version: 3." in dvc.stdout, dvc.stderr[-2000:]
+    cli = subprocess.run([str(bin_dir / "gradattn"), "--help"], capture_output=True, text=True)
+    assert cli.returncode == 0 and cli.stdout.startswith("usage: gradattn"), cli.stderr
+    assert str(env_dir) in subprocess.run(
+        [str(bin_dir / "python"), "-c", "import dvc; print(dvc.__file__)"],
+        capture_output=True, text=True).stdout
