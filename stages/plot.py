@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
-from gradattn.core.io import read_json, write_json
+from gradattn.core.io import read_json, reading, restore_hint, write_json
 from gradattn.core.settings import read_params
 from gradattn.core.stage import run, stage_args
 from gradattn.reporting.names import model_label
@@ -25,8 +25,9 @@ def read_predictions(dataset: str, model: str) -> dict[str, np.ndarray]:
     path = paths.predictions_file(dataset, model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro evaluate@{dataset}-{model}` first")
-    with np.load(path) as npz:
-        pred = dict(npz)
+    with reading(path, restore_hint(path, f"evaluate@{dataset}-{model}")):
+        with np.load(path, allow_pickle=False) as npz:
+            pred = dict(npz)
     missing = [k for k in NEEDED if k not in pred]
     if missing:
         raise GradattnError(f"{path} lacks {', '.join(missing)} (an older evaluate stage wrote "

@@ -45,11 +45,12 @@ def test_status_names_the_key_and_dry_run_lists_what_then_runs(dvc_repo):
     dvc_repo.set_params({"model": {"pe": "rope"}})
     assert "model.pe" in dvc_repo.dvc("status").stdout
     dry = running_stages(dvc_repo.dvc("repro", "--dry").stdout)
-    assert dry == {"configure", "report"}  # report names runs by their settings
+    # report names runs by their settings; sources@ always runs (it lists the source files)
+    assert dry == {"configure", "report", f"sources@{DATASET}"}
     ran = running_stages(dvc_repo.dvc("repro").stdout)
     assert dry <= ran
-    assert ran - {"configure", f"train@{DATASET}-gradattn"} <= downstream_of_training(
-        models=("gradattn",))
+    assert ran - {"configure", f"sources@{DATASET}", f"train@{DATASET}-gradattn"} <= (
+        downstream_of_training(models=("gradattn",)))
     assert {"configure", f"train@{DATASET}-gradattn", f"evaluate@{DATASET}-gradattn",
             f"gradients@{DATASET}-gradattn"} <= ran
     assert not {s for s in ran if s.endswith("-resnet18")}

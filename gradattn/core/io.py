@@ -1,7 +1,9 @@
 """Atomic writes: an interrupted stage never leaves a file or folder that looks finished.
 
-Every temporary is named `.<final name>.tmp-<random>` beside its final path, so a stage can
-find and remove what a killed run of it left (`remove_stale`).
+Every temporary is named `.<final name>.tmp-<pid>@<host>-<random>` beside its final path, so
+a stage can find and remove what a killed run of it left (`remove_stale`), and any stage can
+remove what dead processes left anywhere in the project (`sweep_dead`, at every stage's
+start: a killed stage then served from DVC's run cache never runs its own clean-up).
 """
 
 from __future__ import annotations
@@ -10,19 +12,33 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
+import pickle
+import re
 import shutil
+import socket
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from gradattn.core.errors import GradattnError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-TMP = ".tmp-"  # marks a temporary: `.<name>.tmp-<random>`
+TMP = ".tmp-"  # marks a temporary: `.<name>.tmp-<pid>@<host>-<random>`
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_OWNER = re.compile(r"\.tmp-(\d+)@([A-Za-z0-9]+)-")
+
+
+def _tag() -> str:
+    """The part of a temporary's name after TMP that says which process made it."""
+    return f"{os.getpid()}@{_HOST}-"
 
 # What to do when the disk refuses a write, by errno.
 _DISK_ADVICE = {
@@ -71,7 +87,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         # What a killed earlier write of this same file left; nothing else writes it now.
         remove_stale(path.parent, path.name)
-        prefix = f".{path.name}{TMP}"
+        prefix = f".{path.name}{TMP}{_tag()}"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix or "")
         os.close(fd)
         try:
@@ -88,7 +104,7 @@ def temp_dir_beside(path: str | os.PathLike) -> Path:
     path = Path(path)
     with disk_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP}"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}{TMP}{_tag()}"))
         _usual_mode(tmp, folder=True)
     return tmp
 
@@ -120,7 +136,7 @@ def scratch_dir(parent: str | os.PathLike, name: str = "scratch"):
     if the process is killed)."""
     with disk_errors(parent):
         Path(parent).mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TMP}"))
+        tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}{TMP}{_tag()}"))
     try:
         yield tmp
     finally:
@@ -145,6 +161,65 @@ def remove_stale(
     return len(stale)
 
 
+def walk_once(top: str | os.PathLike, seen_dirs: dict[str, Path] | None = None, *,
+              where: str = "") -> Iterator[Path]:
+    """Every file under `top` (sorted), following symlinked folders but entering each real
+    folder once: a symlink loop, or a second way into a folder already listed, is refused with
+    one line (prefixed by `where`, e.g. the setting that named the folder). `seen_dirs` (real
+    path -> where it was met) may span several walks of one source."""
+    seen_dirs = {} if seen_dirs is None else seen_dirs
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            raise GradattnError(
+                f"{where + ': ' if where else ''}{dirpath} leads to {real}, already listed as "
+                f"{seen_dirs[real]} (a symlink loop, or a link to another folder of the data): "
+                "every file must be reachable one way only; remove the link")
+        seen_dirs[real] = Path(dirpath)
+        dirnames.sort()
+        for filename in sorted(filenames):
+            yield Path(dirpath) / filename
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _dead_owner(name: str) -> bool:
+    """Whether the process that made temporary `name` is gone. A name without an owner (made
+    before owners were recorded) counts as dead; one of another host is never judged."""
+    owner = _OWNER.search(name)
+    if owner is None:
+        return True
+    return owner.group(2) == _HOST and not _alive(int(owner.group(1)))
+
+
+def sweep_dead(folders: Iterable[str | os.PathLike], depth: int = 3) -> list[Path]:
+    """Remove the temporaries that dead processes left in `folders`, down to `depth` levels
+    (`data/raw/<dataset>/.x.tmp-…` is 3 below `data`); a live process's are kept, so stages
+    of concurrent experiments sharing a folder (checkpoints/) are safe. Returns what went."""
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for level in range(depth):
+            for path in folder.glob("/".join(["*"] * level + [f".*{TMP}*"])):
+                if not _dead_owner(path.name) or not path.exists():
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:
     """Hex digest of a file's bytes; `opener=gzip.open` hashes what a .gz decompresses to."""
     digest = hashlib.new(algorithm)
@@ -159,9 +234,36 @@ def one_line(err: object) -> str:
     return " ".join(str(err).split())
 
 
+def json_text(data: Any, path: str | os.PathLike) -> str:
+    """`data` as indented JSON text for the file `path`; NaN and Infinity (not JSON: other
+    readers reject them) are refused with one line naming the file and the key."""
+    try:
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    except ValueError:
+        key, value = _non_finite(data) or ("a value", "not finite")
+        raise GradattnError(
+            f"{path}: not written: {key} is {value}, not a finite number (JSON has no "
+            "NaN/Infinity); a setting or the data made the run diverge: check train.lr and the "
+            "inputs, and rerun with GRADATTN_DEBUG=1 to see where") from None
+
+
+def _non_finite(node: Any, key: str = "") -> tuple[str, float] | None:
+    """(key path, value) of the first NaN or infinite float in `node`."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return key or "the value", node
+    if isinstance(node, dict):
+        children = ((f"{key}.{k}" if key else str(k), v) for k, v in node.items())
+    elif isinstance(node, (list, tuple)):
+        children = ((f"{key}[{i}]", v) for i, v in enumerate(node))
+    else:
+        return None
+    return next((found for k, v in children if (found := _non_finite(v, k))), None)
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
+    text = json_text(data, path)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: str | None = None):
@@ -170,5 +272,43 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None], suffix: 
         writer(tmp)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+# What parsing a damaged or cut file raises (numpy, json, zipfile, pickle, PIL, YAML): the
+# file is not what it should be, not a bug in gradattn.
+_DAMAGE = (ValueError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, pickle.UnpicklingError,
+           SyntaxError, yaml.YAMLError)
+
+
+def damaged_file(path: str | os.PathLike, err: BaseException, fix: str) -> GradattnError:
+    """The one line for a file that cannot be parsed: its name, why, and `fix`."""
+    # numpy's advice for pickled data is to load it unsafely: never pass it on.
+    reason = ("it holds pickled Python objects" if "pickle" in str(err)
+              else one_line(err) or type(err).__name__)
+    return GradattnError(f"{path} is damaged or not the file it should be ({reason}): {fix}")
+
+
+@contextmanager
+def reading(path: str | os.PathLike, fix: str):
+    """Parse `path` inside this block: a truncated or damaged file becomes one line naming it
+    and `fix` (what to do). A refused read (permissions, a missing file: OSError with an errno)
+    passes through to the stage runner, which names the file too."""
+    try:
+        yield
+    except GradattnError:
+        raise
+    except OSError as err:
+        if err.errno is not None:
+            raise
+        raise damaged_file(path, err, fix) from err
+    except _DAMAGE as err:
+        raise damaged_file(path, err, fix) from err
+
+
+def restore_hint(path: str | os.PathLike, stage: str | None = None) -> str:
+    """What to do about a damaged DVC output: check it out again, or make it again."""
+    again = f"`dvc repro -f {stage}`" if stage else "`dvc repro`"
+    return f"restore it with `dvc checkout {path}` or re-create it with {again}"
+
+
+def read_json(path: str | os.PathLike, fix: str | None = None) -> Any:
+    with reading(path, fix or restore_hint(path)):
+        return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 CONFIGS = Path("configs")
 RAW = Path("data/raw")
+SOURCES = Path("data/sources")
 PREPARED = Path("data/prepared")
 MODELS_DIR = Path("models")
 METRICS = Path("metrics")
@@ -19,6 +20,12 @@ RUN_STAGES = ("train", "evaluate", "gradients")
 
 def source_config(dataset: str) -> Path:
     return CONFIGS / dataset / "source.json"
+
+
+def sources_manifest(dataset: str) -> Path:
+    """The list of a local source's files (size, md5): what `download@<dataset>` depends on,
+    so DVC sees a change in files outside the project (stages/sources.py)."""
+    return SOURCES / f"{dataset}.json"
 
 
 def prepare_config(dataset: str) -> Path:

@@ -7,6 +7,7 @@ on this module only; gradattn.config adds what needs the dataset registry and th
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -109,6 +110,8 @@ def _number(
     allowed = f"must be {kind}" + (f" {bounds}" if bounds else "")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(key, value, allowed)
+    if not math.isfinite(value):
+        raise _fail(key, value, allowed.replace(f"be {kind}", "be a finite number", 1))
     if integer and int(value) != value:
         raise _fail(key, value, allowed)
     if (
@@ -364,13 +367,30 @@ def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     if not path.exists():
         raise ConfigError(f"{path} not found: run from the project root, where params.yaml is")
     try:
-        params = load_yaml(path.read_text()) or {}
+        params = load_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                          f"offset {err.start}): save it as UTF-8 and rerun") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must be a mapping of sections, not {type(params).__name__}: "
                           "fix params.yaml")
+    _check_finite(params)
     return params
+
+
+def _check_finite(node: Any, key: str = "") -> None:
+    """Every number in params.yaml is finite: YAML's .nan/.inf (or -S train.lr=.inf) would
+    otherwise pass a bound check such as `> 0` and train on NaN."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise _fail(key, node, "must be a finite number")
 
 
 def read_recipe(params: dict | None = None, path: str | Path = DEFAULT_PARAMS) -> str:

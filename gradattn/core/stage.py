@@ -14,7 +14,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from gradattn.core import paths
 from gradattn.core.errors import GradattnError, first_line
+from gradattn.core.io import sweep_dead
 
 DEBUG_ENV = "GRADATTN_DEBUG"
 RERUN = "rerun `dvc repro` to finish (training resumes from its last checkpoint)"
@@ -40,11 +42,28 @@ def run(main: Callable[[], None]) -> None:
     # `dvc queue logs -f` shows each epoch as it ends.
     sys.stdout.reconfigure(line_buffering=True)
     try:
+        _sweep()
         main()
     except Exception as err:
         _exit(err, *_describe(err))
     except KeyboardInterrupt as err:
         _exit(err, 130, f"interrupted; the stage left no finished output: {RERUN}")
+
+
+# The folders stages write (dvc.yaml's outputs) and the checkpoints of the parent repository.
+SWEPT = ("configs", "data", "models", "metrics", "predictions", "plots", "plotdata")
+
+
+def _sweep() -> None:
+    """Remove what killed stages left (temporaries of dead processes), whatever stage runs
+    next: a killed stage that DVC later serves from its run cache never cleans up itself."""
+    try:
+        removed = sweep_dead([*SWEPT, paths.parent_root() / paths.RESUME])
+    except OSError:
+        return  # a folder we cannot read: the stage will say so if it needs it
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) that killed runs left: "
+              f"{', '.join(str(p) for p in removed[:3])}{' …' * (len(removed) > 3)}")
 
 
 def _describe(err: Exception) -> tuple[int, str]:
@@ -79,6 +98,9 @@ def _os_error(err: OSError) -> str:
 
 def _exit(err: BaseException, code: int, message: str) -> None:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        # The error a one-line message replaced (`raise ... from None`) is what a bug
+        # report needs: show it too.
+        err.__suppress_context__ = False
         traceback.print_exception(err)
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)

@@ -14,7 +14,8 @@ the next preprocess of that dataset removes what a killed one left.
 
 from __future__ import annotations
 
-import json
+import errno
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from gradattn.core.errors import GradattnError
-from gradattn.core.io import disk_errors, move_into_place, remove_stale, temp_dir_beside
+from gradattn.core.io import (
+    disk_errors,
+    json_text,
+    move_into_place,
+    read_json,
+    reading,
+    remove_stale,
+    restore_hint,
+    temp_dir_beside,
+)
 
 SPLITS = ("train", "val", "test")
 DEFAULT_ROOT = Path("data/prepared")
@@ -44,8 +54,15 @@ def load_split(
             f"prepared split {split!r} of dataset {name!r} not found in {folder}: "
             f"run `dvc repro preprocess@{name}` first"
         )
-    images = np.load(images_path, mmap_mode="r")
-    labels = np.load(labels_path).astype(np.int64, copy=False)
+    for path in (images_path, labels_path):
+        with reading(path, restore_hint(folder, f"preprocess@{name}")):
+            # allow_pickle=False: a prepared array is plain numbers, never objects.
+            array = np.load(path, mmap_mode="r" if path == images_path else None,
+                            allow_pickle=False)
+        if path == images_path:
+            images = array
+        else:
+            labels = array.astype(np.int64, copy=False)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
         raise GradattnError(
             f"{images_path} is not a prepared split (uint8 N×H×W×C matching labels)"
@@ -60,7 +77,11 @@ def load_meta(name: str, root: str | Path = DEFAULT_ROOT) -> dict:
             f"prepared dataset {name!r} not found ({path} missing): "
             f"run `dvc repro preprocess@{name}` first"
         )
-    return json.loads(path.read_text())
+    meta = read_json(path, restore_hint(path.parent, f"preprocess@{name}"))
+    if not isinstance(meta, dict):
+        raise GradattnError(f"{path} is damaged or not the file it should be (not a JSON "
+                            f"object): {restore_hint(path.parent, f'preprocess@{name}')}")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -176,9 +197,11 @@ class PreparedWriter:
             self._check_classes()
 
     def _stream(self, split, count, shape, chunks) -> None:
+        path = self.tmp / f"{split}_images.npy"
         out_images = np.lib.format.open_memmap(
-            self.tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(count, *shape)
+            path, mode="w+", dtype=np.uint8, shape=(count, *shape)
         )
+        _reserve(path)
         out_labels = np.empty(count, dtype=np.int64)
         pos = 0
         with tqdm(total=count, desc=f"{self.name}/{split}", unit="img", leave=False) as bar:
@@ -254,9 +277,22 @@ class PreparedWriter:
             **self.notes,
         }
         with disk_errors(self.final.parent):
-            (self.tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            (self.tmp / "meta.json").write_text(json_text(meta, self.final / "meta.json"))
         move_into_place(self.tmp, self.final)
         return meta
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the disk blocks of a sparse memory-mapped file now: on a full disk this fails
+    as an OSError (ENOSPC, one line), where writing into the map would kill the process with
+    SIGBUS and no message."""
+    if hasattr(os, "posix_fallocate"):
+        with open(path, "r+b") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+            except OSError as err:
+                if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # no fallocate there
+                    raise
 
 
 def _nhwc(images) -> np.ndarray:

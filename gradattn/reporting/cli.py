@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradattn import __version__
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import write_with
 
@@ -18,7 +19,8 @@ def _table(args: argparse.Namespace) -> str:
     from gradattn.reporting.experiments import collect_runs
 
     runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
-                              all_commits=args.all_commits, workspace=not args.no_workspace)
+                              all_commits=args.all_commits, workspace=not args.no_workspace,
+                              strict=args.strict)
     if args.publish:
         from gradattn.reporting.publish import publish
 
@@ -99,6 +101,7 @@ def _grid(args: argparse.Namespace) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gradattn", description=__doc__)
+    p.add_argument("--version", action="version", version=f"gradattn {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
@@ -125,6 +128,9 @@ def parser() -> argparse.ArgumentParser:
                    "in README.md")
     t.add_argument("--force", action="store_true",
                    help="with --publish: replace DIR if it exists")
+    t.add_argument("--strict", action="store_true",
+                   help="refuse when a revision's results are not available here (not in git "
+                   "or the local DVC cache) instead of leaving it out with a note")
     t.set_defaults(run=_table)
 
     c = sub.add_parser(

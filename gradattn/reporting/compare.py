@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gradattn.core.errors import GradattnError
+from gradattn.core.io import reading
 
 
 @dataclass(frozen=True)
@@ -274,11 +275,41 @@ def warning(params_changed: bool, metrics_changed: bool) -> str | None:
     return None
 
 
+def _git_show(root: Path, rev: str, path: str) -> bytes | None:
+    done = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def check_inputs(root: Path, base: str) -> None:
+    """dvc.lock and the headline metrics of both sides must parse: DVC reads a damaged one as
+    absent, and the report would then say, confidently, that every param was removed."""
+    import yaml
+
+    for path, parse in (("dvc.lock", yaml.safe_load), (HEADLINE_FILE, json.loads)):
+        sides = (("the workspace", (root / path).read_bytes() if (root / path).is_file()
+                  else None, f"restore it (`git checkout -- {path}`) or rerun `dvc repro`"),
+                 (f"--rev {base}", _git_show(root, base, path),
+                  "compare with another revision"))
+        for side, data, fix in sides:
+            if data is None:
+                continue
+            with reading(f"{path} of {side}", fix):
+                value = parse(data)
+            stages = value.get("stages") if isinstance(value, dict) else None
+            if not isinstance(value, dict) or (path == "dvc.lock" and not (
+                    isinstance(stages, dict) and all(isinstance(v, dict)
+                                                     for v in stages.values()))):
+                raise GradattnError(f"{path} of {side} is damaged or not the file it should be "
+                                    f"(not a mapping{' of stages' * (path == 'dvc.lock')}): "
+                                    f"{fix}")
+
+
 def compare_markdown(base: str, root: str | Path = ".", images: Path | None = None,
                      links: Path | None = None) -> str:
     """The report; with `images` its figures are written there, linked relative to the folder
     `links` (the report's own, so the links work wherever the report and its images go)."""
     root = Path(root)
+    check_inputs(root, base)
     params = _diff_json(root, "params", base)
     metrics = _diff_json(root, "metrics", base)
     param_rows = _rows(params)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ import yaml
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
+from gradattn.core.io import reading
 from gradattn.core.records import RESULT_ENVIRONMENT
 from gradattn.core.settings import (
     DEFAULT_MODELS,
@@ -96,13 +98,33 @@ def _params(stage: dict) -> dict:
     return dict((stage.get("params") or {}).get("params.yaml") or {})
 
 
+class Unavailable(GradattnError):
+    """A revision whose results are not here (not in git, not in the local DVC cache)."""
+
+
 class _Revision:
     """One revision's dvc.lock and files, with the checks that they belong together."""
 
     def __init__(self, source: str, read: ReadBytes, rev: str | None = None):
         self.source, self.read, self.rev = source, read, rev
         raw = read(LOCK)
-        self.stages = ((yaml.safe_load(raw) or {}).get("stages") or {}) if raw else {}
+        lock = self.parse(LOCK, raw, yaml.safe_load) if raw else {}
+        stages = lock.get("stages") or {} if isinstance(lock, dict) else None
+        if not isinstance(stages, dict) or not all(isinstance(v, dict) for v in stages.values()):
+            raise GradattnError(f"{source}: {LOCK} is damaged or not the file it should be (no "
+                                f"mapping of stages): {self.fix(LOCK)}")
+        self.stages = stages
+
+    def fix(self, path: str) -> str:
+        if self.rev is None:
+            return (f"restore it (`git checkout -- {path}`, or `dvc checkout`) or rerun "
+                    "`dvc repro`")
+        return "fix it in that revision, or leave the revision out"
+
+    def parse(self, path: str, data: bytes, parse=json.loads):
+        """`parse(data)` of a file of this revision; damage is one line naming both."""
+        with reading(f"{self.source}: {path}", self.fix(path)):
+            return parse(data)
 
     def stage(self, name: str, needed_for: str) -> dict:
         stage = self.stages.get(name)
@@ -155,28 +177,30 @@ class _Revision:
                     continue
                 out.append(self.run(m.group(1), m.group(2), name))
         if unreadable and not out:
-            raise GradattnError(
+            raise Unavailable(
                 f"{self.source}: its dvc.lock records {', '.join(unreadable)} but the file is "
                 "neither in git nor in the DVC cache: fetch it (`dvc pull`, or `dvc exp pull "
-                "<remote> <exp>` for an experiment), or leave this revision out")
+                "<remote> <exp>` for an experiment) from a DVC remote that holds it, or leave "
+                "this revision out")
         return out
 
     def run(self, dataset: str, model: str, evaluate: str) -> Run:
         item = f"{dataset}-{model}"
         train, prepare = f"train@{item}", f"preprocess@{dataset}"
-        metrics = json.loads(self.checked(paths.metrics_file(dataset, model).as_posix(),
-                                          evaluate))
+        metrics_path = paths.metrics_file(dataset, model).as_posix()
+        metrics = self.parse(metrics_path, self.checked(metrics_path, evaluate))
         self.same_input(evaluate, train, paths.model_file(dataset, model).as_posix())
         self.same_input(train, prepare, (paths.PREPARED / dataset).as_posix())
-        options = json.loads(self.checked(paths.model_config(model).as_posix(), train, "deps"))
-        data = json.loads(self.checked(paths.prepare_config(dataset).as_posix(), prepare,
-                                       "deps"))
+        options_path = paths.model_config(model).as_posix()
+        options = self.parse(options_path, self.checked(options_path, train, "deps"))
+        data_path = paths.prepare_config(dataset).as_posix()
+        data = self.parse(data_path, self.checked(data_path, prepare, "deps"))
         recorded = _params(self.stage(train, train)) | _params(self.stages[evaluate])
         gradients = None
         grad_path = paths.gradients_file(dataset, model).as_posix()
         if self.read(grad_path) is not None:
             grad_stage = f"gradients@{item}"
-            gradients = json.loads(self.checked(grad_path, grad_stage))
+            gradients = self.parse(grad_path, self.checked(grad_path, grad_stage))
             gradients.pop("per_layer", None)
             self.same_input(grad_stage, train, paths.model_file(dataset, model).as_posix())
             recorded |= _params(self.stages[grad_stage])
@@ -388,9 +412,12 @@ def _commit(root: Path, scm, rev: str | None) -> str | None:
 
 
 def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiments: bool = True,
-                 all_commits: bool = False, workspace: bool = True) -> list[Run]:
+                 all_commits: bool = False, workspace: bool = True,
+                 strict: bool = False) -> list[Run]:
     """Every run of the named revisions, of `dvc exp show`'s commits and experiments, and of
-    the working tree, each as its dvc.lock records it."""
+    the working tree, each as its dvc.lock records it. A revision whose results are not
+    available here (e.g. HEAD's in a fresh clone with no DVC remote) is left out with one line
+    on stderr naming it; `strict` refuses instead."""
     from dvc.scm import SCM, SCMError
 
     root = Path(root)
@@ -399,7 +426,7 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
         sources += experiment_revisions(root, all_commits)
     if workspace:
         sources.append(("workspace", None))
-    runs, seen = [], set()
+    runs, seen, left_out = [], set(), []
     scm = None
     try:
         for label, rev in sources:
@@ -416,8 +443,17 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
                         raise GradattnError(f"cannot open {root} as a git repository ({err}): "
                                             "name one with --repo") from None
                 read = revision_reader(root, scm, rev)
-            runs += runs_of_revision(label, read, _commit(root, scm, rev) if scm else None)
+            try:
+                runs += runs_of_revision(label, read, _commit(root, scm, rev) if scm else None)
+            except Unavailable:
+                if strict:
+                    raise
+                left_out.append(label)
     finally:
         if scm is not None:
             scm.close()
+    if left_out:
+        print(f"note: left out {', '.join(left_out)}: their results are neither in git nor in "
+              "the local DVC cache (fetch them from a DVC remote with `dvc pull` / `dvc exp "
+              "pull <remote> <exp>`; --strict refuses instead)", file=sys.stderr)
     return runs

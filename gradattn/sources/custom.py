@@ -1,7 +1,10 @@
 """Your own data: `data.custom.<name>: {format: imagefolder | npz, path: ..., size: ...}`.
 
-imagefolder  one sub-folder per class (names sorted = class order), listed the way torchvision's
-             `ImageFolder` lists them (its `find_classes`/`make_dataset`, its image extensions).
+imagefolder  one sub-folder per class (names sorted = class order), as torchvision's
+             `ImageFolder` finds them (`find_classes`, its image extensions), symlinked folders
+             followed; each real folder and file is listed once (a symlink loop, or an image
+             reachable twice, is refused: no image can sit in two classes or splits). 16-bit
+             grey images are scaled to 8 bits (65535 -> 255), not clipped.
              With `train/` and `test/` sub-trees (and optionally `val/`) those splits are kept and,
              without `val/`, val is a stratified 10 % of train; otherwise no split is given.
 npz          arrays `x` (N, H, W[, C]) uint8 and `y` (N,) — no split given — or the MedMNIST
@@ -20,15 +23,17 @@ uncompressed `images.zip`, so DVC tracks one file, not thousands).
 
 from __future__ import annotations
 
+import os
 import zipfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from gradattn.core.errors import ConfigError, GradattnError
+from gradattn.core.io import walk_once
 from gradattn.prepared.augment import AUGMENTATIONS
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import install, pack_zip
@@ -132,17 +137,40 @@ def _folder_classes(name: str, trees: dict[str, Path]) -> list[str]:
     return classes
 
 
+def _list_images(name: str, trees: dict[str, Path], classes: list[str]
+                 ) -> list[tuple[Path, str]]:
+    """(file, `<split>/<class>/<relative path>`) of every image, each real file once: an image
+    met twice (a link, or a folder linked into two classes or splits) is refused, so none can
+    land in two splits or two classes."""
+    members, seen_dirs, seen_files = [], {}, {}
+    for split, tree in trees.items():
+        for cls in classes:
+            top = tree / cls
+            if not top.is_dir():
+                continue
+            for path in walk_once(top, seen_dirs, where=f"data.custom.{name}"):
+                if not path.name.lower().endswith(IMG_EXTENSIONS):
+                    continue
+                if not path.is_file():  # a dangling link: an image silently missing
+                    raise GradattnError(
+                        f"data.custom.{name}: {path} is a link to nothing "
+                        f"({os.readlink(path) if path.is_symlink() else 'not a file'}): "
+                        "point it at the image or remove it")
+                real = os.path.realpath(path)
+                if real in seen_files:
+                    raise GradattnError(
+                        f"data.custom.{name}: {path} and {seen_files[real]} are the same file "
+                        f"({real}): an image may appear once only (one class, one split); "
+                        "remove one of them")
+                seen_files[real] = path
+                members.append((path, f"{split}/{cls}/{path.relative_to(top).as_posix()}"))
+    return members
+
+
 def _folder_download(raw_dir: Path, source, *, name: str, cfg: dict) -> None:
     trees = _trees(cfg["path"])
     classes = _folder_classes(name, trees)
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    members = []
-    for split, tree in trees.items():
-        for path, idx in make_dataset(
-            tree, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
-        ):
-            rel = Path(path).relative_to(tree / classes[idx]).as_posix()
-            members.append((Path(path), f"{split}/{classes[idx]}/{rel}"))
+    members = _list_images(name, trees, classes)
     if not members:
         raise GradattnError(
             f"data.custom.{name}: no images ({', '.join(IMG_EXTENSIONS)}) under {cfg['path']}"

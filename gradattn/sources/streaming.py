@@ -71,9 +71,26 @@ def decode_image(
     try:
         with Image.open(io.BytesIO(archive.read(member))) as im:
             im.load()
+            im = eight_bit(im, where=where)
             return im.convert(mode) if mode else im.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise GradattnError(f"{where} is not a readable image ({one_line(err)}): {fix}") from None
+
+
+def eight_bit(im: Image.Image, *, where: str) -> Image.Image:
+    """A 16-bit grey image (PNG, TIFF: common for medical images) scaled to 8 bits, 65535 ->
+    255; PIL's convert('L') would clip it at 255, making it nearly all white. Other modes
+    are returned as they are (PIL reduces 16-bit colour to 8 bits itself)."""
+    if not (im.mode.startswith("I;16") or im.mode == "I"):
+        if im.mode == "F":
+            raise GradattnError(f"{where} is a 32-bit floating-point image, whose grey levels "
+                                "have no fixed range: save it as an 8- or 16-bit image")
+        return im
+    pixels = np.asarray(im).astype(np.int64)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise GradattnError(f"{where} is a 32-bit integer image with values outside 0-65535: "
+                            "save it as an 8- or 16-bit image")
+    return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from gradattn.core import torchfile
+from gradattn.core.errors import GradattnError
 from gradattn.core.settings import TrainConfig
 from gradattn.prepared.batches import Batches
 from gradattn.training.fast import (
@@ -216,9 +218,17 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
 
         val_loss, val_acc = trainer.validate(val)
         lr = current_lr(optimizer, lr_tensor)
+        train_loss = loss_sum / train.num_images
+        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+            # Diverged: every later number (and the weights kept) would be NaN; stop before
+            # writing any of it.
+            raise GradattnError(
+                f"training diverged at epoch {epoch}: train loss {train_loss}, val loss "
+                f"{val_loss} (lr {lr:g}); nothing of this epoch was kept: "
+                "lower train.lr (or set train.precision: fp32) and rerun")
         row = {
             "epoch": epoch,
-            "train_loss": loss_sum / train.num_images,
+            "train_loss": train_loss,
             "train_accuracy": correct / train.num_images,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
