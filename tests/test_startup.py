@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "matplotlib", "pandas", "sklearn", "scipy", "seaborn",
          "medmnist", "dvc", "torchmetrics")
 STAGES = {"configure": 0, "download": 1, "preprocess": 1, "train": 2, "evaluate": 2,
-          "gradients": 2, "plot": 1, "report": 0}
+          "gradients": 2, "plot": 1, "report": 0, "sources": 1}
 
 
 def imported(stderr: str) -> set[str]:
