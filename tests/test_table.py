@@ -280,3 +280,46 @@ def test_no_dvc_project_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot list the DVC experiments of {tmp_path}")
     assert "--repo" in err and len(err.strip().splitlines()) == 1
+
+
+def _project_with_a_starting_experiment(tmp_path, monkeypatch, failures: int) -> list:
+    """A DVC project whose `dvc.api.exp_show` fails `failures` times as DVC does while a
+    queued experiment's temporary copy is being made; returns the list of calls."""
+    import dvc.api
+    from dvc.exceptions import NotDvcRepoError
+
+    from gradattn.reporting import experiments
+
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    record_run(tmp_path, "gradattn", 1, 0.5)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "run"], cwd=tmp_path, check=True)
+    calls, real = [], dvc.api.exp_show
+
+    def exp_show(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) <= failures:
+            raise NotDvcRepoError(f"directory '{tmp_path}/.dvc/tmp/exps/tmpab12/.dvc' does not "
+                                  "exist")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dvc.api, "exp_show", exp_show)
+    monkeypatch.setattr(experiments, "STARTING_WAIT_S", 0.0)
+    return calls
+
+
+def test_table_waits_out_an_experiment_that_is_starting(tmp_path, monkeypatch, capsys):
+    calls = _project_with_a_starting_experiment(tmp_path, monkeypatch, failures=2)
+    assert main(["table", "--repo", str(tmp_path), "--no-workspace", "--table", "1"]) == 0
+    assert len(calls) == 3
+    assert "| d1 | – | – | – | 50.00 |" in capsys.readouterr().out
+
+
+def test_table_says_an_experiment_is_starting_when_it_stays_so(tmp_path, monkeypatch, capsys):
+    calls = _project_with_a_starting_experiment(tmp_path, monkeypatch, failures=99)
+    assert main(["table", "--repo", str(tmp_path), "--no-workspace", "--table", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(calls) == 6 and len(err.strip().splitlines()) == 1
+    assert "an experiment is still starting" in err and "dvc queue status" in err

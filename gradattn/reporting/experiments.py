@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +56,9 @@ from gradattn.core.settings import (
 # Keys that cannot change a result (train.num_workers: retired, in old revisions only).
 IGNORED = {"train.num_workers", "evaluate.batch_size"}
 LOCK = "dvc.lock"
+# A running experiment's temporary copy; DVC cannot read it while it is being made.
+EXECUTOR_DIR = ".dvc/tmp/exps/"
+STARTING_RETRIES, STARTING_WAIT_S = 5, 2.0
 
 ReadJson = Callable[[str], "dict | None"]  # a repo-relative posix path → its JSON, or None
 ReadBytes = Callable[[str], "bytes | None"]  # a repo-relative posix path → its bytes, or None
@@ -380,12 +385,25 @@ def experiment_revisions(root: Path, all_commits: bool = False) -> list[tuple[st
     import dvc.api
     from dvc.exceptions import DvcException
 
-    try:
-        baselines = dvc.api.all_commits(repo=str(root)) if all_commits else None
-        rows = dvc.api.exp_show(repo=str(root), revs=baselines)
-    except DvcException as err:
-        raise GradattnError(f"cannot list the DVC experiments of {root} ({err}): run in a git "
-                            "repository with DVC initialised, or name one with --repo") from None
+    for attempt in range(STARTING_RETRIES + 1):
+        try:
+            baselines = dvc.api.all_commits(repo=str(root)) if all_commits else None
+            rows = dvc.api.exp_show(repo=str(root), revs=baselines)
+            break
+        except DvcException as err:
+            # DVC reads each running experiment's temporary copy, and fails on one whose copy
+            # is still being made (the first seconds after `dvc queue start`): wait it out.
+            starting = EXECUTOR_DIR in str(err).replace(os.sep, "/")
+            if starting and attempt < STARTING_RETRIES:
+                time.sleep(STARTING_WAIT_S)
+                continue
+            if starting:
+                raise GradattnError(
+                    f"cannot list the DVC experiments of {root}: an experiment is still starting "
+                    f"({err}); rerun when `dvc queue status` shows it running") from None
+            raise GradattnError(f"cannot list the DVC experiments of {root} ({err}): run in a "
+                                "git repository with DVC initialised, or name one with --repo"
+                                ) from None
     out = []
     for row in rows:
         if row["rev"] == "workspace":
