@@ -274,6 +274,24 @@ def test_table_with_a_damaged_dvc_lock_or_metrics_is_one_line(tmp_path, capsys, 
     assert err.startswith(f"error: workspace: {shown} is damaged or not the file it should be")
 
 
+def test_a_damaged_workspace_lock_advises_restoring_it_in_a_git_project(tmp_path, capsys):
+    """With git (and experiments listed) the workspace is still told to restore its file,
+    not to 'fix it in that revision'."""
+    from gradattn.reporting.cli import main
+
+    record(tmp_path, 1, 0.25)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "run"], cwd=tmp_path, check=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train@d1: [\n")
+    assert main(["table", "--repo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: workspace: dvc.lock is damaged")
+    assert "restore it (`git checkout -- dvc.lock`" in err
+
+
 @pytest.mark.parametrize("path", ["dvc.lock", "metrics/summary.json"])
 @pytest.mark.parametrize("side", ["workspace", "base"])
 def test_compare_with_a_damaged_lock_or_headline_is_one_line(tmp_path, capsys, path, side):

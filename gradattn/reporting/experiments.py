@@ -121,7 +121,8 @@ class _Revision:
         self.stages = stages
 
     def fix(self, path: str) -> str:
-        if self.rev is None:
+        # The working tree's rev is None, or its commit marked " (workspace)" (see _commit).
+        if self.rev is None or self.rev.endswith(" (workspace)"):
             return (f"restore it (`git checkout -- {path}`, or `dvc checkout`) or rerun "
                     "`dvc repro`")
         return "fix it in that revision, or leave the revision out"
