@@ -240,8 +240,9 @@ def make_optimizer(name: str, params, lr: float, wd: float) -> torch.optim.Optim
 
 def train(args: argparse.Namespace, out: Path) -> dict:
     """Train and measure; the JSON is rewritten after every epoch so a cut run still counts."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # several runs side by side, one core each
     torch.manual_seed(args.seed)
+    device = torch.device(args.device)
     data = load_subsets(args.cifar, args.n_train, args.n_val, args.n_test, args.seed)
     xtr, ytr = data["train"]
     mean = xtr.float().div(255).mean(dim=(0, 2, 3), keepdim=True)
@@ -250,14 +251,15 @@ def train(args: argparse.Namespace, out: Path) -> dict:
     def norm(x: Tensor) -> Tensor:
         return (x.float().div(255) - mean) / std
 
-    x_probe = norm(xtr[: args.probe_size])  # fixed, unaugmented
-    xval, yval = norm(data["val"][0]), data["val"][1]
-    xte, yte = norm(data["test"][0]), data["test"][1]
+    # Batches are drawn and augmented on the CPU (same random stream on every device).
+    x_probe = norm(xtr[: args.probe_size]).to(device)  # fixed, unaugmented
+    xval, yval = norm(data["val"][0]).to(device), data["val"][1].to(device)
+    xte, yte = norm(data["test"][0]).to(device), data["test"][1].to(device)
 
     options = {"stem": args.stem}
     if args.model == "gradattn":
         options["pe"] = args.pe
-    model = build_model(args.model, num_classes=10, in_channels=3, **options)
+    model = build_model(args.model, num_classes=10, in_channels=3, **options).to(device)
     opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
     rec = Recorder(model)
     gen = torch.Generator().manual_seed(args.seed)
@@ -275,7 +277,7 @@ def train(args: argparse.Namespace, out: Path) -> dict:
         rec.out_grad.clear()
         for b in range(steps_per_epoch):
             idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            x, y = norm(augment(xtr[idx], gen)), ytr[idx]
+            x, y = norm(augment(xtr[idx], gen)).to(device), ytr[idx].to(device)
             last_batches = b >= steps_per_epoch - args.probe_batches
             rec.grab_out_grad = last_batches
             logits = model(x)
@@ -325,6 +327,25 @@ def summary_line(row: dict) -> str:
     return (f"ep {row['epoch']:3d} step {row['step']:5d} {row['seconds']:6.0f}s "
             f"loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} val {row['val_acc']:.3f} | "
             f"dead {dead} | {g}")
+
+
+def summary(path: str, run: dict) -> str:
+    """One line per run: what it was, how far it got, when each stage's output ReLU went
+    completely silent (first step), and how many convs ended with exactly zero gradient."""
+    a, eps = run["args"], run["epochs"]
+    if not eps:
+        return f"{path}: no epoch finished"
+    last = eps[-1]
+    died = run["first_step_all_dead"]
+    when = " ".join(f"{s}:{died.get(s + '.1.out', died.get(s)) or '-'}" for s in STAGES)
+    convs = [n for n in last["layers"] if "conv" in n]
+    zero = [n for n in convs if last["layers"][n]["exact_zero"]]
+    pe = f" pe={a['pe']}" if a["model"] == "gradattn" else ""
+    test = f" test {run['test_acc']:.3f}" if "test_acc" in run else " (cut)"
+    return (f"{Path(path).name}: {a['model']}{pe} stem={a['stem']} {a['optimizer']} "
+            f"wd={a['weight_decay']:g} | epoch {last['epoch']} step {last['step']} val "
+            f"{last['val_acc']:.3f}{test} | all-dead from step {when} | "
+            f"{len(zero)}/{len(convs)} convs exactly 0 at the end")
 
 
 # ---------------------------------------------------------------- plot
@@ -390,7 +411,7 @@ def plot(paths: list[str], png: str) -> None:
 
 # ---------------------------------------------------------------- cli
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cifar", type=Path, default=Path("cifar"),
@@ -409,14 +430,28 @@ def main() -> None:
     p.add_argument("--probe-size", type=int, default=500)
     p.add_argument("--probe-batches", type=int, default=3, help="last batches of an epoch averaged")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda[:N]; fp32 either way (cuDNN may use TF32 for convs)")
     p.add_argument("--out", default=None, help="JSON path (default runs/<model>-<stem>-....json)")
     p.add_argument("--save", action="store_true", help="also save the final weights (.pt)")
     p.add_argument("--plot", nargs="+", help="plot these JSONs instead of training")
+    p.add_argument("--summary", nargs="+", help="print one line per JSON instead of training")
     p.add_argument("--png", default="dead_layers.png")
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     if args.plot:
         plot(args.plot, args.png)
         return
+    if args.summary:
+        for path in args.summary:
+            print(summary(path, json.loads(Path(path).read_text())))
+        return
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device} asked for, but torch sees no CUDA GPU "
+                         "here; use --device cpu or run on a machine with one")
     out = Path(args.out or f"runs/{args.model}-{args.stem}-{args.pe}-{args.optimizer}"
                f"-wd{args.weight_decay:g}-n{args.n_train}-e{args.epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

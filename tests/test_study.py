@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import dvc, gradattn, sh, tiny_project
 
+from gradattn.core.durations import human_duration
 from gradattn.reporting.study import Job, schedule
 
 
@@ -96,3 +97,11 @@ def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["study", "run", "--dry"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no .dvc/ here" in err
+
+
+@pytest.mark.parametrize("seconds, text", [(5, "5s"), (59.4, "59s"), (59.6, "1m00s"),
+                                           (187, "3m07s"), (3599, "59m59s"), (3600, "1h00m"),
+                                           (7325, "2h02m")])
+def test_durations_read_as_people_write_them(seconds, text):
+    # The study's ETA and the training loop's "at most ... left" share this one formatter.
+    assert human_duration(seconds) == text

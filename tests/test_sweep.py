@@ -1,9 +1,9 @@
 """A researcher's seed sweep with real DVC, on a stale baseline: HEAD's params.yaml says
 2 epochs while its committed metrics (and dvc.lock) come from a 1-epoch run. Then
-`dvc exp run --queue` over 2 encodings × 3 seeds and `dvc queue start`.
+`dvc exp run --queue` over 2 encodings × 2 seeds and `dvc queue start`.
 
 - The run cache restores training: ResNet-18 does not depend on `model.pe`, so it trains once
-  per seed (3 times in 6 experiments), counted from the queue's logs, not from numbers.
+  per seed (2 times in 4 experiments), counted from the queue's logs, not from numbers.
 - `gradattn table` pools the experiments' own runs (numbers equal to a recomputation from each
   experiment's dvc.lock and the DVC cache, read here without gradattn) and shows HEAD's stale
   1-epoch run apart, never in the 2-epoch cells.
@@ -28,7 +28,7 @@ from conftest import pipeline_env, tiny_project
 from gradattn.reporting.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = (42, 43, 44)
+SEEDS = (42, 43)  # two give a std and a paired difference; each seed costs ~50 s of CI
 ENCODINGS = ("none", "rope")
 # The code and data hash columns of `dvc exp show` (docs/reproduce.md).
 DROP = ("Created|State|Executor|gradattn/|stages/|configs/|data/|models/|plotdata|predictions/"
@@ -150,7 +150,7 @@ def test_seed_sweep_on_a_stale_baseline(tmp_path, capsys):
     for column, by_seed in expected.items():
         values = [by_seed[s] for s in SEEDS]
         row = two.loc[column]
-        assert (row["n"], row["seeds"]) == (3, "42 43 44")
+        assert (row["n"], row["seeds"]) == (len(SEEDS), " ".join(map(str, SEEDS)))
         assert row["mean"] == pytest.approx(np.mean(values), abs=1e-12)
         assert row["std"] == pytest.approx(np.std(values, ddof=1), abs=1e-12)
         if column != "ResNet-18":  # paired by seed with ResNet-18

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gradattn.core.durations import human_duration
 from gradattn.core.errors import GradattnError
 
 # Cells per GPU by default. Measured on an H200 (shared/measurements/h200-2026-12-04): eight
@@ -57,14 +58,6 @@ class Outcome:
     retried: list[str] = field(default_factory=list)
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
-
-
 def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
              say: Callable[[str], None], poll_seconds: float = 0.5,
              stagger_seconds: float = 0.0,
@@ -84,7 +77,7 @@ def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
         eta = ""
         if times:
             waves = (left + len(slots) - 1) // len(slots)
-            eta = f", about {_duration(waves * sum(times) / len(times))} left"
+            eta = f", about {human_duration(waves * sum(times) / len(times))} left"
         say(f"study: {event} [{len(outcome.done)}/{total} done, {len(running)} running, "
             f"{len(outcome.failed)} failed{eta}]")
 
@@ -115,7 +108,7 @@ def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
             if proc.returncode == 0:
                 times.append(seconds)
                 outcome.done.append(job.name)
-                progress(f"finished {job.name} in {_duration(seconds)}")
+                progress(f"finished {job.name} in {human_duration(seconds)}")
             elif job.tries < 2:
                 outcome.retried.append(job.name)
                 pending.append(job)
@@ -239,7 +232,7 @@ def run_study(args: argparse.Namespace) -> str:
     else:
         outcome = schedule(todo, slots, work / "logs", say=say, stagger_seconds=STAGGER_S)
     print(f"study {name}: {len(outcome.done)} done, {len(outcome.failed)} failed, "
-          f"{len(skipped)} already here, in {_duration(time.monotonic() - started)}"
+          f"{len(skipped)} already here, in {human_duration(time.monotonic() - started)}"
           + (f"; retried once: {', '.join(outcome.retried)}" if outcome.retried else ""),
           file=sys.stderr)
 

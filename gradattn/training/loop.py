@@ -23,6 +23,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from gradattn.core import torchfile
+from gradattn.core.durations import human_duration
 from gradattn.core.errors import GradattnError
 from gradattn.core.settings import TrainConfig
 from gradattn.prepared.batches import Batches
@@ -292,15 +293,7 @@ def _epoch_line(row: dict, cfg: TrainConfig, stopper: EarlyStopping, *,
             f"acc {row['val_accuracy']:.4f} | lr {row['lr']:.2e} | {row['seconds']:.1f}s | "
             f"best {stopper.best:.4f} (epoch {stopper.best_epoch}) | "
             f"patience {stopper.bad_epochs}/{stopper.patience} | "
-            f"at most {_duration(eta)} left")
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    return f"{minutes}m{seconds:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+            f"at most {human_duration(eta)} left")
 
 
 CHECKPOINT_KEYS = {"run_id", "epoch", "model", "optimizer", "scheduler", "early_stopping",
