@@ -111,7 +111,8 @@ def main() -> None:
     t = load_resolved("train", data.datasets[0])
     protocols = {d: read_json(paths.prepare_config(d))["protocol"] for d in data.datasets}
     context = [
-        f"Protocol: Adam (lr {t.lr:g}, weight decay {t.weight_decay:g}), "
+        f"Protocol: {'AdamW' if t.optimizer == 'adamw' else 'Adam'} (lr {t.lr:g}, "
+        f"{'decoupled ' if t.optimizer == 'adamw' else ''}weight decay {t.weight_decay:g}), "
         f"batch {t.batch_size}, at most {t.max_epochs} epochs with early stopping (patience "
         f"{t.early_stopping_patience}) on validation accuracy, LR plateau rule {t.plateau}, "
         f"the {t.weights} epoch's weights evaluated; seed {t.seed}; one run per dataset and "

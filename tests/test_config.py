@@ -52,6 +52,7 @@ def test_defaults_are_the_papers_protocol():
         ("train", "batch_size", 12.5, r"train\.batch_size = 12\.5 .*integer"),
         ("train", "weights", "best_epoch", r"train\.weights = 'best_epoch'.*auto, best, last"),
         ("train", "plateau", "keras", r"train\.plateau = 'keras'.*auto, torch, notebooks"),
+        ("train", "optimizer", "sgd", r"train\.optimizer = 'sgd'.*adam, adamw"),
         ("evaluate", "gap", "abs", r"evaluate\.gap = 'abs'.*auto, signed, absolute"),
         ("gradients", "split", "val", r"gradients\.split = 'val'.*auto, train, test"),
         ("gradients", "silent", "drop", r"gradients\.silent = 'drop'.*auto, skip, count"),

@@ -23,6 +23,8 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 
 from gradattn.config import TrainConfig
+from gradattn.core.settings import OPTIMIZERS
+from gradattn.training.fast import make_optimizer, resolve_plan
 from gradattn.training.loop import EarlyStopping, epoch_seed, fit
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto").resolve(
@@ -71,6 +73,26 @@ def test_adam_and_plateau_schedule_use_the_papers_settings(tmp_path):
     assert sched["min_lrs"] == [1e-6]
     assert set(state) >= {"run_id", "epoch", "model", "optimizer", "scheduler",
                           "early_stopping", "best_model", "history"}
+
+
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_adamw_decouples_the_weight_decay_from_the_normalised_step(fast):
+    # A weight with no data gradient and a large decay: Adam adds wd*w to the gradient and
+    # normalises it, so the weight moves by ~lr in one step (how GradAttn's deep stages
+    # shrink on CIFAR-10); AdamW moves it by lr*wd*w only. On both paths.
+    cfg = dataclasses.replace(CFG, lr=1e-2, weight_decay=0.5, fast=fast)
+    plan = resolve_plan(cfg, "cpu")
+    moved = {}
+    for name in OPTIMIZERS:
+        weight = torch.nn.Linear(1, 1, bias=False)
+        with torch.no_grad():
+            weight.weight.fill_(1.0)
+        optimizer = make_optimizer(weight, dataclasses.replace(cfg, optimizer=name), plan)
+        weight.weight.grad = torch.zeros_like(weight.weight)
+        optimizer.step()
+        moved[name] = 1.0 - weight.weight.item()
+    assert moved["adam"] == pytest.approx(1e-2, rel=1e-3)
+    assert moved["adamw"] == pytest.approx(1e-2 * 0.5, rel=1e-3)
 
 
 def test_history_rows_have_the_documented_keys():

@@ -72,6 +72,8 @@ RECIPE_VALUES: dict[str, dict[str, str]] = {
 }
 WEIGHTS = ("best", "last")
 PLATEAUS = ("torch", "notebooks")
+# adam: weight decay added to the gradient (L2), the paper's; adamw: decoupled from it.
+OPTIMIZERS = ("adam", "adamw")
 GAPS = ("signed", "absolute")
 GRADIENT_SPLITS = ("train", "test")
 SILENT_LAYERS = ("skip", "count")
@@ -242,6 +244,7 @@ class DataConfig:
 class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    optimizer: str = "adam"
     batch_size: int | str = AUTO  # auto: recipe_batch_size
     max_epochs: int = 10
     plateau_factor: float = 0.2
@@ -263,6 +266,7 @@ class TrainConfig:
         return cls(
             lr=_number("train.lr", get("lr"), gt=0),
             weight_decay=_number("train.weight_decay", get("weight_decay"), ge=0),
+            optimizer=_choice("train.optimizer", get("optimizer"), OPTIMIZERS),
             batch_size=_auto_or(get("batch_size"), lambda v: _number(
                 "train.batch_size", v, integer=True, ge=1)),
             max_epochs=_number("train.max_epochs", get("max_epochs"), integer=True, ge=1),

@@ -88,15 +88,20 @@ def autocast(plan: Plan):
                           enabled=plan.dtype is not None, cache_enabled=False)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan) -> torch.optim.Adam:
-    """The paper's Adam; on the fast path with the learning rate held in a 0-dim tensor."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan) -> torch.optim.Optimizer:
+    """The paper's Adam (or AdamW, `train.optimizer`); on the fast path with the learning rate
+    held in a 0-dim tensor."""
+    # Adam adds the decay to the gradient before normalising it: it shrinks weights that a
+    # batch norm makes scale-free by ~lr a step, which kills GradAttn's deep stages on
+    # CIFAR-10 (docs/findings.md). AdamW shrinks them by lr * weight_decay.
+    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     if not plan.fast:
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # float64 on the CPU, so the stand-in's steps equal eager ones bit for bit.
     dtype = torch.float32 if plan.device.type == "cuda" else torch.float64
     lr = torch.tensor(cfg.lr, dtype=dtype, device=plan.device)
-    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
-                            capturable=plan.graphs)
+    return optimizer(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
+                     capturable=plan.graphs)
 
 
 class TensorLR:
