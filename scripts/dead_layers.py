@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from gradattn.core.io import atomic_path
 from gradattn.core.settings import MODELS, PE_CHOICES, STEMS
 from gradattn.models import build_model
 
@@ -80,7 +81,8 @@ def load_subsets(cifar: Path, n_train: int, n_val: int, n_test: int,
         parts["test"][1].extend([label] * len(test))
     out = {s: (torch.from_numpy(_read(f)).permute(0, 3, 1, 2).contiguous(), torch.tensor(y))
            for s, (f, y) in parts.items()}
-    torch.save(out, cache)
+    with atomic_path(cache) as tmp:  # a killed decode must not leave a cache that loads
+        torch.save(out, tmp)
     return out
 
 
@@ -309,13 +311,19 @@ def train(args: argparse.Namespace, out: Path) -> dict:
             "bn": {k: {**v, **bn_fwd.get(k, {})} for k, v in bn_stats(model).items()},
         }
         result["epochs"].append(row)
-        out.write_text(json.dumps(result, indent=1))
+        save(out, result)
         print(summary_line(row), flush=True)
     result["test_acc"] = accuracy(model, xte, yte)
     if args.save:
         torch.save(model.state_dict(), out.with_suffix(".pt"))
     result["seconds"] = round(time.time() - t0, 1)
     return result
+
+
+def save(out: Path, result: dict) -> None:
+    """Rewrite the run's JSON whole or not at all: a run killed mid-write keeps the last one."""
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(result, indent=1))
 
 
 def summary_line(row: dict) -> str:
@@ -457,7 +465,7 @@ def main() -> None:
                f"-wd{args.weight_decay:g}-n{args.n_train}-e{args.epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     result = train(args, out)
-    out.write_text(json.dumps(result, indent=1))
+    save(out, result)
     print(f"test_acc {result['test_acc']:.3f}  {result['seconds']}s  -> {out}")
 
 
