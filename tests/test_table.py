@@ -323,3 +323,34 @@ def test_table_says_an_experiment_is_starting_when_it_stays_so(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert len(calls) == 6 and len(err.strip().splitlines()) == 1
     assert "an experiment is still starting" in err and "dvc queue status" in err
+
+
+def test_table6_pairs_every_claim_metric_by_seed():
+    rs = []
+    for seed, (top_r, top_g, ece_r, ece_g, best_r, best_g) in {
+            1: (0.50, 0.51, 0.10, 0.07, 10, 8), 2: (0.52, 0.54, 0.12, 0.08, 12, 9),
+            3: (0.54, 0.57, 0.11, 0.09, 11, 11)}.items():
+        m = {"d1/resnet18": {"top1": top_r, "ece": ece_r, "best_epoch": best_r},
+             "d1/gradattn": {"top1": top_g, "ece": ece_g, "best_epoch": best_g}}
+        rs += runs(f"exp s{seed}", params("none", seed), m)
+    md = table.markdown(table.Study(rs), [6])
+    # ECE differences -0.03, -0.04, -0.02: mean -0.03, sd 0.01; best epoch -2, -3, 0.
+    half_ece = T_975_2 * 0.01 / math.sqrt(3)
+    half_best = T_975_2 * np.std([-2, -3, 0], ddof=1) / math.sqrt(3)
+    row = next(line for line in md.splitlines() if line.startswith("| d1 | GradAttn (no PE)"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "3"
+    assert cells[3] == "+2.00 [-0.48, +4.48]"  # top-1 in pp, as Table 1 shows it
+    assert cells[4] == "–"  # no F1 recorded: no interval
+    assert cells[5] == f"{-0.03:+.3f} [{-0.03 - half_ece:+.3f}, {-0.03 + half_ece:+.3f}]"
+    assert cells[7] == f"{-5 / 3:+.1f} [{-5 / 3 - half_best:+.1f}, {-5 / 3 + half_best:+.1f}]"
+    assert "| d1 | ResNet-18 |" not in md  # the baseline is not compared with itself
+
+
+def test_table6_is_left_out_below_three_paired_seeds():
+    rs = []
+    for seed in (1, 2):
+        rs += runs(f"exp {seed}", params("none", seed),
+                   {"d1/resnet18": {"top1": 0.5}, "d1/gradattn": {"top1": 0.6}})
+    md = table.markdown(table.Study(rs))
+    assert "Table 5" in md and "Table 6" not in md

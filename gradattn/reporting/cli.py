@@ -105,23 +105,23 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
-        "table", help="the paper's Tables 1-5 over the workspace, experiments and revisions",
+        "table", help="the paper's Tables 1-6 over the workspace, experiments and revisions",
         description="Gather runs from the workspace, `dvc exp show` (commits and finished "
         "experiments) and --rev revisions; pool runs that differ only in train.seed "
-        "(mean ± std, n) and print Tables 1-5.")
+        "(mean ± std, n) and print Tables 1-6.")
     t.add_argument("--rev", action="append", default=[], metavar="REV",
                    help="also read this git revision or DVC experiment name (repeatable)")
     t.add_argument("-A", "--all-commits", action="store_true",
                    help="experiments of all commits, not only HEAD's")
     t.add_argument("--no-exps", action="store_true", help="skip `dvc exp show`")
     t.add_argument("--no-workspace", action="store_true", help="skip the working tree")
-    t.add_argument("--table", type=int, action="append", choices=range(1, 6), metavar="N",
-                   help="print only table N (1-5; repeatable); default all")
+    t.add_argument("--table", type=int, action="append", choices=range(1, 7), metavar="N",
+                   help="print only table N (1-6; repeatable); default all")
     t.add_argument("--format", choices=("markdown", "csv"), default="markdown",
                    help="markdown (percentages, default) or csv (tidy, raw fractions)")
     t.add_argument("--publish", type=Path, metavar="DIR",
                    help="write the study into DIR (e.g. results/<name>): README.md with "
-                   "Tables 1-5, the commit, commands and every run's provenance, tables.csv, "
+                   "Tables 1-6, the commit, commands and every run's provenance, tables.csv, "
                    "provenance.json and the key figures")
     t.add_argument("--commands", type=Path, metavar="FILE",
                    help="with --publish: a file of the commands that made the runs, quoted "

@@ -1,7 +1,7 @@
 """Publishing a study: `gradattn table --publish results/<name>` writes a folder a reader can
 check every number of without running anything.
 
-- README.md: what ran (commit, the commands, when), Tables 1-5 under each setting (recipe),
+- README.md: what ran (commit, the commands, when), Tables 1-6 under each setting (recipe),
   the key figures, and every run's provenance as its dvc.lock recorded it;
 - tables.csv: the tables as tidy raw fractions (`gradattn table --format csv`);
 - provenance.json: per run, its source revision, every recorded param, and the md5 of its

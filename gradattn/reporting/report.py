@@ -21,7 +21,7 @@ COUNT_KEYS = ("epochs",)
 def results_markdown(study: table.Study, *, title: str = "Results of this run",
                      context: list[str] | None = None,
                      figures: list[tuple[str, str]] | None = None) -> str:
-    """results.md: a short intro, Tables 1-5 with a line each on what they show, figures."""
+    """results.md: a short intro, Tables 1-6 with a line each on what they show, figures."""
     datasets = ", ".join(dict.fromkeys(d for s in study.settings for d in study.datasets(s)))
     labels = ", ".join(study.label(*v) for v in study.variants)
     parts = [

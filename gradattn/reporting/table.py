@@ -1,4 +1,5 @@
-"""The paper's Tables 1-5 over many runs, pooled over seeds: the one table builder, used by
+"""The paper's Tables 1-5 over many runs, pooled over seeds, and Table 6 (each model's paired
+difference from ResNet-18 where ≥ 3 seeds ran): the one table builder, used by
 `gradattn table` (workspace, experiments, revisions) and by the report stage (results.md of
 the workspace's runs).
 
@@ -57,6 +58,8 @@ TABLES = {
     5: Table("Table 5 — Gradient flow (Gradient Health Score)",
              ("ghs", "vanishing", "dead", "exploding", "norm_mean", "norm_min", "norm_max",
               "norm_std")),
+    6: Table("Table 6 — Differences from ResNet-18, paired by seed",
+             ("top1", "f1_macro", "ece", "train_val_gap", "best_epoch", "ghs")),
 }
 
 Variant = tuple[str, dict]  # (model, options)
@@ -329,6 +332,32 @@ def _gap(study: Study, setting: dict, cols: list[Variant]) -> str:
                                         "Best epoch", "Epochs run"], ["r"] * 5, row)
 
 
+# Table 6's columns: (metric, header, how a difference is written). Not in the paper: each of
+# its claims (accuracy, calibration, over-fitting, convergence, gradient health) as an interval.
+PAIRED = (("top1", "Δ top-1 (pp)", signed_pp), ("f1_macro", "Δ F1 (macro)", lambda v: f"{v:+.3f}"),
+          ("ece", "Δ ECE", lambda v: f"{v:+.3f}"), ("train_val_gap", "Δ gap (pp)", signed_pp),
+          ("best_epoch", "Δ best epoch", lambda v: f"{v:+.1f}"),
+          ("ghs", "Δ GHS", lambda v: f"{v:+.3f}"))
+
+
+def _paired(study: Study, setting: dict, cols: list[Variant]) -> str | None:
+    """Table 6: each variant minus ResNet-18 on the same seeds, mean [95 % interval], for the
+    metrics of the paper's claims; None when no variant has MIN_PAIRED seeds in common."""
+    rows = []
+    for dataset in study.datasets(setting):
+        for v in cols:
+            diffs = [study.difference(setting, dataset, v, m) for m, _, _ in PAIRED]
+            if max(d.n for d in diffs) < MIN_PAIRED:
+                continue
+            rows.append([dataset, study.label(*v), str(max(d.n for d in diffs)),
+                         *(f"{fmt(d.mean)} [{fmt(d.low)}, {fmt(d.high)}]" if d.n >= MIN_PAIRED
+                           else MISSING for d, (_, _, fmt) in zip(diffs, PAIRED, strict=True))])
+    if not rows:
+        return None
+    return markdown_table(["Dataset", "Model", "Seeds", *(h for _, h, _ in PAIRED)], rows,
+                          ["l", "l", "r", *["r"] * len(PAIRED)])
+
+
 def _vanishing_exploding(val) -> str:
     van, exp, dead = val("vanishing"), val("exploding"), val("dead")
     if not van and not exp:
@@ -412,7 +441,8 @@ POOL_NOTE = ("Cells: mean ± sample std over seeds (n = seeds) when several ran;
 
 
 def _section(number: int, study: Study, setting: dict, cols: list[Variant],
-             bold_best: bool) -> list[str]:
+             bold_best: bool) -> list[str] | None:
+    """A table's lines under its title; None for Table 6 when it has no row (too few seeds)."""
     runs = [r for r in study.runs if r.setting == setting]
     if number == 1:
         best = "; best model per dataset in bold" if bold_best else ""
@@ -432,6 +462,14 @@ def _section(number: int, study: Study, setting: dict, cols: list[Variant],
                 "accuracy (whose weights are kept), in percentage points; large positive values "
                 "mean over-fitting. Training accuracy is measured during the epoch, with "
                 "augmentation.", "", _gap(study, setting, cols)]
+    if number == 6:
+        paired = _paired(study, setting, cols)
+        if paired is None:
+            return None
+        return [f"Each model minus ResNet-18 on the same dataset and seeds: mean of the per-seed "
+                f"differences [{LEVEL:.0%} t-interval]; an interval that spans 0 does not tell "
+                "the two apart. Top-1 and F1 higher is better; ECE, gap (over-fitting) lower is "
+                "better; a negative best epoch converged sooner.", "", paired]
     if not any(r.gradients for r in runs):
         return ["No gradient files (metrics/<dataset>/<model>.gradients.json) in these runs: "
                 "run the `gradients` stage."]
@@ -449,8 +487,9 @@ def markdown(study: Study, tables: Iterable[int] = TABLES, *, paper_columns: boo
         parts += [recipe_line(setting), ""]
         cols = study.columns(setting, paper_columns)
         for number in tables:
-            parts += [f"## {TABLES[number].title}", "",
-                      *_section(number, study, setting, cols, bold_best), ""]
+            lines = _section(number, study, setting, cols, bold_best)
+            if lines is not None:
+                parts += [f"## {TABLES[number].title}", "", *lines, ""]
     if not study.runs:
         parts += ["No runs found: no metrics/<dataset>/<model>.json in the workspace, the "
                   "experiments or the revisions asked for.", ""]
