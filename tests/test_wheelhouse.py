@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-pytestmark = pytest.mark.slow
+
 
 
 def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
@@ -38,6 +38,25 @@ def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
     return path
 
 
+def test_offline_install_without_torch_says_so_in_one_line(tmp_path):
+    env = tmp_path / "node"  # a node's Python without torch
+    venv.create(env, with_pip=False)
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    stand_in_wheel(house, "torchvision", "0.29.1")  # torch itself missing
+    out = subprocess.run(["bash", str(ROOT / "scripts/install_offline.sh"), str(house)],
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHON": str(env / "bin/python")})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "torch is neither installed" in out.stderr
+    assert "--with-torch" in out.stderr
+
+    missing = subprocess.run(["bash", str(ROOT / "scripts/install_offline.sh"),
+                              str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+@pytest.mark.slow
 def test_a_wheelhouse_installs_the_project_offline_in_a_fresh_venv(tmp_path):
     house = tmp_path / "wheelhouse"
     built = subprocess.run(["bash", str(ROOT / "scripts/wheelhouse.sh"), str(house)],
