@@ -5,6 +5,7 @@ only what tells it apart, readably. Also Table 5's caption names the split the g
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,9 +34,9 @@ def test_a_run_record_holds_its_environment(tmp_path, monkeypatch):
     write_run_record("d1", "resnet18", "train", "corrected", {"seed": 42},
                      environment=run_environment(device="cpu", precision="fp32", fast="off"))
     got = json.loads(paths.run_record_file("d1", "resnet18", "train").read_text())["environment"]
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
-    assert got["gradattn_commit"].split("+")[0] == head
+    code = subprocess.run(["git", "log", "-1", "--format=%H", "--", "gradattn", "stages"],
+                          cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert got["gradattn_commit"].split("+")[0] == code
     assert got["torch"] == torch.__version__.split("+")[0] or got["torch"] == torch.__version__
     assert got["threads"] == torch.get_num_threads() and got["cpu"] and got["gpu"] is None
     assert got["python"] == ".".join(map(str, sys.version_info[:3]))
@@ -53,6 +54,39 @@ def test_the_commit_is_unknown_outside_a_git_checkout(tmp_path):
                          env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",
                               "GIT_CEILING_DIRECTORIES": str(tmp_path.parent)})
     assert out.stdout.strip() == "unknown", out.stderr
+
+
+def test_the_commit_is_the_last_that_changed_the_code(tmp_path):
+    """A commit of docs only leaves the recorded commit as it was (so a fresh clone's run
+    records, and dvc.lock, do not change with it); one that changes stages/ moves it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    shutil.copytree(ROOT / "gradattn", tmp_path / "gradattn",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "train.py").write_text("# a stage\n")
+    git("init", "-q")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "code")
+    code = git("rev-parse", "HEAD")
+
+    def recorded() -> str:
+        return subprocess.run([sys.executable, "-c", "from gradattn.core.records import "
+                               "code_commit; print(code_commit())"], cwd=tmp_path,
+                              capture_output=True, text=True,
+                              env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+                              ).stdout.strip()
+
+    (tmp_path / "README.md").write_text("docs\n")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "docs")
+    assert recorded() == code
+    (tmp_path / "stages" / "train.py").write_text("# changed\n")
+    assert recorded() == code + "+modified"
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "stage")
+    assert recorded() == git("rev-parse", "HEAD") != code
 
 
 def test_runs_of_two_environments_are_kept_apart(tmp_path):

@@ -20,8 +20,6 @@ import pytest
 from conftest import ROOT
 
 
-
-
 def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
     """An installable wheel of `name` with no code (metadata only)."""
     dist = f"{name}-{version}.dist-info"

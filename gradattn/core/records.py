@@ -82,19 +82,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or UNKNOWN
 
 
+# The code a stage runs: the package and the stage scripts beside it (relative to the package).
+CODE = (".", "../stages")
+
+
 def code_commit() -> str:
-    """The git commit of the gradattn code that runs ('<hash>+modified' when its files differ
-    from it; 'unknown' outside a git checkout, e.g. an installed wheel)."""
+    """The last git commit that changed the code that runs — the package and stages/ — with
+    '+modified' when their files differ from it; 'unknown' outside a git checkout (e.g. an
+    installed wheel). Not HEAD: a commit of docs or results must not change a run's record, or
+    every later commit would make DVC see new outputs where the same code ran."""
     package = Path(__file__).resolve().parents[1]
     try:
         def git(*args: str) -> subprocess.CompletedProcess:
             return subprocess.run(["git", *args], cwd=package, capture_output=True, text=True,
                                   timeout=10)
 
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
+        code = [p for p in CODE if (package / p).is_dir()]
+        last = git("log", "-1", "--format=%H", "--", *code)
+        if last.returncode != 0 or not last.stdout.strip():
             return UNKNOWN
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").stdout.strip()
-        return head.stdout.strip() + ("+modified" if dirty else "")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *code).stdout.strip()
+        return last.stdout.strip() + ("+modified" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return UNKNOWN
