@@ -458,10 +458,9 @@ def _section(number: int, study: Study, setting: dict, cols: list[Variant],
         return ["Macro (M): unweighted mean over classes; weighted (W): weighted by class "
                 "frequency in the test split.", "", _prf(study, setting, cols)]
     if number == 4:
-        return ["Training minus validation accuracy at the epoch with the best validation "
-                "accuracy (whose weights are kept), in percentage points; large positive values "
-                "mean over-fitting. Training accuracy is measured during the epoch, with "
-                "augmentation.", "", _gap(study, setting, cols)]
+        return [f"Training minus validation accuracy {gap_epoch_note(runs)}, in percentage "
+                "points; large positive values mean over-fitting. Training accuracy is measured "
+                "during the epoch, with augmentation.", "", _gap(study, setting, cols)]
     if number == 6:
         paired = _paired(study, setting, cols)
         if paired is None:
@@ -474,6 +473,17 @@ def _section(number: int, study: Study, setting: dict, cols: list[Variant],
         return ["No gradient files (metrics/<dataset>/<model>.gradients.json) in these runs: "
                 "run the `gradients` stage."]
     return [gradients_note(runs), "", _gradients(study, setting, cols)]
+
+
+def gap_epoch_note(runs: list[Run]) -> str:
+    """Which epoch Table 4's rows hold: the one whose weights were kept (train.weights)."""
+    kept = {((r.provenance or {}).get("train_resolved") or {}).get("weights") for r in runs}
+    if kept == {"last"}:
+        return ("at the last epoch (whose weights are kept: train.weights last, the notebooks' "
+                "recipe), not at the best one")
+    if kept == {"best"}:
+        return "at the epoch with the best validation accuracy (whose weights are kept)"
+    return "at the epoch whose weights each run kept (the best one's, or the last one's)"
 
 
 def markdown(study: Study, tables: Iterable[int] = TABLES, *, paper_columns: bool = True,
