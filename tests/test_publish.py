@@ -4,10 +4,12 @@ dvc.lock entries of the run that made it; refused over an existing folder withou
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 from test_table import record_run
 
 from gradattn.reporting.cli import main
@@ -65,10 +67,11 @@ def test_publish_writes_tables_provenance_and_figures(tmp_path, capsys):
 def test_publish_refuses_to_overwrite_without_force(tmp_path, capsys):
     repo = _study_repo(tmp_path)
     out = repo / "results" / "toy"
-    out.mkdir(parents=True)
-    (out / "README.md").write_text("an earlier study\n")
     args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
             "--publish", str(out)]
+    assert main(args) == 0  # an earlier publication
+    (out / "README.md").write_text("an earlier study\n")
+    capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "exists: pass --force to replace it" in err
@@ -95,3 +98,99 @@ def test_an_unreadable_commands_file_is_one_line_and_writes_nothing(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.sh: No such file or directory" in err
     assert not out.exists()
+
+
+# --- a destructive publish touches only what the user named -----------------------------------
+
+def _on_disk(top):
+    """Every file and folder under `top` with its bytes: what a refused command must not
+    change."""
+    return {str(p.relative_to(top)): p.read_bytes() if p.is_file() else None
+            for p in sorted(top.rglob("*"))}
+
+
+def _published(repo, name="toy"):
+    """results/<name>, a real earlier publication of the repo's seed1 run."""
+    args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
+            "--publish", str(repo / "results" / name)]
+    assert main(args) == 0
+    return repo / "results" / name
+
+
+@pytest.mark.parametrize("target", [".", "..", "", "results", "results/..", "results/toy/..",
+                                    "/", "README.md", "metrics", "metrics/d1/gradattn.json",
+                                    "results/.hidden"])
+def test_publish_never_replaces_what_it_did_not_write(tmp_path, monkeypatch, capsys, target):
+    # The project, a folder above it, results/ itself, a file, a folder publish did not
+    # write: refused with one line, even with --force, before anything is read or removed.
+    repo = _study_repo(tmp_path)
+    _published(repo)
+    (repo / "README.md").write_text("the project's own README\n")
+    (tmp_path / "beside-the-project.txt").write_text("a user's file\n")
+    before = _on_disk(tmp_path)
+    capsys.readouterr()
+    monkeypatch.chdir(repo)
+    assert main(["table", "--no-exps", "--no-workspace", "--rev", "seed1", "--publish", target,
+                 "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --publish ") and err.count("\n") == 1, err
+    assert "nothing was" in err and "written)" in err
+    assert _on_disk(tmp_path) == before  # nothing deleted, nothing written
+
+
+def test_publish_dot_force_on_the_command_line_is_refused(tmp_path):
+    # The reported case, as a user types it: `gradattn table --publish . --force` once
+    # emptied the whole project.
+    repo = _study_repo(tmp_path)
+    before = _on_disk(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "gradattn.reporting.cli", "table", "--rev",
+                           "seed1", "--no-exps", "--publish", ".", "--force"], cwd=repo,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "is the project" in done.stderr, done.stderr
+    assert _on_disk(tmp_path) == before
+
+
+def test_force_replaces_an_earlier_publication_only(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    out = _published(repo)
+    args = ["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed2",
+            "--publish", str(out), "--force"]
+    (out / "notes.txt").write_text("mine\n")  # something publish does not write
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not an earlier publication (it holds notes.txt)" in err
+    assert (out / "notes.txt").read_text() == "mine\n"
+    (out / "notes.txt").unlink()
+    assert main(args) == 0  # README.md, tables.csv, provenance.json and figures: replaced
+    assert [r["seed"] for r in json.loads((out / "provenance.json").read_text())] == [2]
+
+
+def test_a_link_is_refused(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    out = _published(repo)
+    link = repo / "results" / "link"
+    link.symlink_to(out, target_is_directory=True)
+    capsys.readouterr()
+    assert main(["table", "--repo", str(repo), "--no-exps", "--no-workspace", "--rev", "seed1",
+                 "--publish", str(link), "--force"]) == 2
+    assert "is a link, not a folder" in capsys.readouterr().err
+    assert link.is_symlink() and (out / "README.md").is_file()
+
+
+def test_a_later_publish_removes_what_a_killed_one_left(tmp_path, capsys):
+    from gradattn.core.io import _HOST
+
+    repo = _study_repo(tmp_path)
+    results = repo / "results"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is now free: the process that left the temporaries is gone
+    left = results / f".toy.tmp-{dead.pid}@{_HOST}-abc123"
+    (left / "half").mkdir(parents=True)
+    live = results / f".toy.tmp-{os.getpid()}@{_HOST}-def456"  # a publish still writing
+    live.mkdir()
+    other = results / f".other.tmp-{dead.pid}@{_HOST}-ghi789"  # another study's
+    other.mkdir()
+    _published(repo)
+    assert not left.exists() and live.is_dir() and other.is_dir()
