@@ -698,22 +698,20 @@ def test_an_image_folder_mixing_the_two_layouts_is_refused(tmp_path, folders, sa
     assert "data.custom.mix:" in str(err.value) and "one sub-folder per class" in str(err.value)
 
 
-@pytest.mark.parametrize("empty", ["bird", "test/dog"])
-def test_an_empty_class_folder_is_refused(tmp_path, empty):
+@pytest.mark.parametrize("layout", ["classes", "splits"])
+def test_an_empty_class_folder_is_refused(tmp_path, layout):
     # Dropped without a word, an empty class shifted every later class's label.
     root = tmp_path / "d"
-    if empty == "bird":
-        _folder(root)
-        (root / "bird").mkdir()
-        (root / "bird" / "readme.txt").write_text("no images here")
-    else:
-        _folder(root / "train", per_class=3)
-        _folder(root / "test", per_class=2)
-        for image in (root / "test" / "dog").iterdir():
-            image.unlink()
+    trees = [root] if layout == "classes" else [root / "train", root / "test"]
+    for tree in trees:
+        _folder(tree, per_class=2)
+        (tree / "bird").mkdir()
+        (tree / "bird" / "readme.txt").write_text("no images here")
     spec = get_spec("e", {"e": {"format": "imagefolder", "path": str(root)}})
-    with pytest.raises(GradattnError, match=f"class folder {re.escape(str(root / empty))} "
-                       "holds no images") as err:
+    assert spec.classes == ("bird", "cat", "dog")
+    with pytest.raises(GradattnError, match=re.escape(
+            f"class 'bird' ({', '.join(str(t / 'bird') for t in trees)}) holds no images")
+            ) as err:
         spec.download(tmp_path / "raw", None)
     one_line_error(err)
     assert not (tmp_path / "raw" / "images.zip").exists()

@@ -162,7 +162,6 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
             top = tree / cls
             if not top.is_dir():
                 continue
-            found = len(members)
             for path in walk_once(top, seen_dirs, where=f"data.custom.{name}"):
                 if not path.name.lower().endswith(IMG_EXTENSIONS):
                     continue
@@ -179,10 +178,15 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
                         "remove one of them")
                 seen_files[real] = path
                 members.append((path, f"{split}/{cls}/{path.relative_to(top).as_posix()}"))
-            if len(members) == found:  # dropped, it would shift every later class's label
-                raise GradattnError(
-                    f"data.custom.{name}: class folder {top} holds no images "
-                    f"({', '.join(IMG_EXTENSIONS)}): add its images, or remove the folder")
+    # A class with no image in any split would vanish without a word, shifting every later
+    # class's label (a split lacking a class is preprocess's to refuse or allow).
+    empty = sorted(set(classes) - {member.split("/")[1] for _, member in members})
+    if empty:
+        folders = [str(tree / empty[0]) for tree in trees.values() if (tree / empty[0]).is_dir()]
+        raise GradattnError(
+            f"data.custom.{name}: class {empty[0]!r} ({', '.join(folders)}) holds no images "
+            f"({', '.join(IMG_EXTENSIONS)}){f' (nor do {empty[1:]})' if empty[1:] else ''}: "
+            "add its images, or remove its folder")
     return members
 
 
