@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -194,3 +196,70 @@ def test_a_later_publish_removes_what_a_killed_one_left(tmp_path, capsys):
     other.mkdir()
     _published(repo)
     assert not left.exists() and live.is_dir() and other.is_dir()
+
+
+# --- a run in progress in the working tree is not published half-finished ---------------------
+
+def _wait_for(condition, seconds=60.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_publish_refuses_while_dvc_reproduces_the_working_tree(tmp_path, capsys):
+    repo = _study_repo(tmp_path)
+    # A slow stage of its own dvc.yaml (the study's dvc.lock is a stand-in DVC cannot run).
+    (repo / "work").mkdir()
+    (repo / "work" / "dvc.yaml").write_text(
+        "stages:\n  slow:\n    cmd: sleep 60 && echo done > out.txt\n    outs: [out.txt]\n")
+    rwlock = repo / ".dvc" / "tmp" / "rwlock"
+    repro = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "work/dvc.yaml"], cwd=repo,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)  # its own group: the stage's sleep too
+    try:
+        _wait_for(lambda: rwlock.is_file() and "out.txt" in rwlock.read_text())
+        out = repo / "results" / "toy"
+        args = ["table", "--repo", str(repo), "--no-exps", "--rev", "seed1", "--publish",
+                str(out)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "a DVC command is running in the working tree" in err
+        assert f"pid {repro.pid}:" in err and "repro" in err and "--no-workspace" in err
+        assert not out.exists()
+        assert main(["table", "--repo", str(repo), "--no-exps"]) == 2  # the table too
+        capsys.readouterr()
+        assert main([*args, "--no-workspace"]) == 0  # the advice works: the commits are whole
+        assert "published 1 runs" in capsys.readouterr().err
+    finally:
+        os.killpg(repro.pid, signal.SIGTERM)
+        repro.wait()
+
+
+@pytest.mark.parametrize("argv, busy", [(["dvc", "repro"], True),
+                                        (["dvc", "exp", "run", "--temp"], False),
+                                        (["dvc", "queue", "start"], False)])
+def test_the_repository_lock_held_between_stages_counts_only_for_the_working_tree(
+        tmp_path, argv, busy):
+    from gradattn.reporting.experiments import workspace_run
+
+    (tmp_path / ".dvc" / "tmp").mkdir(parents=True)
+    assert workspace_run(tmp_path) is None
+    # A process holding DVC's repository lock as DVC does (zc.lockfile, its pid inside),
+    # with a DVC command line: between two stages of `dvc repro`, or while a --temp
+    # experiment's copy is set up (which leaves the working tree alone).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, zc.lockfile; held = zc.lockfile.LockFile("
+         "'.dvc/tmp/lock'); print('held', flush=True); time.sleep(60)", *argv],
+        cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        found = workspace_run(tmp_path)
+        assert (found is not None) == busy, found
+        if busy:
+            assert found.startswith(f"pid {holder.pid}: ") and found.endswith("dvc repro")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert workspace_run(tmp_path) is None  # a lock file left behind is no run
