@@ -1,7 +1,6 @@
 """Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from data.sources)."""
 
 import time
-from pathlib import Path
 
 from gradattn.core import paths
 from gradattn.core.io import read_json, remove_stale
@@ -18,7 +17,7 @@ def main() -> None:
         dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")
     )
     raw = paths.RAW / dataset
-    source = Path(cfg["source"]) if cfg["source"] else None
+    source = paths.user_path(cfg["source"]) if cfg["source"] else None
     t0 = time.perf_counter()
     remove_stale(raw, recursive=True)  # temporaries a killed download left
     # Files land under their final names only once verified, so a failed run keeps the

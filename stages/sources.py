@@ -21,9 +21,9 @@ from gradattn.core.stage import run, stage_args
 def source_path(cfg: dict) -> tuple[str, Path] | None:
     """(the setting naming it, the folder or file) of a local source, else None."""
     if cfg.get("custom"):
-        return f"data.custom.{cfg['dataset']}.path", Path(cfg["custom"]["path"]).expanduser()
+        return f"data.custom.{cfg['dataset']}.path", paths.user_path(cfg["custom"]["path"])
     if cfg.get("source"):
-        return f"data.sources.{cfg['dataset']}", Path(cfg["source"]).expanduser()
+        return f"data.sources.{cfg['dataset']}", paths.user_path(cfg["source"])
     return None
 
 

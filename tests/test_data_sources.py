@@ -11,6 +11,7 @@ import http.server
 import io
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -678,6 +679,42 @@ def test_custom_imagefolder_of_mixed_sizes_asks_for_size(tmp_path):
     with pytest.raises(GradattnError, match="data.custom.m.size") as err:
         prepare(spec, tmp_path / "raw", tmp_path / "prep")
     one_line_error(err)
+
+
+@pytest.mark.parametrize("folders, said", [
+    (("train", "test", "bird"), "has both split folders (test/, train/) and other folders (bird/)"),
+    (("train", "val", "test", "bird"), "(test/, train/, val/) and other folders (bird/)"),
+    (("train", "val"), "has train/, val/ but not both train/ and test/"),
+    (("test",), "has test/ but not both train/ and test/"),
+])
+def test_an_image_folder_mixing_the_two_layouts_is_refused(tmp_path, folders, said):
+    # A class folder beside train/ + test/ was silently dropped; train/ without test/ was
+    # taken for a class named "train".
+    for folder in folders:
+        _folder(tmp_path / "d" / folder, per_class=2)
+    with pytest.raises(GradattnError, match=re.escape(said)) as err:
+        get_spec("mix", {"mix": {"format": "imagefolder", "path": str(tmp_path / "d")}})
+    one_line_error(err)
+    assert "data.custom.mix:" in str(err.value) and "one sub-folder per class" in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["classes", "splits"])
+def test_an_empty_class_folder_is_refused(tmp_path, layout):
+    # Dropped without a word, an empty class shifted every later class's label.
+    root = tmp_path / "d"
+    trees = [root] if layout == "classes" else [root / "train", root / "test"]
+    for tree in trees:
+        _folder(tree, per_class=2)
+        (tree / "bird").mkdir()
+        (tree / "bird" / "readme.txt").write_text("no images here")
+    spec = get_spec("e", {"e": {"format": "imagefolder", "path": str(root)}})
+    assert spec.classes == ("bird", "cat", "dog")
+    with pytest.raises(GradattnError, match=re.escape(
+            f"class 'bird' ({', '.join(str(t / 'bird') for t in trees)}) holds no images")
+            ) as err:
+        spec.download(tmp_path / "raw", None)
+    one_line_error(err)
+    assert not (tmp_path / "raw" / "images.zip").exists()
 
 
 def test_custom_npz_with_class_names_and_resize(tmp_path):

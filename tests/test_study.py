@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import dvc, gradattn, sh, tiny_project
+from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
 
 from gradattn.core.durations import human_duration
 from gradattn.reporting.study import Job, schedule
@@ -105,3 +105,51 @@ def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
 def test_durations_read_as_people_write_them(seconds, text):
     # The study's ETA and the training loop's "at most ... left" share this one formatter.
     assert human_duration(seconds) == text
+
+
+def _on_disk(top):
+    return {str(p.relative_to(top)): p.read_bytes() if p.is_file() else None
+            for p in sorted(top.rglob("*"))}
+
+
+def _this_code(repo):
+    return {**env_for(repo), "PYTHONPATH": str(ROOT)}  # the project holds no code of its own
+
+
+def _project_with_a_study(tmp_path):
+    """A folder that looks like the project (.dvc/, code) with one published study."""
+    repo = tmp_path / "project"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "params.yaml").write_text("models: [resnet18]\n")
+    earlier = repo / "results" / "earlier"
+    earlier.mkdir(parents=True)
+    for name in ("README.md", "provenance.json", "tables.csv"):
+        (earlier / name).write_text(f"{name} of an earlier study\n")
+    (tmp_path / "beside.txt").write_text("a user's file beside the project\n")
+    return repo
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "a/b", ".hidden", "/tmp"])
+def test_a_study_name_that_is_not_one_folder_is_refused(tmp_path, name):
+    # `--name ""` or `.` with --force once replaced all of results/ by the study.
+    repo = _project_with_a_study(tmp_path)
+    before = _on_disk(tmp_path)
+    for extra in ([], ["--dry"]):
+        done = gradattn("study", "run", "--name", name, "--force", *extra, cwd=repo,
+                        check=False, env=_this_code(repo))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"error: --name {name!r} is not allowed")
+        assert _on_disk(tmp_path) == before  # nothing deleted, nothing written
+
+
+def test_force_never_replaces_a_folder_a_study_did_not_write(tmp_path):
+    repo = _project_with_a_study(tmp_path)
+    mine = repo / "results" / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my notes\n")
+    before = _on_disk(tmp_path)
+    done = gradattn("study", "run", "--name", "mine", "--force", cwd=repo, check=False,
+                    env=_this_code(repo))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert "results/mine is not an earlier publication (it holds notes.md)" in done.stderr
+    assert _on_disk(tmp_path) == before  # refused before any cell ran

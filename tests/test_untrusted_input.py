@@ -449,6 +449,36 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_
     assert meta_file.read_bytes() == original
 
 
+@pytest.mark.slow
+def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tmp_path):
+    # `../data/x.npz` pointed into DVC's tmp folder inside a --temp experiment's copy: the
+    # experiment noted the file "is not on this machine" and ran on the old data, exit 0.
+    from conftest import dvc, md5, sh, tiny_project
+
+    project = tiny_project(tmp_path / "p", {"data": {"custom": {
+        "tiny": {"format": "npz", "path": "../data/tiny.npz"}}}})
+    source = tmp_path / "data" / "tiny.npz"
+    source.parent.mkdir()
+    source.write_bytes((project / "tiny.npz").read_bytes())
+    dvc("repro", "preprocess@tiny", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "prepared", cwd=project)
+    with np.load(source) as npz:  # cut: 50 training images fewer
+        np.savez(source, **{k: v[:150] if k.startswith("train") else v for k, v in npz.items()})
+
+    done = dvc("exp", "run", "--temp", "-n", "cut", "preprocess@tiny", cwd=project)
+    assert "not on this machine" not in done.stdout + done.stderr
+    ref = sh("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=project).stdout
+    listed = json.loads(sh("git", "show", f"{ref.split()[0]}:data/sources/tiny.json",
+                           cwd=project).stdout)
+    assert listed["files"]["tiny.npz"]["md5"] == md5(source)
+    import dvc.api  # the experiment's prepared data, from the DVC cache
+
+    meta = json.loads(dvc.api.read("data/prepared/tiny/meta.json", repo=str(project),
+                                   rev=ref.split()[0]))
+    assert meta["counts"]["train"] == 150
+
+
 def project_cache_type() -> str:
     import configparser
 

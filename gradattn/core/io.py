@@ -220,6 +220,23 @@ def sweep_dead(folders: Iterable[str | os.PathLike], depth: int = 3) -> list[Pat
     return removed
 
 
+def sweep_dead_of(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove the temporaries of `name` (`.<name>.tmp-<pid>@<host>-…`) in `folder` whose
+    process is gone: what a killed earlier write of `name` left. Unlike sweep_dead, only
+    names that record their owner are judged, so a folder outside the project (where other
+    programs' files may look alike) loses nothing else."""
+    removed = []
+    for path in Path(folder).glob(f".{glob.escape(name)}{TMP}*"):
+        if _OWNER.search(path.name) is None or not _dead_owner(path.name):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:
     """Hex digest of a file's bytes; `opener=gzip.open` hashes what a .gz decompresses to."""
     digest = hashlib.new(algorithm)

@@ -48,6 +48,22 @@ def parent_root() -> Path:
     return Path(os.environ.get("DVC_ROOT") or ".")
 
 
+def user_path(given: str | os.PathLike) -> Path:
+    """A path the user gave in params.yaml (data.sources.<name>, data.custom.<name>.path), as
+    a stage opens it. Relative paths are relative to the project the user works in. A queued
+    or `--temp` experiment runs in a copy under .dvc/tmp/exps/, where a path that leaves the
+    project (`../data/x.npz`) would point into DVC's tmp folder, and a git-ignored file inside
+    the project is missing: both are found in the parent repository (DVC_ROOT) instead, so
+    the experiment reads the same files as `dvc repro` would, as they are now."""
+    path = Path(given).expanduser()
+    if path.is_absolute():
+        return path
+    leaves = os.path.normpath(path).split(os.sep)[0] == ".."
+    if leaves or (not path.exists() and (parent_root() / path).exists()):
+        return parent_root() / path
+    return path
+
+
 def resume_file(dataset: str, model: str, run_id: str) -> Path:
     """A run's checkpoint, keyed by its identity (`gradattn.training.runs.run_id`) and kept in the
     parent repository: a killed queued or array-task run finds it when started again, and

@@ -18,6 +18,10 @@ def _table(args: argparse.Namespace) -> str:
     from gradattn.reporting import table
     from gradattn.reporting.experiments import collect_runs
 
+    if args.publish:  # a target that must not be replaced is refused before any work
+        from gradattn.reporting.publish import check_target
+
+        check_target(args.publish, args.repo, force=args.force)
     runs = collect_runs(args.repo, revs=args.rev, experiments=not args.no_exps,
                               all_commits=args.all_commits, workspace=not args.no_workspace,
                               strict=args.strict)

@@ -430,6 +430,45 @@ def _commit(root: Path, scm, rev: str | None) -> str | None:
         return rev
 
 
+# Commands that run experiments in copies under .dvc/tmp/exps/, not in the working tree; they
+# hold the repository's lock only while they set a copy up or collect its results.
+ELSEWHERE = ("--temp", "--queue", "queue", "exec-run")
+
+
+def workspace_run(root: Path) -> str | None:
+    """'pid N: <command>' of a DVC command reproducing `root`'s working tree now, else None:
+    reading the tree then would read a half-finished run. DVC lists each running stage's
+    outputs with its pid and command in .dvc/tmp/rwlock, and holds .dvc/tmp/lock (its pid
+    inside) between stages."""
+    import psutil  # DVC's own dependency
+
+    tmp, real = root / ".dvc" / "tmp", Path(os.path.realpath(root))
+    try:
+        writes = json.loads((tmp / "rwlock").read_text()).get("write") or {}
+    except (OSError, ValueError, AttributeError):
+        writes = {}
+    for path, info in writes.items():
+        out, pid = Path(os.path.realpath(path)), (info or {}).get("pid")
+        if (isinstance(pid, int) and pid > 0 and out.is_relative_to(real)
+                and not out.is_relative_to(real / ".dvc") and psutil.pid_exists(pid)):
+            return f"pid {pid}: {info.get('cmd')}"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the stages' entries above are all there is to see
+        return None
+    try:
+        with open(tmp / "lock", "rb") as lock:
+            try:  # a shared lock, released at once: DVC's exclusive one would refuse it
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return None
+            except BlockingIOError:
+                pid = int(lock.read().split()[0])
+        cmd = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None  # no lock file, or its holder just ended
+    return None if any(a in ELSEWHERE for a in cmd) else f"pid {pid}: {' '.join(cmd)}"
+
+
 def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiments: bool = True,
                  all_commits: bool = False, workspace: bool = True,
                  strict: bool = False) -> list[Run]:
@@ -440,6 +479,11 @@ def collect_runs(root: str | Path = ".", *, revs: Iterable[str] = (), experiment
     from dvc.scm import SCM, SCMError
 
     root = Path(root)
+    if workspace and (running := workspace_run(root)):
+        raise GradattnError(
+            f"a DVC command is running in the working tree of {root} ({running}): its runs "
+            "are half-finished; wait for it to end, or leave the working tree out with "
+            "--no-workspace (nothing was read or written)")
     sources: list[tuple[str, str | None]] = [(f"rev {r}", r) for r in revs]
     if experiments:
         sources += experiment_revisions(root, all_commits)

@@ -9,19 +9,22 @@ check every number of without running anything.
   train stage recorded;
 - curves-<setting>-<dataset>.png: validation accuracy per epoch of every run.
 
-The folder is written whole or not at all, and an existing one is replaced only with force.
+The folder is written whole or not at all, and an existing one is replaced only with force,
+and only if it is an earlier publication (`check_target`): never the project, a folder above
+it, results/ itself, a file, or a folder holding anything publish does not write.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
 
 from gradattn.core.errors import GradattnError
-from gradattn.core.io import atomic_dir
+from gradattn.core.io import atomic_dir, sweep_dead_of
 from gradattn.reporting import table
 from gradattn.reporting.experiments import Run
 
@@ -29,6 +32,60 @@ from gradattn.reporting.experiments import Run
 # value the stage ran with (the run record's, `auto` resolved) where it has one.
 SHOWN = ("recipe", "train.max_epochs", "train.batch_size", "train.weights", "train.plateau",
          "data.split", "data.legacy_preprocessing")
+
+
+# What a publication holds: publish writes these files and nothing else, so a folder holding
+# README.md and provenance.json and nothing but these is one --force may replace.
+PUBLISHED = ("README.md", "tables.csv", "provenance.json")
+FIGURE = re.compile(r"curves-\d+-[a-z0-9-]+\.png")
+# A study's or publication's folder name: one plain path component, never `.`/`..`/empty,
+# never hidden (temporaries are `.<name>.tmp-…`).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+NAME_RULE = "a folder name of letters, digits and . _ + -, starting with a letter or digit"
+
+
+def check_name(option: str, name: str, where: str | None = None) -> None:
+    """Refuse a study or publication name that is not one plain folder name (`where`: how the
+    user gave it, when the name is the last part of a path)."""
+    if not NAME.fullmatch(name):
+        given = f"{where}: the folder name {name!r}" if where else f"{option} {name!r}"
+        raise GradattnError(f"{given} is not allowed: give {NAME_RULE} "
+                            "(nothing was run or written)")
+
+
+def check_target(folder: Path, repo: Path, *, force: bool, option: str = "--publish") -> None:
+    """Refuse to publish into `folder` when that could delete what the user did not name: the
+    project or a folder above it, results/ itself, a file or link, or (even with force) an
+    existing folder that is not an earlier publication."""
+    folder = Path(folder)
+    where = f"{option} {str(folder)!r}" if option else str(folder)
+    target, root = Path(os.path.realpath(folder)), Path(os.path.realpath(repo))
+    if root.is_relative_to(target):
+        what = "the project" if target == root else "a folder above the project"
+        raise GradattnError(f"{where} is {what} ({target}), not a study folder: publish into "
+                            "results/<name> (nothing was written)")
+    if target == root / "results":
+        raise GradattnError(f"{where} is results/ itself, which holds every published study: "
+                            "publish into results/<name> (nothing was written)")
+    check_name(option, folder.name, where)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        kind = "a link" if folder.is_symlink() else "a file"
+        raise GradattnError(f"{where} is {kind}, not a folder: publish into a new folder such "
+                            "as results/<name> (nothing was written)")
+    entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    if not entries:
+        return
+    if not force:
+        raise GradattnError(f"{folder} exists: pass --force to replace it (nothing was written)")
+    foreign = [n for n in entries if n not in PUBLISHED and not FIGURE.fullmatch(n)]
+    lacks = [n for n in ("README.md", "provenance.json") if n not in entries]
+    if foreign or lacks:
+        what = (f"holds {', '.join(foreign[:5])}{' …' if len(foreign) > 5 else ''}"
+                if foreign else f"lacks {' and '.join(lacks)}")
+        raise GradattnError(
+            f"{where} is not an earlier publication (it {what}), so --force does not replace "
+            "it: publish into a new folder, or move what you keep out of it (nothing was "
+            "written)")
 
 
 def _shown(row: dict, key: str):
@@ -161,14 +218,15 @@ def publish(runs: list[Run], folder: Path, *, repo: Path, command: str,
             commands: str | None = None, force: bool = False, workspace: bool = True) -> Path:
     """Write the study of `runs` into `folder` (see the module docstring); returns README.md."""
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not force:
-        raise GradattnError(f"{folder} exists: pass --force to replace it (nothing was written)")
+    check_target(folder, repo, force=force)
     study = table.Study(runs)
     if not study.runs:
         raise GradattnError("no runs to publish: no metrics/<dataset>/<model>.json in the "
                             "workspace or the experiments (run `dvc repro` or `dvc exp run`)")
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = provenance_rows(study)
+    # What an earlier publish of this folder left when it was killed (its process is gone).
+    sweep_dead_of(folder.parent, folder.name)
     with atomic_dir(folder) as tmp:
         figures = _curves(study, tmp)
         (tmp / "tables.csv").write_text(table.csv(study))

@@ -187,9 +187,13 @@ class Mps:
 
 def run_study(args: argparse.Namespace) -> str:
     from gradattn.reporting import grid
+    from gradattn.reporting.publish import check_name, check_target
 
+    check_name("--name", args.name)  # one folder under results/, never results/ itself
     name = f"{args.name}-dry" if args.dry else args.name
     results = Path("results") / name
+    # Refused now, not after hours of training: a folder --force may not replace.
+    check_target(results, Path("."), force=True, option="")
     if results.exists() and any(results.iterdir()) and not args.force:
         raise GradattnError(f"{results} exists: pass --force to replace it once the study "
                             "has run (nothing was run)")
@@ -277,7 +281,8 @@ def add_parser(sub) -> None:
                    help="the same path on the CPU: small cuts of the bundled set, one epoch; "
                    "publishes results/<name>-dry")
     r.add_argument("--name", default="study",
-                   help="the study's name: results/<name> (default: study)")
+                   help="the study's name: results/<name> (default: study); letters, digits "
+                   "and . _ + -, starting with a letter or digit")
     r.add_argument("--force", action="store_true",
                    help="run cells that are already experiments here again and replace "
                    "results/<name>")

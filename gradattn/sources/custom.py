@@ -34,6 +34,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from gradattn.core.errors import ConfigError, GradattnError
 from gradattn.core.io import walk_once
+from gradattn.core.paths import user_path
 from gradattn.prepared.augment import AUGMENTATIONS
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import install, pack_zip
@@ -70,7 +71,7 @@ def validate(name: str, entry) -> dict:
         raise _bad(
             name, "path", raw_path, "must be the path of your data (a folder or an .npz file)"
         )
-    path = Path(raw_path).expanduser()
+    path = user_path(raw_path)
     if fmt == "imagefolder" and not path.is_dir():
         raise _bad(
             name, "path", raw_path, "must be an existing folder with one sub-folder per class"
@@ -110,13 +111,26 @@ def validate(name: str, entry) -> dict:
 # ---------------------------------------------------------------- imagefolder
 
 
-def _trees(path: Path) -> dict[str, Path]:
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        trees = {"train": path / "train", "test": path / "test"}
-        if (path / "val").is_dir():
-            trees["val"] = path / "val"
-        return trees
-    return {"all": path}
+SPLIT_FOLDERS = ("train", "val", "test")
+LAYOUTS = ("give either one sub-folder per class, or train/ and test/ (and optionally val/) "
+           "each with one sub-folder per class")
+
+
+def _trees(path: Path, name: str = "") -> dict[str, Path]:
+    """{split: folder} of an image folder: its train/ and test/ (and val/) sub-trees, or
+    {"all": path}. A mix of the two layouts is refused: a class folder beside train/ and
+    test/ would be dropped, and train/ without test/ would be taken for a class."""
+    folders = sorted(e.name for e in os.scandir(path) if e.is_dir()) if path.is_dir() else []
+    splits = [f for f in folders if f in SPLIT_FOLDERS]
+    if not splits:
+        return {"all": path}
+    others = [f for f in folders if f not in SPLIT_FOLDERS]
+    if others or not {"train", "test"} <= set(splits):
+        what = (f"both split folders ({', '.join(f'{s}/' for s in splits)}) and other "
+                f"folders ({', '.join(f'{o}/' for o in others[:5])})" if others else
+                f"{', '.join(f'{s}/' for s in splits)} but not both train/ and test/")
+        raise GradattnError(f"data.custom.{name}: {path} has {what}: {LAYOUTS}")
+    return {s: path / s for s in SPLIT_FOLDERS if s in splits}
 
 
 def _folder_classes(name: str, trees: dict[str, Path]) -> list[str]:
@@ -164,11 +178,20 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
                         "remove one of them")
                 seen_files[real] = path
                 members.append((path, f"{split}/{cls}/{path.relative_to(top).as_posix()}"))
+    # A class with no image in any split would vanish without a word, shifting every later
+    # class's label (a split lacking a class is preprocess's to refuse or allow).
+    empty = sorted(set(classes) - {member.split("/")[1] for _, member in members})
+    if empty:
+        folders = [str(tree / empty[0]) for tree in trees.values() if (tree / empty[0]).is_dir()]
+        raise GradattnError(
+            f"data.custom.{name}: class {empty[0]!r} ({', '.join(folders)}) holds no images "
+            f"({', '.join(IMG_EXTENSIONS)}){f' (nor do {empty[1:]})' if empty[1:] else ''}: "
+            "add its images, or remove its folder")
     return members
 
 
 def _folder_download(raw_dir: Path, source, *, name: str, cfg: dict) -> None:
-    trees = _trees(cfg["path"])
+    trees = _trees(cfg["path"], name)
     classes = _folder_classes(name, trees)
     members = _list_images(name, trees, classes)
     if not members:
@@ -351,7 +374,7 @@ def _npz_prepare(
 def custom_spec(name: str, entry) -> DatasetSpec:
     cfg = validate(name, entry)
     if cfg["format"] == "imagefolder":
-        trees = _trees(cfg["path"])
+        trees = _trees(cfg["path"], name)
         classes = _folder_classes(name, trees)
         splits = (
             "own train/test" + ("/val" if "val" in trees else f"; {val_note()}")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import atomic_path, file_digest, one_line
+from gradattn.core.paths import user_path
 
 # Seconds allowed for the name lookup, the connection, and each read. Short on purpose: with no
 # network the stage must fail fast rather than hang (the whole download fails in < 60 s).
@@ -157,7 +158,7 @@ def find_file(source: Path, name: str) -> Path | None:
 
 
 def check_source(dataset: str, source: Path) -> Path:
-    source = Path(source).expanduser()
+    source = user_path(source)
     if not source.is_dir():
         raise GradattnError(
             f"data.sources.{dataset} = {str(source)!r} is not a folder: give the "

@@ -12,7 +12,12 @@ set -euo pipefail
 
 project=$(git -C "$(dirname "$0")/../.." rev-parse --show-toplevel)
 dir=${1:-$(mktemp -d /tmp/gradattn-slurm.XXXXXX)}
-mkdir -p "$dir"
+# Its project/, work/ and analyst/ are removed below: reuse only a folder this script made.
+if [ -n "$(ls -A "$dir" 2>/dev/null)" ] && [ ! -e "$dir/.gradattn-slurm" ]; then
+    echo "error: $dir exists and is not a folder this script made (no .gradattn-slurm in it): give a new or empty folder" >&2
+    exit 2
+fi
+mkdir -p "$dir" && touch "$dir/.gradattn-slurm"
 venv_bin=$(dirname "$(command -v python)")
 host=$(hostname)
 cpus=$(nproc)
