@@ -64,6 +64,11 @@ def test_publish_writes_tables_provenance_and_figures(tmp_path, capsys):
     assert csv.query("metric == 'top1' and variant == 'GradAttn (RoPE)'")["n"].item() == 2
     figure = out / "curves-1-d1.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({figure.name})" in readme
+    # Each run's per-epoch history, as its own revision holds it, named as in provenance.json.
+    hist = json.loads((out / "histories.json").read_text())
+    assert [(h["seed"], h["source"], h["variant"]) for h in hist] == [
+        (r["seed"], r["source"], r["variant"]) for r in rows]
+    assert [e["val_accuracy"] for e in hist[1]["history"]] == [0.375, 0.75]
 
 
 def test_publish_refuses_to_overwrite_without_force(tmp_path, capsys):

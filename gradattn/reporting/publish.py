@@ -7,6 +7,7 @@ check every number of without running anything.
 - provenance.json: per run, its source revision, every recorded param, and the md5 of its
   prepared data, model file and metrics file (the dvc.lock entries), and the environment its
   train stage recorded;
+- histories.json: per run, its per-epoch history (loss, accuracy, lr) as the train stage wrote it;
 - curves-<setting>-<dataset>.png: validation accuracy per epoch of every run.
 
 The folder is written whole or not at all, and an existing one is replaced only with force,
@@ -36,7 +37,7 @@ SHOWN = ("recipe", "train.max_epochs", "train.batch_size", "train.weights", "tra
 
 # What a publication holds: publish writes these files and nothing else, so a folder holding
 # README.md and provenance.json and nothing but these is one --force may replace.
-PUBLISHED = ("README.md", "tables.csv", "provenance.json")
+PUBLISHED = ("README.md", "tables.csv", "provenance.json", "histories.json")
 FIGURE = re.compile(r"curves-\d+-[a-z0-9-]+\.png")
 # A study's or publication's folder name: one plain path component, never `.`/`..`/empty,
 # never hidden (temporaries are `.<name>.tmp-…`).
@@ -121,16 +122,26 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "study"
 
 
+def _ordered(study: table.Study) -> list[tuple[int, Run]]:
+    """(setting number, run) of every run: by setting, dataset, variant, seed."""
+    return [(s + 1, run) for s, setting in enumerate(study.settings)
+            for run in sorted((r for r in study.runs if r.setting == setting),
+                              key=lambda r: (table._dataset_rank(r.dataset),
+                                             table._variant_rank(r.model, r.options), r.seed))]
+
+
 def provenance_rows(study: table.Study) -> list[dict]:
-    rows = []
-    for s, setting in enumerate(study.settings):
-        for run in sorted((r for r in study.runs if r.setting == setting),
-                          key=lambda r: (table._dataset_rank(r.dataset),
-                                         table._variant_rank(r.model, r.options), r.seed)):
-            rows.append({"setting": s + 1, "dataset": run.dataset,
-                         "variant": study.label(run.model, run.options), "seed": run.seed,
-                         "top1": run.metrics.get("top1"), **run.provenance})
-    return rows
+    return [{"setting": s, "dataset": run.dataset,
+             "variant": study.label(run.model, run.options), "seed": run.seed,
+             "top1": run.metrics.get("top1"), **run.provenance} for s, run in _ordered(study)]
+
+
+def histories(study: table.Study) -> list[dict]:
+    """Each run's per-epoch history, in provenance.json's order, named as its row there."""
+    return [{"setting": s, "dataset": run.dataset,
+             "variant": study.label(run.model, run.options), "seed": run.seed,
+             "source": run.provenance.get("source"), "history": run.history}
+            for s, run in _ordered(study)]
 
 
 def _provenance_markdown(rows: list[dict]) -> str:
@@ -182,7 +193,8 @@ def readme(name: str, study: table.Study, *, commit: str, command: str, commands
         f"Published {when} by `{command}` from commit `{commit}`. Every number below is read "
         "from the runs' own records (each revision's dvc.lock and the files it names, checked "
         "by md5), never from params.yaml; provenance.json holds each run's recorded params and "
-        "hashes, tables.csv the tables as raw fractions.", "",
+        "hashes, tables.csv the tables as raw fractions, histories.json each run's per-epoch "
+        "history.", "",
         f"{len(study.runs)} runs, {len(study.settings)} setting(s), seeds "
         f"{', '.join(map(str, seeds)) or '–'}. "
         + ("One seed per cell: a difference of a point or two may be noise."
@@ -231,6 +243,7 @@ def publish(runs: list[Run], folder: Path, *, repo: Path, command: str,
         figures = _curves(study, tmp)
         (tmp / "tables.csv").write_text(table.csv(study))
         (tmp / "provenance.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+        (tmp / "histories.json").write_text(json.dumps(histories(study), indent=1) + "\n")
         (tmp / "README.md").write_text(readme(
             folder.name, study, commit=git_commit(repo, workspace=workspace), command=command,
             commands=commands,
