@@ -124,15 +124,26 @@ def curve_axes(spec: dict) -> tuple[str, str] | None:
     return axes_of(spec) if marks_of(spec) & CURVE_MARKS else None
 
 
+# The columns by which DVC draws several lines per revision: a top-level plot of several
+# files (`filename`) or several fields of one file (`field`, y in `dvc_inferred_y_value`).
+LINE_KEYS = ("filename", "field")
+
+
 def numeric_series(points: dict[str, list], axes: tuple[str, str],
                    labels: dict[str, str] | None = None) -> dict[str, list] | None:
-    """label → (x, y) points of each revision; None when the fields are not numbers (a
-    confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
+    """label → (x, y) points of each line: one per revision, or per revision and file/field
+    ("label · file · field") where the plot overlays several; None when the fields are not
+    numbers (a confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
     x, y = axes
     labels = labels or {rev: rev for rev in points}
-    series = {label: [(float(p[x]), float(p[y])) for p in points.get(rev) or []
-                      if is_number(p.get(x)) and is_number(p.get(y))]
-              for rev, label in labels.items()}  # in the labels' order: base first
+    series: dict[str, list] = {}
+    for rev, label in labels.items():  # in the labels' order: base first
+        lines: dict[str, list] = {}
+        for p in points.get(rev) or []:
+            if is_number(p.get(x)) and is_number(p.get(y)):
+                line = " · ".join([label, *(str(p[k]) for k in LINE_KEYS if k in p)])
+                lines.setdefault(line, []).append((float(p[x]), float(p[y])))
+        series.update(lines or {label: []})
     return series if any(series.values()) else None
 
 

@@ -1,8 +1,9 @@
 """Offline HTML pages: a markdown report (gradattn compare) or the plots of several revisions
 side by side (gradattn plots), as one self-contained file.
 
-`dvc plots diff` writes a page whose interactive plots load vega from a CDN (blank on an
-offline or firewalled machine) and lays the revisions' images in one scrolling row. Here every
+`dvc plots diff` writes a page whose figures are files beside it, laid in one scrolling row
+per plot (and whose interactive plots load vega from a CDN, blank offline, unless the
+project's page template carries it, as .dvc/html/index.html does). Here every
 figure is a PNG embedded in the page as a data URI, data plots are drawn with matplotlib (all
 revisions on shared axes), and the revisions of an image plot share one row of equal columns
 that fit the window. Nothing is fetched when the page is opened.
