@@ -16,7 +16,7 @@ from conftest import ROOT
 from dvc_render.html import PAGE_HTML
 from dvc_render.vega import VegaRenderer
 
-from gradattn.reporting.compare import curve_axes, numeric_series, points_by_rev
+from gradattn.reporting.compare import axis_title, curve_axes, numeric_series, points_by_rev
 
 TEMPLATE = ROOT / ".dvc/html/index.html"
 VENDORED = re.compile(r"<!-- (?P<package>[\w-]+)@(?P<version>[\d.]+) (?P<build>\S+) "
@@ -90,6 +90,8 @@ def test_dvc_plots_show_draws_every_plot_with_no_network(dvc_repo, tmp_path):
         series = numeric_series(points_by_rev(render), curve_axes(render["content"]))
         assert set(series) == lines, name
         assert all(len(points) == len(history) for points in series.values()), name
+    accuracy = shown["data"]["accuracy_resnet18"][0]["content"]  # y_label names DVC's y field
+    assert axis_title(accuracy, "dvc_inferred_y_value") == "accuracy"
     series = numeric_series(points_by_rev(shown["data"]["val_accuracy_models"][0]),
                             ("epoch", "val_accuracy"))
     assert series["workspace · resnet18.history.json"] == [

@@ -118,6 +118,18 @@ def marks_of(spec) -> set[str]:
     return found
 
 
+def axis_title(spec, field: str) -> str:
+    """The title the spec gives the axis of `field`, else the field: a top-level plot of
+    several fields draws DVC's `dvc_inferred_y_value`, titled by the plot's y_label."""
+    if isinstance(spec, dict):
+        if spec.get("field") == field and isinstance(spec.get("title"), str):
+            return spec["title"]
+        items = [v for k, v in spec.items() if k != "data"]
+    else:
+        items = spec if isinstance(spec, list) else []
+    return next((t for t in (axis_title(v, field) for v in items) if t != field), field)
+
+
 def curve_axes(spec: dict) -> tuple[str, str] | None:
     """(x, y) of a plot drawn as curves (DVC's linear/scatter templates); None for the
     others (confusion, bars): the plot stage draws those data as figures already."""
@@ -148,13 +160,13 @@ def numeric_series(points: dict[str, list], axes: tuple[str, str],
 
 
 def _draw(plot: str, points: dict[str, list], axes: tuple[str, str], base: str,
-          path: Path) -> str | None:
+          path: Path, y_title: str) -> str | None:
     from gradattn.reporting.plots import plot_revisions
 
     series = numeric_series(points, axes, {base: f"{base} (base)", "workspace": "workspace"})
     if series is None:
         return None
-    plot_revisions(series, path, x=axes[0], y=axes[1], title=plot)
+    plot_revisions(series, path, x=axes[0], y=y_title, title=plot)
     return path.as_posix()
 
 
@@ -188,7 +200,8 @@ def changed_plots(root: str | Path, base: str, images: Path | None = None) -> li
                 axes = curve_axes(vega[0].get("content") or {})
                 drawn = None
                 if images is not None and axes:
-                    drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png")
+                    drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png",
+                                  axis_title(vega[0]["content"], axes[1]))
                 changes.append(PlotChange(plot, status, "vega", drawn=drawn))
                 continue
             urls = {r["revisions"][0]: Path(r["url"]) for r in renders

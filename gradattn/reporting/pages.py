@@ -20,7 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradattn.reporting.compare import curve_axes, numeric_series, points_by_rev, run_dvc, safe_name
+from gradattn.reporting.compare import (
+    axis_title,
+    curve_axes,
+    numeric_series,
+    points_by_rev,
+    run_dvc,
+    safe_name,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1400px;
@@ -91,7 +98,7 @@ def plot_rows(root: str | Path, revs: list[str], out: Path) -> tuple[list[PlotRo
                     skipped.append(plot)
                     continue
                 png = plot_revisions(series, out / f"{safe_name(plot)}.png", x=axes[0],
-                                     y=axes[1], title=plot)
+                                     y=axis_title(vega[0]["content"], axes[1]), title=plot)
                 rows.append(PlotRow(plot, [(", ".join(series), png)]))
                 continue
             figures = []
