@@ -118,32 +118,55 @@ def marks_of(spec) -> set[str]:
     return found
 
 
+def axis_title(spec, field: str) -> str:
+    """The title the spec gives the axis of `field`, else the field: a top-level plot of
+    several fields draws DVC's `dvc_inferred_y_value`, titled by the plot's y_label."""
+    if isinstance(spec, dict):
+        if spec.get("field") == field and isinstance(spec.get("title"), str):
+            return spec["title"]
+        items = [v for k, v in spec.items() if k != "data"]
+    else:
+        items = spec if isinstance(spec, list) else []
+    return next((t for t in (axis_title(v, field) for v in items) if t != field), field)
+
+
 def curve_axes(spec: dict) -> tuple[str, str] | None:
     """(x, y) of a plot drawn as curves (DVC's linear/scatter templates); None for the
     others (confusion, bars): the plot stage draws those data as figures already."""
     return axes_of(spec) if marks_of(spec) & CURVE_MARKS else None
 
 
+# The columns by which DVC draws several lines per revision: a top-level plot of several
+# files (`filename`) or several fields of one file (`field`, y in `dvc_inferred_y_value`).
+LINE_KEYS = ("filename", "field")
+
+
 def numeric_series(points: dict[str, list], axes: tuple[str, str],
                    labels: dict[str, str] | None = None) -> dict[str, list] | None:
-    """label → (x, y) points of each revision; None when the fields are not numbers (a
-    confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
+    """label → (x, y) points of each line: one per revision, or per revision and file/field
+    ("label · file · field") where the plot overlays several; None when the fields are not
+    numbers (a confusion matrix or a bar chart: drawn by the plot stage as figures already)."""
     x, y = axes
     labels = labels or {rev: rev for rev in points}
-    series = {label: [(float(p[x]), float(p[y])) for p in points.get(rev) or []
-                      if is_number(p.get(x)) and is_number(p.get(y))]
-              for rev, label in labels.items()}  # in the labels' order: base first
+    series: dict[str, list] = {}
+    for rev, label in labels.items():  # in the labels' order: base first
+        lines: dict[str, list] = {}
+        for p in points.get(rev) or []:
+            if is_number(p.get(x)) and is_number(p.get(y)):
+                line = " · ".join([label, *(str(p[k]) for k in LINE_KEYS if k in p)])
+                lines.setdefault(line, []).append((float(p[x]), float(p[y])))
+        series.update(lines or {label: []})
     return series if any(series.values()) else None
 
 
 def _draw(plot: str, points: dict[str, list], axes: tuple[str, str], base: str,
-          path: Path) -> str | None:
+          path: Path, y_title: str) -> str | None:
     from gradattn.reporting.plots import plot_revisions
 
     series = numeric_series(points, axes, {base: f"{base} (base)", "workspace": "workspace"})
     if series is None:
         return None
-    plot_revisions(series, path, x=axes[0], y=axes[1], title=plot)
+    plot_revisions(series, path, x=axes[0], y=y_title, title=plot)
     return path.as_posix()
 
 
@@ -177,7 +200,8 @@ def changed_plots(root: str | Path, base: str, images: Path | None = None) -> li
                 axes = curve_axes(vega[0].get("content") or {})
                 drawn = None
                 if images is not None and axes:
-                    drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png")
+                    drawn = _draw(plot, points, axes, base, images / f"{safe_name(plot)}.png",
+                                  axis_title(vega[0]["content"], axes[1]))
                 changes.append(PlotChange(plot, status, "vega", drawn=drawn))
                 continue
             urls = {r["revisions"][0]: Path(r["url"]) for r in renders

@@ -1,8 +1,9 @@
 """Offline HTML pages: a markdown report (gradattn compare) or the plots of several revisions
 side by side (gradattn plots), as one self-contained file.
 
-`dvc plots diff` writes a page whose interactive plots load vega from a CDN (blank on an
-offline or firewalled machine) and lays the revisions' images in one scrolling row. Here every
+`dvc plots diff` writes a page whose figures are files beside it, laid in one scrolling row
+per plot (and whose interactive plots load vega from a CDN, blank offline, unless the
+project's page template carries it, as .dvc/html/index.html does). Here every
 figure is a PNG embedded in the page as a data URI, data plots are drawn with matplotlib (all
 revisions on shared axes), and the revisions of an image plot share one row of equal columns
 that fit the window. Nothing is fetched when the page is opened.
@@ -19,7 +20,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from gradattn.reporting.compare import curve_axes, numeric_series, points_by_rev, run_dvc, safe_name
+from gradattn.reporting.compare import (
+    axis_title,
+    curve_axes,
+    numeric_series,
+    points_by_rev,
+    run_dvc,
+    safe_name,
+)
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1400px;
@@ -90,7 +98,7 @@ def plot_rows(root: str | Path, revs: list[str], out: Path) -> tuple[list[PlotRo
                     skipped.append(plot)
                     continue
                 png = plot_revisions(series, out / f"{safe_name(plot)}.png", x=axes[0],
-                                     y=axes[1], title=plot)
+                                     y=axis_title(vega[0]["content"], axes[1]), title=plot)
                 rows.append(PlotRow(plot, [(", ".join(series), png)]))
                 continue
             figures = []

@@ -416,15 +416,21 @@ def write_csv(path: str | Path, rows: list[dict]) -> Path:
 def plot_revisions(series: dict[str, list[tuple[float, float]]], path: str | Path, *,
                    x: str, y: str, title: str) -> Path:
     """One line per revision (label → (x, y) points) on shared axes: a data plot of two
-    revisions drawn as one PNG, for a report that must not need a browser or a CDN."""
-    colours = dict(zip(series, ("0.55", sns.color_palette("colorblind")[0]), strict=False))
+    revisions drawn as one PNG, for a report that must not need a browser or a CDN. Labels
+    "rev · file · field" (compare.numeric_series: several lines per revision) share the
+    revision's colour and tell the lines apart by dashes."""
+    revs = list(dict.fromkeys(label.split(" · ")[0] for label in series))
+    colours = dict(zip(revs, ("0.55", *sns.color_palette("colorblind")), strict=False))
+    lines = list(dict.fromkeys(label.partition(" · ")[2] for label in series))
+    dashes = dict(zip(lines, ("-", "--", ":", "-."), strict=False))
     with _theme():
         fig = Figure(figsize=(6.4, 3.8), layout="constrained")
         ax = fig.subplots()
         for label, points in series.items():
             points = sorted(points)
+            rev, _, line = label.partition(" · ")
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", ms=3, lw=2,
-                    color=colours.get(label), label=label)
+                    color=colours.get(rev), ls=dashes.get(line, "-"), label=label)
         ax.set_xlabel(x)
         ax.set_ylabel(y)
         if all(float(p[0]).is_integer() for points in series.values() for p in points):
