@@ -1,6 +1,7 @@
-"""Shared fixtures and helpers: a temporary DVC project made from this repo's pipeline files
-(`dvc_repo`), a tiny one on 350 bundled images (`tiny_project`), and a Fashion-MNIST source in
-its own IDX format (`fashion_source`)."""
+"""Shared fixtures and helpers: the study's committed state (`committed`, `copy_committed`), a
+temporary DVC project made from this repo's pipeline files (`dvc_repo`), a tiny one on 350
+bundled images (`tiny_project`), and a Fashion-MNIST source in its own IDX format
+(`fashion_source`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,49 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINE_FILES = ("dvc.yaml", "params.yaml", "stages", "gradattn", ".dvcignore")
+# The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
+# workspace. Tests read it as committed (git HEAD, via `committed` / `copy_committed`), so the
+# suite gives the same result in a workspace with an experiment applied. Code (gradattn/,
+# stages/, dvc.yaml, tests/) is read from the working tree: a developer's edits are what is
+# tested. tests/test_used_workspace.py holds both to this.
+STUDY_STATE = ("params.yaml", "dvc.lock", "metrics", "plots", "plotdata", "configs",
+               "data/sources", ".dvc/config")
+# The pipeline's code, copied from the working tree into a test project (params.yaml: HEAD's).
+PIPELINE_FILES = ("dvc.yaml", "stages", "gradattn", ".dvcignore")
+
+
+def _in_git() -> bool:
+    # Outside a git checkout (an unpacked archive) no experiment can have been applied, so the
+    # working files are the committed ones.
+    return (ROOT / ".git").exists()
+
+
+def committed(path: str) -> str:
+    """The text of `path` (relative to the project root) as committed at git HEAD."""
+    if not _in_git():
+        return (ROOT / path).read_text()
+    return subprocess.run(["git", "show", f"HEAD:./{path}"], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def copy_committed(path: str, dest: Path) -> None:
+    """Write `path` (a file or folder) as committed at git HEAD to `dest / path`."""
+    if not _in_git():
+        src = ROOT / path
+        if src.is_dir():
+            shutil.copytree(src, dest / path, dirs_exist_ok=True)
+        else:
+            (dest / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / path)
+        return
+    archive = subprocess.run(["git", "archive", "--format=tar", "HEAD", "--", path], cwd=ROOT,
+                             capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                target = dest / member.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(tar.extractfile(member).read())
 
 # A configuration small enough for a test: one epoch, a narrow encoder.
 TINY_PARAMS = {
@@ -78,9 +123,11 @@ class DvcRepo:
 
 @pytest.fixture
 def dvc_repo(tmp_path: Path) -> DvcRepo:
-    """A fresh git + DVC project holding this repo's pipeline, with TINY_PARAMS applied."""
+    """A fresh git + DVC project holding this repo's pipeline (code from the working tree,
+    params.yaml as committed), with TINY_PARAMS applied."""
     repo = tmp_path / "project"
     repo.mkdir()
+    copy_committed("params.yaml", repo)
     for name in PIPELINE_FILES:
         src = ROOT / name
         if src.is_dir():
@@ -130,7 +177,7 @@ def gradattn(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
 def tiny_project(repo: Path, changes: dict | None = None) -> Path:
     """The pipeline on 350 images of the bundled set (a custom npz dataset: a `dvc exp run`
     of one cell takes seconds), a narrow one-layer GradAttn, one epoch, one gradient batch,
-    and `changes` to params.yaml; committed."""
+    and `changes` to the committed params.yaml; committed."""
     repo.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
@@ -140,7 +187,7 @@ def tiny_project(repo: Path, changes: dict | None = None) -> Path:
     np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
                                    for k in ("images", "labels")})
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     deep_update(params, {
         "data": {"datasets": ["tiny"], "custom": {"tiny": {"format": "npz", "path": "tiny.npz"}}},
         "model": {"dim": 16, "heads": 2, "ff_dim": 32, "depth": 1},

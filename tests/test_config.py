@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import committed, copy_committed
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DEFAULTS = yaml.safe_load(committed("params.yaml"))  # the shipped file, not the workspace's
 
 
 def with_change(section: str, key: str | None, value) -> dict:
@@ -26,8 +27,9 @@ def with_change(section: str, key: str | None, value) -> dict:
     return params
 
 
-def test_defaults_are_the_papers_protocol():
-    p = load_params(ROOT / "params.yaml")
+def test_defaults_are_the_papers_protocol(tmp_path):
+    copy_committed("params.yaml", tmp_path)
+    p = load_params(tmp_path / "params.yaml")
     assert p.recipe == "corrected"
     train = p.train.resolve(p.recipe, "fashionmnist-mini")
     assert (train.lr, train.weight_decay, train.batch_size) == (1e-3, 1e-4, 128)
@@ -146,7 +148,7 @@ def test_a_yaml_boolean_is_still_refused_where_on_off_is_not_a_choice():
 def configure_error(tmp_path, old: str, new: str) -> str:
     """The one line configure prints for params.yaml with `old` replaced by `new`; it must exit 2
     and write no configs/."""
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text().replace(old, new))
+    (tmp_path / "params.yaml").write_text(committed("params.yaml").replace(old, new))
     proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
                           capture_output=True, text=True)
     lines = proc.stderr.strip().splitlines()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import copy_committed
 from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
 
 from gradattn.config import TrainConfig
@@ -69,7 +70,7 @@ def hidden_temporaries(root: Path) -> list[Path]:
 
 
 def project(tmp_path: Path) -> Path:
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    copy_committed("params.yaml", tmp_path)
     return tmp_path
 
 

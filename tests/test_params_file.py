@@ -9,17 +9,15 @@ one queues real experiments and reads what DVC stashed."""
 from __future__ import annotations
 
 import difflib
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import committed
 from dvc.utils.hydra import apply_overrides
 from test_dvc_yaml import documented_overrides
 
 from gradattn.core.settings import load_yaml, read_params
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def line_keys(text: str) -> list[str]:
@@ -50,13 +48,13 @@ def changed_keys(before: str, after: str) -> set[str]:
 
 def overridden(tmp_path: Path, *overrides: str) -> str:
     copy = tmp_path / "params.yaml"
-    shutil.copy(ROOT / "params.yaml", copy)
+    copy.write_text(committed("params.yaml"))
     apply_overrides(copy, list(overrides))
     return copy.read_text()
 
 
 def test_dvc_rewrites_params_yaml_byte_for_byte(tmp_path):
-    assert overridden(tmp_path) == (ROOT / "params.yaml").read_text()
+    assert overridden(tmp_path) == committed("params.yaml")
 
 
 @pytest.mark.parametrize("overrides, diff", [
@@ -69,7 +67,7 @@ def test_dvc_rewrites_params_yaml_byte_for_byte(tmp_path):
     (["train.min_lr=1e-6"], ["-  min_lr: 1.0e-7", "+  min_lr: 1e-06"]),
 ])
 def test_an_override_changes_only_its_own_lines(tmp_path, overrides, diff):
-    before = (ROOT / "params.yaml").read_text()
+    before = committed("params.yaml")
     after = overridden(tmp_path, *overrides)
     got = [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(),
                                                  lineterm="", n=0)
@@ -78,7 +76,7 @@ def test_an_override_changes_only_its_own_lines(tmp_path, overrides, diff):
 
 
 def test_every_documented_override_changes_only_its_keys(tmp_path):
-    before = (ROOT / "params.yaml").read_text()
+    before = committed("params.yaml")
     checked = 0
     for doc, sets in documented_overrides():
         if any("," in s.split("=", 1)[1] and "[" not in s for s in sets):
@@ -106,8 +104,7 @@ def test_numbers_dvc_writes_are_numbers(tmp_path):
     assert params["train"]["min_lr"] == 1e-6 and params["gradients"]["low"] == 1e-5
     assert load_yaml("a: '1e-06'\nb: x1e5\nc: 7") == {"a": "1e-06", "b": "x1e5", "c": 7}
     # Everything the committed file says reads the same with both readers.
-    assert load_yaml((ROOT / "params.yaml").read_text()) == yaml.safe_load(
-        (ROOT / "params.yaml").read_text())
+    assert load_yaml(committed("params.yaml")) == yaml.safe_load(committed("params.yaml"))
 
 
 @pytest.mark.slow
@@ -116,18 +113,18 @@ def test_a_queued_experiment_starts_from_the_workspace(dvc_repo):
     params.yaml edits included) plus its -S, and leaves the workspace as it was; stashing the
     edits first queues from the commit."""
     repo = dvc_repo.path
-    committed = (ROOT / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(committed)
+    shipped = committed("params.yaml")
+    (repo / "params.yaml").write_text(shipped)
     dvc_repo.commit("params.yaml as DVC writes it")
 
     def queued_params() -> str:
         return dvc_repo.run("git", "show", "refs/exps/celery/stash:params.yaml").stdout
 
     dvc_repo.dvc("exp", "run", "--queue", "-S", "model.pe=rope")
-    assert (repo / "params.yaml").read_text() == committed  # the workspace is untouched
-    assert queued_params() == committed.replace("pe: learnable", "pe: rope")
+    assert (repo / "params.yaml").read_text() == shipped  # the workspace is untouched
+    assert queued_params() == shipped.replace("pe: learnable", "pe: rope")
 
-    edited = committed.replace("seed: 42", "seed: 7")  # an uncommitted edit ...
+    edited = shipped.replace("seed: 42", "seed: 7")  # an uncommitted edit ...
     (repo / "params.yaml").write_text(edited)
     dvc_repo.dvc("exp", "run", "--queue", "-S", "model.pe=none")
     assert queued_params() == edited.replace("pe: learnable", "pe: none")  # ... is queued too
@@ -136,5 +133,5 @@ def test_a_queued_experiment_starts_from_the_workspace(dvc_repo):
     dvc_repo.run("git", "stash")  # queue from the commit: set the edits aside first
     dvc_repo.dvc("exp", "run", "--queue", "-S", "model.pe=none")
     dvc_repo.run("git", "stash", "pop")
-    assert queued_params() == committed.replace("pe: learnable", "pe: none")
+    assert queued_params() == shipped.replace("pe: learnable", "pe: none")
     assert (repo / "params.yaml").read_text() == edited

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import committed, copy_committed
 
 from gradattn.analysis.evaluation import mean_attention, overview_sample, returns_attention
 from gradattn.config import TrainConfig
@@ -221,8 +222,8 @@ def test_tables_tolerate_missing_gradients():
 
 def test_report_stage_writes_results_summary_and_comparison(tmp_path, monkeypatch):
     """stages/report.py end to end on synthetic digests (what the plot stage writes)."""
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")  # configure's output (in git)
+    copy_committed("params.yaml", tmp_path)
+    copy_committed("configs", tmp_path)  # configure's output (in git)
     file = tmp_path / "plotdata" / "fashionmnist-mini" / "runs.json"
     file.parent.mkdir(parents=True)
     env = {"cpu": "Intel Xeon", "threads": 2, "gpu": None, "python": "3.12.1", "torch": "2.9.0",
@@ -274,7 +275,7 @@ def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monk
     data/ are deleted and stages/plot.py still draws every figure, attention included."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", sys.argv)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     params["models"] = ["gradattn"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     rng = np.random.default_rng(0)

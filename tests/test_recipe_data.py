@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import copy_committed
 from PIL import Image
 from torchvision import transforms as T
 
@@ -176,9 +177,9 @@ def test_real_fashionmnist_pooled_split_is_the_notebooks_images(tmp_path):
 def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
     """`dvc exp run -S recipe=notebooks` runs configure, download, preprocess first: the same
     scripts here, on a copy of the project."""
-    for name in ("params.yaml", "gradattn", "stages"):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
-        copy(ROOT / name, tmp_path / name)
+    copy_committed("params.yaml", tmp_path)
+    for name in ("gradattn", "stages"):
+        shutil.copytree(ROOT / name, tmp_path / name)
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
 
     def stage(*args: str) -> None:

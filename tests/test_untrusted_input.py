@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import committed
 from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
 
 from gradattn.config import TrainConfig
@@ -44,7 +45,7 @@ def one_line(proc, code: int = 2) -> str:
 
 
 def project(tmp_path: Path, changes: str = "") -> Path:
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text() + changes)
+    (tmp_path / "params.yaml").write_text(committed("params.yaml") + changes)
     return tmp_path
 
 
@@ -53,7 +54,7 @@ def project(tmp_path: Path, changes: str = "") -> Path:
 
 @pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
 def test_a_non_finite_setting_stops_configure_with_one_line(tmp_path, value):
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     params["train"]["lr"] = float(value.replace(".", ""))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     line = one_line(run_stage("configure.py", cwd=tmp_path))
@@ -64,7 +65,7 @@ def test_a_non_finite_setting_stops_configure_with_one_line(tmp_path, value):
 
 def test_a_non_finite_model_option_is_named_by_key(tmp_path):
     # model.dropout = NaN passes torch's own 0 <= p <= 1 check (NaN compares false).
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     params["model"]["dropout"] = float("nan")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     line = one_line(run_stage("configure.py", cwd=tmp_path))
@@ -321,7 +322,7 @@ def test_compare_with_a_damaged_lock_or_headline_is_one_line(tmp_path, capsys, p
 def image_folder_project(tmp_path: Path, folder: Path) -> Path:
     cwd = tmp_path / "project"
     cwd.mkdir()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(committed("params.yaml"))
     params["data"]["datasets"] = ["mine"]
     params["data"]["custom"] = {"mine": {"format": "imagefolder", "path": str(folder)}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
@@ -483,7 +484,7 @@ def project_cache_type() -> str:
     import configparser
 
     config = configparser.ConfigParser()
-    config.read(ROOT / ".dvc/config")
+    config.read_string(committed(".dvc/config"))
     return config["cache"]["type"]
 
 
