@@ -22,7 +22,8 @@ action=$1 jobs=$2 study=$3 lanes=${4:-2}
 [ -f "$jobs" ] || die "jobs file $jobs not found: give a file of 'NAME -S key=value ...' lines"
 [[ $lanes =~ ^[1-9][0-9]*$ ]] || die "LANES = '$lanes' is not allowed: a whole number >= 1"
 case $action in run|status|gather) ;; *) die "'$action' is not an action. $usage" ;; esac
-command -v dvc >/dev/null || die "dvc not found: activate the project's environment first"
+[ "$action" = status ] || command -v dvc >/dev/null \
+  || die "dvc not found: activate the project's environment first"
 project=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 jobs=$(realpath "$jobs")
 mkdir -p "$study/state" "$study/logs" "$study/cache"
