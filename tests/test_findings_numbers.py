@@ -400,6 +400,40 @@ def _close(cell: str, value: float, decimals: int | None) -> bool:
     return cell == f"{value:.{decimals}f}" or cell == f"{value:+.{decimals}f}"
 
 
+POOLED = re.compile(r"(?P<mean>[^±;]+?)(?: ± (?P<std>\S+) \(n=(?P<n>\d+)\))?"
+                    r"(?:; Δ (?P<d>\S+) pp \[(?P<lo>\S+), (?P<hi>\S+)\])?")
+
+
+def _pooled_ok(cell: str, row: dict, scale: float, decimals: int | None) -> bool:
+    """A cell 'mean', or 'mean ± std (n=k)' with Table 1's '; Δ d pp [lo, hi]', against its
+    tables.csv row (mean, std, n, and the paired difference in pp)."""
+    m = POOLED.fullmatch(cell.replace("**", ""))
+    if m is None or not _close(m["mean"], scale * float(row["mean"]), decimals):
+        return False
+    if m["std"] is None:
+        ok = row["n"] == "1"
+    else:
+        ok = m["n"] == row["n"] and _close(m["std"], scale * float(row["std"]), decimals)
+    if m["d"] is not None:
+        ok = ok and all(_close(m[k], 100 * float(row[f"diff_{f}"]), 2)
+                        for k, f in (("d", "mean"), ("lo", "low"), ("hi", "high")))
+    return ok
+
+
+# Table 6: column -> (metric, scale, decimals) of "mean [low, high]" of the paired difference.
+PAIRED_COLUMNS = {"Δ top-1 (pp)": ("top1", 100, 2), "Δ F1 (macro)": ("f1_macro", 1, 3),
+                  "Δ ECE": ("ece", 1, 3), "Δ gap (pp)": ("train_val_gap", 100, 2),
+                  "Δ best epoch": ("best_epoch", 1, 1), "Δ GHS": ("ghs", 1, 3)}
+
+
+def _paired_ok(cell: str, row: dict, scale: float, decimals: int) -> bool:
+    m = re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", cell)
+    if m is None:
+        return cell == "–" and int(row["diff_n"]) < 3
+    return all(_close(text, scale * float(row[f"diff_{f}"]), decimals)
+               for text, f in zip(m.groups(), ("mean", "low", "high"), strict=True))
+
+
 @pytest.mark.parametrize("folder", PUBLISHED)
 def test_published_tables_match_tables_csv(folder):
     readme = (ROOT / folder / "README.md").read_text()
@@ -414,27 +448,39 @@ def test_published_tables_match_tables_csv(folder):
             if number == 1:
                 for variant, cell in zip(header[1:], cells[1:], strict=True):
                     r = value[(s, dataset, variant, "top1")]
-                    ok = cell == "–" if r["n"] == "0" else _close(cell.strip("*"),
-                                                                   100 * float(r["mean"]), 2)
+                    ok = cell == "–" if r["n"] == "0" else _pooled_ok(cell, r, 100, 2)
                     bad += [] if ok else [f"{folder} setting {setting} T1 {variant}: {cell}"]
                     checked += 1
                 continue
             variant = cells[1]
             n = value[(s, dataset, variant, "top1")]["n"]
             for col, cell in zip(header[2:], cells[2:], strict=True):
-                if n == "0":
+                if number == 6:
+                    if col == "Seeds":
+                        ok = cell == str(max(int(value[(s, dataset, variant, m)]["diff_n"])
+                                             for m, _, _ in PAIRED_COLUMNS.values()))
+                    else:
+                        metric, scale, decimals = PAIRED_COLUMNS[col]
+                        ok = _paired_ok(cell, value[(s, dataset, variant, metric)], scale,
+                                        decimals)
+                elif n == "0":
                     ok = cell == "–"
                 elif number == 4 and col == "Train acc. (%)":
+                    # per seed val + gap: the mean is the sum of the means (its std is not)
                     v = value[(s, dataset, variant, "val_top1")]["mean"]
                     g = value[(s, dataset, variant, "train_val_gap")]["mean"]
-                    ok = _close(cell, 100 * (float(v) + float(g)), 2)
+                    ok = _close(POOLED.fullmatch(cell)["mean"], 100 * (float(v) + float(g)), 2)
                 elif number == 5 and col == "Range (min – max)":
                     lo = float(value[(s, dataset, variant, "norm_min")]["mean"])
                     hi = float(value[(s, dataset, variant, "norm_max")]["mean"])
-                    ok = cell == f"{lo:.2e} – {hi:.2e}"
+                    if n == "1":
+                        ok = cell == f"{lo:.2e} – {hi:.2e}"
+                    else:  # the range over seeds: it holds the means of the runs' ends
+                        a, b = (float(x) for x in cell.split(" – "))
+                        ok = a <= lo * (1 + 1e-2) and b >= hi * (1 - 1e-2)
                 elif number == 5 and col == "Vanishing / exploding":
-                    van = int(float(value[(s, dataset, variant, "vanishing")]["mean"]))
-                    exp = int(float(value[(s, dataset, variant, "exploding")]["mean"]))
+                    van = float(value[(s, dataset, variant, "vanishing")]["mean"])
+                    exp = float(value[(s, dataset, variant, "exploding")]["mean"])
                     ok = (cell == "none") == (van == exp == 0)
                 elif number == 5 and col == "Layers":
                     ghs = float(value[(s, dataset, variant, "ghs")]["mean"])
@@ -442,13 +488,12 @@ def test_published_tables_match_tables_csv(folder):
                     exp = float(value[(s, dataset, variant, "exploding")]["mean"])
                     # the layer count is published only through GHS = healthy / layers (the
                     # notebooks' silent hooks are neither vanishing nor exploding)
-                    layers = int(cell)
-                    ok = abs(ghs * layers - round(ghs * layers)) < 1e-6 and \
-                        layers - round(ghs * layers) >= van + exp
+                    layers = int(float(POOLED.fullmatch(cell)["mean"]))
+                    ok = (n != "1" or abs(ghs * layers - round(ghs * layers)) < 1e-6) and \
+                        layers - ghs * layers >= van + exp - 1e-6
                 else:
                     metric, scale, decimals = TABLE_COLUMNS[number][col]
-                    ok = _close(cell, scale * float(value[(s, dataset, variant, metric)]["mean"]),
-                                decimals)
+                    ok = _pooled_ok(cell, value[(s, dataset, variant, metric)], scale, decimals)
                 bad += [] if ok else [f"{folder} setting {setting} T{number} {variant} {col}: "
                                       f"{cell}"]
                 checked += 1

@@ -1,0 +1,87 @@
+"""scripts/cpu_lanes.sh: a study's experiments in lanes (clones sharing one DVC cache), each
+job once, every run with one thread, a failed job retried by the next `run`, and `gather`
+bringing every lane's experiments into lane-0. Real git and DVC, on a toy one-stage project."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import ROOT, dvc, env_for, sh
+
+pytestmark = pytest.mark.slow
+
+# The stage writes what it ran with: its param, the thread count it was given, its own folder.
+STAGE = ("import json, os, sys, yaml; p = yaml.safe_load(open('params.yaml')); "
+         "sys.exit(3) if p['x'] < 0 else None; "
+         "json.dump({'x': p['x'], 'tag': p['tag'], 'threads': os.environ.get('OMP_NUM_THREADS'), "
+         "'cwd': os.getcwd()}, open('out.json', 'w'))")
+
+
+def _project(tmp_path):
+    repo = tmp_path / "project"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts/cpu_lanes.sh", repo / "scripts")
+    (repo / "params.yaml").write_text("x: 0\ntag: none\n")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: python -c \"" + STAGE.replace('"', '\\"') + "\"\n"
+        "    params: [x, tag]\n    metrics: [{out.json: {cache: false}}]\n")
+    sh("git", "init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "toy", cwd=repo)
+    return repo
+
+
+def _lanes(repo, *args, check=True):
+    return sh("bash", "scripts/cpu_lanes.sh", *args, cwd=repo, check=check,
+              env={**env_for(repo), "TAG": "from-env"})
+
+
+def test_lanes_run_each_job_once_and_gather(tmp_path):
+    repo = _project(tmp_path)
+    jobs = tmp_path / "study.jobs"
+    jobs.write_text("# a comment\ncommon -S tag=$TAG\n"
+                    "a -S x=1\nb -S x=2\nbad -S x=-1\nc -S x=3\n")
+    study = tmp_path / "study"
+    first = _lanes(repo, "run", jobs, study, "2")
+    assert "bad FAILED" in first.stdout
+    assert sorted(p.name for p in (study / "state").glob("*.done")) == ["a.done", "b.done",
+                                                                        "c.done"]
+    # Each job ran in a lane's own clone, with its -S (the common one expanded), one thread.
+    for name, x in (("a", 1), ("b", 2), ("c", 3)):
+        lane = (study / "state" / f"{name}.claim" / "lane").read_text().strip()
+        shown = dvc("exp", "show", "--json", cwd=study / f"lane-{lane}").stdout
+        assert f'"{name}"' in shown
+    outs = [json.loads((study / f"lane-{k}" / "out.json").read_text()) for k in (0, 1)]
+    assert {o["threads"] for o in outs} == {"1"} and {o["tag"] for o in outs} == {"from-env"}
+    assert {o["cwd"] for o in outs} == {str(study / "lane-0"), str(study / "lane-1")}
+
+    # A rerun skips what is done and tries the failed job again (the fix: its -S).
+    jobs.write_text(jobs.read_text().replace("bad -S x=-1", "bad -S x=4"))
+    again = _lanes(repo, "run", jobs, study, "2")
+    assert "bad done" in again.stdout and " a started" not in again.stdout
+    status = _lanes(repo, "status", jobs, study).stdout.splitlines()
+    assert status == ["a: done", "b: done", "bad: done", "c: done"]
+
+    gathered = _lanes(repo, "gather", jobs, study)
+    assert "lane-0 holds 4 experiment ref(s)" in gathered.stdout
+    names = dvc("exp", "list", "--name-only", cwd=study / "lane-0").stdout.split()
+    assert sorted(names) == ["a", "b", "bad", "c"]
+
+
+def test_bad_input_is_one_line(tmp_path):
+    repo = _project(tmp_path)
+    jobs = tmp_path / "dup.jobs"
+    jobs.write_text("a -S x=1\na -S x=2\n")
+    for args, says in ((["run", jobs, tmp_path / "s"], "appears twice"),
+                       (["run", tmp_path / "none.jobs", tmp_path / "s"], "not found"),
+                       (["run", jobs, tmp_path / "s", "0"], "LANES = '0'"),
+                       (["walk", jobs, tmp_path / "s"], "'walk' is not an action")):
+        out = _lanes(repo, *args, check=False)
+        assert out.returncode == 2 and says in out.stderr and out.stderr.count("\n") == 1
+    (repo / "params.yaml").write_text("x: 5\ntag: none\n")  # uncommitted: a study runs a commit
+    jobs.write_text("a -S x=1\n")
+    out = _lanes(repo, "run", jobs, tmp_path / "s2", check=False)
+    assert out.returncode == 2 and "uncommitted changes" in out.stderr
