@@ -56,7 +56,7 @@ make_lane() {
 next_job() {
   local lane=$1 name
   for name in $(names); do
-    [ -e "$study/state/$name.done" ] && continue
+    [ -e "$study/state/$name.done" ] || [ -e "$study/state/$name.failed" ] && continue
     if [ -d "$study/state/$name.claim" ]; then
       [ "$(cat "$study/state/$name.claim/lane" 2>/dev/null)" = "$lane" ] && { echo "$name"; return; }
       continue
