@@ -147,6 +147,9 @@ def stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
     seconds is killed. Further Ctrl-Cs (and SIGTERMs) are ignored meanwhile: they would cut
     that cleanup short."""
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # `dvc exp run --temp` works in its copy of the repository (.dvc/tmp/exps/standalone/
+    # tmp…), which it does not always remove when interrupted: note each, removed below.
+    copies = [_exp_copy(proc.pid) for proc in procs if proc.poll() is None]
     try:
         for proc in procs:
             if proc.poll() is None:
@@ -160,9 +163,21 @@ def stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+        for copy in filter(None, copies):
+            shutil.rmtree(copy, ignore_errors=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _exp_copy(pid: int) -> Path | None:
+    """The temporary copy of the repository that `dvc exp run --temp` (process `pid`) works
+    in: its working directory, when that is inside a .dvc/tmp/exps folder (Linux /proc)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    return cwd if ".dvc/tmp/exps/" in cwd.as_posix() else None
 
 
 def run_child(argv: list[str]) -> int:
