@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without installing
     sys.path.insert(0, str(ROOT))
 
+from gradattn.core.stage import entry  # noqa: E402  (one-line errors, as the stages)
+
 MODES = ("processes", "mps", "streams")
 MODELS = ("resnet18", "gradattn")
 COUNTS = (1, 2, 4, 8)
@@ -251,4 +253,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -24,6 +24,12 @@ import threading
 import time
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without installing
+    sys.path.insert(0, str(ROOT))
+
+from gradattn.core.stage import entry  # noqa: E402  (one-line errors, as the stages)
+
 FULL = 327_680
 
 
@@ -138,4 +144,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, with or without 
 from gradattn.core.device import resolve_device  # noqa: E402
 from gradattn.core.errors import GradattnError  # noqa: E402
 from gradattn.core.settings import TrainConfig  # noqa: E402
+from gradattn.core.stage import entry  # noqa: E402
 from gradattn.models import build_model, count_parameters  # noqa: E402
 from gradattn.prepared.batches import Batches  # noqa: E402
 from gradattn.prepared.format import load_meta, load_split  # noqa: E402
@@ -149,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = load_meta(args.dataset, args.root)
         images, labels = load_split(args.dataset, "train", args.root)
     except GradattnError as err:
-        print(f"error: {err}\n(the bundled set: `dvc repro preprocess@fashionmnist-mini`, "
-              "or `python stages/configure.py && python stages/download.py fashionmnist-mini "
-              "&& python stages/preprocess.py fashionmnist-mini`)", file=sys.stderr)
-        return 2
+        raise GradattnError(f"{err} (the bundled set: `dvc repro preprocess@fashionmnist-mini`, "
+                            "or `python stages/configure.py && python stages/download.py "
+                            "fashionmnist-mini && python stages/preprocess.py "
+                            "fashionmnist-mini`)") from None
     plans = {
         "eager_fp32": resolve_plan(TrainConfig(fast="off", precision="fp32"), device),
         "fast": resolve_plan(TrainConfig(fast="on"), device),
@@ -208,4 +209,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from gradattn.core.io import atomic_path
+from gradattn.core.errors import GradattnError
+from gradattn.core.io import atomic_path, read_json
 from gradattn.core.settings import MODELS, PE_CHOICES, STEMS
+from gradattn.core.stage import entry
 from gradattn.models import build_model
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
@@ -51,8 +53,8 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 def _class_files(cifar: Path, split: str) -> dict[str, list[Path]]:
     root = cifar / split
     if not root.is_dir():
-        raise SystemExit(f"error: {root} not found: --cifar must name the folder holding the "
-                         "JPEG copy's train/ and test/ class folders")
+        raise GradattnError(f"{root} not found: --cifar must name the folder holding the "
+                            "JPEG copy's train/ and test/ class folders")
     return {c.name: sorted(c.glob("*.jpg")) for c in sorted(root.iterdir()) if c.is_dir()}
 
 
@@ -366,7 +368,7 @@ def plot(paths: list[str], png: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [read_json(p, "name a JSON this script wrote (--out)") for p in paths]
     fig, axes = plt.subplots(4, len(runs), figsize=(5.2 * len(runs), 14), squeeze=False,
                              sharey="row")
     floor = 1e-24
@@ -449,18 +451,44 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, in one line, values that would fail deep in training (or measure nothing)."""
+    for path in [*(args.summary or []), *(args.plot or [])]:
+        if not Path(path).is_file():
+            raise GradattnError(f"{path}: no such file: --summary and --plot take JSONs this "
+                                "script wrote (--out)")
+    if args.summary or args.plot:
+        return
+    positive = {"--batch-size": args.batch_size, "--epochs": args.epochs,
+                "--probe-size": args.probe_size, "--probe-batches": args.probe_batches}
+    for flag, value in positive.items():
+        if value < 1:
+            raise GradattnError(f"{flag} {value}: must be 1 or more")
+    # Subsets are class-balanced: n // 10 images of each of the 10 classes.
+    for flag, value in (("--n-train", args.n_train), ("--n-val", args.n_val),
+                        ("--n-test", args.n_test)):
+        if value < 10:
+            raise GradattnError(f"{flag} {value}: the subsets take n // 10 images of each of "
+                                f"the 10 classes, so it must be 10 or more")
+    if args.n_train // 10 * 10 < args.batch_size:
+        raise GradattnError(f"--n-train {args.n_train} gives {args.n_train // 10 * 10} training "
+                            f"images, less than one batch (--batch-size {args.batch_size}): "
+                            "raise --n-train or lower --batch-size")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise GradattnError(f"--device {args.device} asked for, but torch sees no CUDA GPU "
+                            "here; use --device cpu or run on a machine with one")
+
+
 def main() -> None:
     args = build_parser().parse_args()
+    check_args(args)
     if args.plot:
         plot(args.plot, args.png)
         return
     if args.summary:
         for path in args.summary:
-            print(summary(path, json.loads(Path(path).read_text())))
+            print(summary(path, read_json(path, "name a JSON this script wrote (--out)")))
         return
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {args.device} asked for, but torch sees no CUDA GPU "
-                         "here; use --device cpu or run on a machine with one")
     out = Path(args.out or f"runs/{args.model}-{args.stem}-{args.pe}-{args.optimizer}"
                f"-wd{args.weight_decay:g}-n{args.n_train}-e{args.epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -470,4 +498,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from gradattn.core.stage import entry
 from gradattn.reporting.plots import plot_gradient_heatmap
 
 
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets import FashionMNIST
 
+from gradattn.core.stage import entry
+
 SEED = 20261127
 PER_CLASS = {"train": 300, "val": 60, "test": 60}
 OUT = Path(__file__).resolve().parents[1] / "gradattn/sources/bundled/fashionmnist-mini.npz"
@@ -62,4 +64,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

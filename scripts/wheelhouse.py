@@ -41,6 +41,9 @@ except ModuleNotFoundError:  # a bare Python: pip's own copy
     from pip._vendor.packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the stages' one-line wrapper: standard library only
+from gradattn.core.stage import entry  # noqa: E402
+
 TORCH = {"torch", "torchvision"}
 # glibc 2.28 and later: RHEL/Rocky 8+, Ubuntu 20.04+, Debian 10+ (most GPU nodes and images).
 DEFAULT_PLATFORM = "manylinux_2_28_x86_64"
@@ -184,4 +187,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

@@ -150,7 +150,8 @@ def test_a_bad_model_file_stops_evaluate_with_one_line(tmp_path, damage):
         write_evil(model_file, marker, model=MODEL)
     line = one_line(run_stage("evaluate.py", DATASET, MODEL, cwd=cwd))
     assert str(paths.model_file(DATASET, MODEL)) in line
-    assert f"re-create it with `dvc repro train@{DATASET}-{MODEL}`" in line
+    assert (f"restore it with `dvc checkout --force {paths.model_file(DATASET, MODEL)}` or "
+            f"re-create it with `dvc repro -f train@{DATASET}-{MODEL}`") in line
     assert ("truncated or damaged" if damage == "truncated" else "could run code") in line
     assert not marker.exists()
     assert not (cwd / "metrics").exists() and not (cwd / "predictions").exists()

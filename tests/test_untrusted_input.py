@@ -290,7 +290,10 @@ def test_a_damaged_workspace_lock_advises_restoring_it_in_a_git_project(tmp_path
     assert main(["table", "--repo", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: workspace: dvc.lock is damaged")
-    assert "restore it (`git checkout -- dvc.lock`" in err
+    assert "restore the committed one (`git checkout -- dvc.lock`)" in err
+    # The advice works: the command it names brings the table back.
+    subprocess.run(["git", "checkout", "--", "dvc.lock"], cwd=tmp_path, check=True)
+    assert main(["table", "--repo", str(tmp_path)]) == 0
 
 
 @pytest.mark.parametrize("path", ["dvc.lock", "metrics/summary.json"])

@@ -320,10 +320,27 @@ def reading(path: str | os.PathLike, fix: str):
         raise damaged_file(path, err, fix) from err
 
 
+# dvc.yaml's outputs that DVC does not cache (`cache: false`), which `dvc checkout` cannot
+# bring back: those committed to git, and those only a rerun makes again (tests/
+# test_entry_points.py checks these against dvc.yaml).
+IN_GIT = ("configs/", "data/sources/")
+NOT_CACHED = ("plots/", "plotdata/", "metrics/summary.json")
+NOT_CACHED_SUFFIXES = (".history.json",)
+
+
 def restore_hint(path: str | os.PathLike, stage: str | None = None) -> str:
-    """What to do about a damaged DVC output: check it out again, or make it again."""
+    """What to do about a damaged DVC output: restore it, or make it again. `dvc checkout`
+    refuses to overwrite a modified output without --force."""
     again = f"`dvc repro -f {stage}`" if stage else "`dvc repro`"
-    return f"restore it with `dvc checkout {path}` or re-create it with {again}"
+    where = Path(path)
+    if where.is_absolute() and where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
+    where = where.as_posix()
+    if f"{where}/".startswith(IN_GIT):
+        return f"restore it with `git checkout -- {where}` or re-create it with {again}"
+    if f"{where}/".startswith(NOT_CACHED) or where.endswith(NOT_CACHED_SUFFIXES):
+        return f"re-create it with {again}"
+    return f"restore it with `dvc checkout --force {where}` or re-create it with {again}"
 
 
 def read_json(path: str | os.PathLike, fix: str | None = None) -> Any:

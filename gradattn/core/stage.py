@@ -1,7 +1,9 @@
-"""Shared plumbing for the thin scripts in stages/: arguments, one-line errors, exit codes.
+"""Shared plumbing for every entry point (the thin scripts in stages/, the `gradattn` command,
+scripts/ and benchmarks/): arguments, one-line errors, exit codes.
 
-Whatever goes wrong in a stage ends in one line on stderr (what, where, what to do) and a
-non-zero exit; GRADATTN_DEBUG=1 prints the Python traceback as well.
+Whatever goes wrong ends in one line on stderr (what, where, what to do) and a non-zero exit;
+GRADATTN_DEBUG=1 prints the Python traceback as well. Ctrl-C and SIGTERM end in one line and
+exit 130.
 """
 
 from __future__ import annotations
@@ -10,15 +12,17 @@ import errno
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError, first_line
-from gradattn.core.io import sweep_dead
 
 DEBUG_ENV = "GRADATTN_DEBUG"
+# Ctrl-C of a command: writers leave nothing half-made (temporaries renamed only when whole).
+INTERRUPTED = "interrupted; nothing half-made was left: run the command again"
 RERUN = "rerun `dvc repro` to finish (training resumes from its last checkpoint)"
 
 
@@ -37,17 +41,42 @@ def stage_args(*names: str) -> list[str]:
 
 def run(main: Callable[[], None]) -> None:
     """Run a stage's main(); every error becomes one line on stderr and a non-zero exit."""
-    signal.signal(signal.SIGTERM, _interrupt)
     # Under `dvc exp run` / `dvc queue` stdout is a pipe or a log file: flush every line, so
     # `dvc queue logs -f` shows each epoch as it ends.
     sys.stdout.reconfigure(line_buffering=True)
-    try:
+
+    def stage() -> None:
         _sweep()
         main()
+
+    code = guarded(stage, interrupted=f"interrupted; the stage left no finished output: {RERUN}")
+    if code:
+        sys.exit(code)
+
+
+def entry(main: Callable[[], int | None], *, interrupted: str = INTERRUPTED) -> None:
+    """The same for a command (`gradattn`, scripts/, benchmarks/): exit with main()'s code."""
+    sys.exit(guarded(main, interrupted=interrupted))
+
+
+def guarded(main: Callable[[], int | None], *, interrupted: str = INTERRUPTED) -> int:
+    """main()'s exit code (None is 0); an error is one line on stderr and code 2 (1 for a
+    likely bug), Ctrl-C or SIGTERM the line `interrupted` (or the KeyboardInterrupt's own) and
+    130. Cleanup is each writer's
+    own (`finally`, atomic temporaries): both signals arrive as KeyboardInterrupt."""
+    # `kill` or a job scheduler's SIGTERM leaves as Ctrl-C does (Python allows handlers in
+    # the main thread only).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
+    try:
+        return main() or 0
     except Exception as err:
-        _exit(err, *_describe(err))
-    except KeyboardInterrupt as err:
-        _exit(err, 130, f"interrupted; the stage left no finished output: {RERUN}")
+        return _report(err, *_describe(err))
+    except KeyboardInterrupt as err:  # a message of its own says what was stopped
+        return _report(err, 130, str(err) or interrupted)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
 
 
 # The folders stages write (dvc.yaml's outputs) and the checkpoints of the parent repository.
@@ -57,6 +86,10 @@ SWEPT = ("configs", "data", "models", "metrics", "predictions", "plots", "plotda
 def _sweep() -> None:
     """Remove what killed stages left (temporaries of dead processes), whatever stage runs
     next: a killed stage that DVC later serves from its run cache never cleans up itself."""
+    # Imported here: the wrapper itself needs the standard library only (scripts/wheelhouse.py
+    # runs it in a bare Python, before numpy or PyYAML are installed).
+    from gradattn.core.io import sweep_dead
+
     try:
         removed = sweep_dead([*SWEPT, paths.parent_root() / paths.RESUME])
     except OSError:
@@ -96,16 +129,15 @@ def _os_error(err: OSError) -> str:
     return f"{where or 'a file'}: {what}: {remedy}"
 
 
-def _exit(err: BaseException, code: int, message: str) -> None:
+def _report(err: BaseException, code: int, message: str) -> int:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         # The error a one-line message replaced (`raise ... from None`) is what a bug
         # report needs: show it too.
         err.__suppress_context__ = False
         traceback.print_exception(err)
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(code)
+    return code
 
 
 def _interrupt(signum, _frame) -> None:
-    # `kill` or a job scheduler's SIGTERM: leave as Ctrl-C does (temporaries removed, one line).
     raise KeyboardInterrupt

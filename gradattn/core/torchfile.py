@@ -7,6 +7,7 @@ Saving is byte-stable: the same contents give the same bytes whatever the file's
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import warnings
@@ -27,11 +28,26 @@ class UnreadableFileError(GradattnError):
         self.path, self.problem = path, problem
 
 
+# What torch's archive writer (PytorchStreamWriter) says when a write fails: it raises a
+# RuntimeError, not an OSError, e.g. "PytorchStreamWriter failed writing file data/0: file
+# write failed" or "[enforce fail at inline_container.cc:…] . unexpected pos 64 vs 0".
+_WRITER_FAILED = ("PytorchStreamWriter failed", "file write failed", "unexpected pos")
+
+
 def save(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` atomically. Through a file object, torch names the archive's root folder
-    'archive' instead of after the (temporary) file name, so equal contents give equal bytes."""
+    'archive' instead of after the (temporary) file name, so equal contents give equal bytes.
+    A failed write (a full disk) is one line naming the folder (atomic_path's disk_errors)."""
     with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as fh:
-        torch.save(obj, fh)
+        try:
+            torch.save(obj, fh)
+        except RuntimeError as err:
+            if not any(text in str(err) for text in _WRITER_FAILED):
+                raise
+            # torch keeps no errno; a write that fails mid-archive is almost always a full
+            # disk (or quota): report it as one.
+            raise OSError(errno.ENOSPC, f"writing {Path(path).name} failed, most likely no "
+                          f"space left on the device ({first_line(err)})") from None
 
 
 def load(path: str | os.PathLike, *, remedy: str, map_location="cpu") -> Any:

@@ -8,6 +8,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from gradattn.core.stage import entry
 from gradattn.models import MODELS, PE_CHOICES, STEMS, build_model, count_parameters
 
 
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    entry(main)

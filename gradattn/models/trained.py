@@ -10,6 +10,7 @@ from torch import nn
 
 from gradattn.core import paths, torchfile
 from gradattn.core.errors import GradattnError, first_line
+from gradattn.core.io import restore_hint
 from gradattn.models import build_model
 
 
@@ -47,7 +48,7 @@ def load_trained(dataset: str, model: str, device="cpu") -> tuple[nn.Module, dic
     path = paths.model_file(dataset, model)
     if not path.exists():
         raise GradattnError(f"{path} not found: run `dvc repro train@{dataset}-{model}` first")
-    remedy = f"re-create it with `dvc repro train@{dataset}-{model}`"
+    remedy = restore_hint(path, f"train@{dataset}-{model}")
     record = torchfile.require_keys(
         path, torchfile.load(path, remedy=remedy),
         {"model", "options", "num_classes", "in_channels", "state_dict", "run_config"}, remedy)

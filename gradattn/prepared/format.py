@@ -178,6 +178,13 @@ class PreparedWriter:
         """Write `count` images of `shape` (H, W, C) arriving in (images, labels) chunks."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}")
+        if count == 0:
+            # Training would fail later in torch.cat (or report on nothing): refuse it here.
+            raise GradattnError(
+                f"dataset {self.name!r}: its {split} split would hold no images (the "
+                f"source's {split} part is empty, or it has too few images per class for a "
+                f"split cut from them): give the source {split} images, or 10 or more images "
+                "per class, and run again")
         shape = tuple(int(s) for s in shape)
         if len(shape) == 2:
             shape = (*shape, 1)

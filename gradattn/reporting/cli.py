@@ -12,6 +12,7 @@ from pathlib import Path
 from gradattn import __version__
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import write_with
+from gradattn.core.stage import guarded
 
 
 def _table(args: argparse.Namespace) -> str:
@@ -197,17 +198,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit code: every failure (and Ctrl-C) is one line, as in the stages."""
     args = parser().parse_args(argv)
-    try:
+
+    def command() -> None:
         text = args.run(args)
-    except GradattnError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        _write(args.out, text)
-    else:
-        sys.stdout.write(text)
-    return 0
+        if args.out:
+            _write(args.out, text)
+        else:
+            sys.stdout.write(text)
+
+    return guarded(command)
 
 
 if __name__ == "__main__":

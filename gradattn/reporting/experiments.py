@@ -42,7 +42,7 @@ import yaml
 
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
-from gradattn.core.io import reading
+from gradattn.core.io import reading, restore_hint
 from gradattn.core.records import RESULT_ENVIRONMENT
 from gradattn.core.settings import (
     DEFAULT_MODELS,
@@ -123,8 +123,10 @@ class _Revision:
     def fix(self, path: str) -> str:
         # The working tree's rev is None, or its commit marked " (workspace)" (see _commit).
         if self.rev is None or self.rev.endswith(" (workspace)"):
-            return (f"restore it (`git checkout -- {path}`, or `dvc checkout`) or rerun "
-                    "`dvc repro`")
+            if path == LOCK:  # DVC cannot read it either: neither checkout nor repro runs
+                return (f"restore the committed one (`git checkout -- {LOCK}`), or remove it "
+                        "and rerun `dvc repro`")
+            return restore_hint(path)
         return "fix it in that revision, or leave the revision out"
 
     def parse(self, path: str, data: bytes, parse=json.loads):
@@ -167,6 +169,17 @@ class _Revision:
                 f"{self.source}: {consumer} ran on another {path} than {producer} in dvc.lock "
                 f"produced (a partial `dvc repro`): run `dvc repro` and commit dvc.lock")
 
+    def current(self, dataset: str, model: str) -> bool:
+        """Whether the pipeline of this dvc.lock still has (dataset, model): `dvc repro` keeps
+        the entries of stages dropped from dvc.yaml (after data.datasets or models changed),
+        and their outputs stay in the workspace, though configs/ no longer holds their
+        settings. configure records the lists the pipeline was last made from."""
+        made_from = _params(self.stages.get("configure") or {})
+        datasets, models = made_from.get("data.datasets"), made_from.get("models")
+        if not isinstance(datasets, list) or not isinstance(models, list):
+            return True  # an older dvc.lock: every run it records counts
+        return dataset in datasets and model in models
+
     def runs(self) -> list[Run]:
         out, unreadable = [], []
         for name in sorted(self.stages):
@@ -174,7 +187,7 @@ class _Revision:
                 continue
             for entry in self.stages[name].get("outs") or []:
                 m = re.fullmatch(r"metrics/(.+)/([^/.]+)\.json", entry.get("path", ""))
-                if not m:
+                if not m or not self.current(m.group(1), m.group(2)):
                     continue
                 if self.read(entry["path"]) is None:
                     # dvc.lock keeps the entries of stages no longer in dvc.yaml (a dataset

@@ -18,9 +18,11 @@ one epoch, one gradient batch; published into results/<study>-dry.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 
 from gradattn.core.durations import human_duration
 from gradattn.core.errors import GradattnError
+from gradattn.core.io import atomic_path
 
 # Cells per GPU by default. Measured on an H200 (shared/measurements/h200-2026-12-04): eight
 # separate processes together reached about what one reaches alone, so packing more buys
@@ -83,41 +86,108 @@ def schedule(jobs: list[Job], slots: list[dict[str, str]], log_dir: Path, *,
 
     log_dir.mkdir(parents=True, exist_ok=True)
     last_start = float("-inf")
-    while pending or running:
-        for slot, env in enumerate(slots):
-            if slot in running or not pending or clock() - last_start < stagger_seconds:
-                continue
-            last_start = clock()
-            job = pending.popleft()
-            job.tries += 1
-            job.log = log_dir / f"{job.name}{'' if job.tries == 1 else f'.try{job.tries}'}.log"
-            job.started = clock()
-            with open(job.log, "w") as log:
-                proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT,
-                                        env={**os.environ, **env})
-            running[slot] = (job, proc)
-            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env.get(
-                "CUDA_VISIBLE_DEVICES") else ""
-            progress(f"started {job.name}{where}")
-        time.sleep(poll_seconds)
-        for slot, (job, proc) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[slot]
-            seconds = clock() - job.started
-            if proc.returncode == 0:
-                times.append(seconds)
-                outcome.done.append(job.name)
-                progress(f"finished {job.name} in {human_duration(seconds)}")
-            elif job.tries < 2:
-                outcome.retried.append(job.name)
-                pending.append(job)
-                progress(f"{job.name} failed (exit {proc.returncode}, log {job.log}); "
-                         "it runs once more at the end")
-            else:
-                outcome.failed[job.name] = job.log
-                progress(f"{job.name} failed again (exit {proc.returncode}, log {job.log})")
+    try:
+        while pending or running:
+            for slot, env in enumerate(slots):
+                if slot in running or not pending or clock() - last_start < stagger_seconds:
+                    continue
+                last_start = clock()
+                job = pending.popleft()
+                job.tries += 1
+                job.log = log_dir / f"{job.name}{'' if job.tries == 1 else f'.try{job.tries}'}.log"
+                job.started = clock()
+                with open(job.log, "w") as log:
+                    proc = start(job.argv, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **env})
+                running[slot] = (job, proc)
+                where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if env.get(
+                    "CUDA_VISIBLE_DEVICES") else ""
+                progress(f"started {job.name}{where}")
+            time.sleep(poll_seconds)
+            for slot, (job, proc) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[slot]
+                seconds = clock() - job.started
+                if proc.returncode == 0:
+                    times.append(seconds)
+                    outcome.done.append(job.name)
+                    progress(f"finished {job.name} in {human_duration(seconds)}")
+                elif job.tries < 2:
+                    outcome.retried.append(job.name)
+                    pending.append(job)
+                    progress(f"{job.name} failed (exit {proc.returncode}, log {job.log}); "
+                             "it runs once more at the end")
+                else:
+                    outcome.failed[job.name] = job.log
+                    progress(f"{job.name} failed again (exit {proc.returncode}, log {job.log})")
+    except KeyboardInterrupt:
+        stop([proc for _, proc in running.values()])
+        raise KeyboardInterrupt(
+            f"interrupted; stopped {len(running)} running cell(s), which were not saved; the "
+            f"{len(outcome.done)} finished are kept as experiments (`dvc exp show`): run the "
+            "same command again to run the rest") from None
     return outcome
+
+
+# Seconds a stopped cell gets to exit on its own (DVC removes its temporary copy of the
+# repository) before it is killed.
+STOP_GRACE_S = 60.0
+
+
+def start(argv: list[str], **kwargs) -> subprocess.Popen:
+    """A child in its own process group: a Ctrl-C at the terminal reaches the study only, which
+    stops its children itself (`stop`), whichever signal it got (SIGINT or SIGTERM)."""
+    return subprocess.Popen(argv, start_new_session=True, **kwargs)
+
+
+def stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
+    """Stop children as a Ctrl-C would: one SIGINT to each one's process group (`dvc exp run`
+    and the stage it runs), so each removes its temporaries; what still runs after `grace`
+    seconds is killed. Further Ctrl-Cs (and SIGTERMs) are ignored meanwhile: they would cut
+    that cleanup short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # `dvc exp run --temp` works in its copy of the repository (.dvc/tmp/exps/standalone/
+    # tmp…), which it does not always remove when interrupted: note each, removed below.
+    copies = [_exp_copy(proc.pid) for proc in procs if proc.poll() is None]
+    try:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for copy in filter(None, copies):
+            shutil.rmtree(copy, ignore_errors=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _exp_copy(pid: int) -> Path | None:
+    """The temporary copy of the repository that `dvc exp run --temp` (process `pid`) works
+    in: its working directory, when that is inside a .dvc/tmp/exps folder (Linux /proc)."""
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+    return cwd if ".dvc/tmp/exps/" in cwd.as_posix() else None
+
+
+def run_child(argv: list[str]) -> int:
+    """`subprocess.run(argv).returncode`, with the child stopped (not killed) on Ctrl-C."""
+    proc = start(argv)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop([proc])
+        raise
 
 
 # --- the study's cells as jobs ----------------------------------------------------------------
@@ -129,10 +199,11 @@ def _dry_data(folder: Path) -> Path:
 
     path = folder / "dry.npz"
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
         bundled = np.load(BUNDLED)
-        np.savez(path, **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
-                          for s, n in DRY_SIZES for k in ("images", "labels")})
+        # Whole or not at all: a study stopped here must not leave a cut file that a rerun uses.
+        with atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
+                             for s, n in DRY_SIZES for k in ("images", "labels")})
     return path
 
 
@@ -161,6 +232,21 @@ def gpu_count() -> int:
         return 0
     proc = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
     return sum(line.startswith("GPU ") for line in proc.stdout.splitlines())
+
+
+def machine_gpus(asked: int | None, *, mps: bool) -> int:
+    """The GPUs the cells get: --gpus checked against those this machine shows (a cell on
+    GPU index 3 of a machine with one would fail, or silently train on the CPU)."""
+    there = gpu_count()
+    if asked is not None and asked > there:
+        use = "--gpus 0 (the CPU)" if there == 0 else f"--gpus 1..{there}"
+        raise GradattnError(f"--gpus {asked}: this machine shows {there} GPU(s) "
+                            f"(`nvidia-smi -L`): pass {use} or leave --gpus out")
+    gpus = there if asked is None else asked
+    if mps and not gpus:
+        raise GradattnError("--mps shares a CUDA GPU among the cells, and this study runs on "
+                            "the CPU (no GPU here, or --gpus 0, or --dry): leave --mps out")
+    return gpus
 
 
 class Mps:
@@ -199,6 +285,7 @@ def run_study(args: argparse.Namespace) -> str:
                             "has run (nothing was run)")
     if args.per_gpu < 1 or (args.gpus is not None and args.gpus < 0):
         raise GradattnError("--gpus must be >= 0 and --per-gpu >= 1")
+    gpus = machine_gpus(0 if args.dry else args.gpus, mps=args.mps)  # --dry: on the CPU
     if not Path(".dvc").is_dir():
         raise GradattnError("gradattn study run works in a DVC project's root (no .dvc/ here): "
                             "cd to the project, or `dvc init` one")
@@ -218,7 +305,6 @@ def run_study(args: argparse.Namespace) -> str:
         for job in todo:
             job.argv.append("--force")
 
-    gpus = 0 if args.dry else (gpu_count() if args.gpus is None else args.gpus)
     if gpus:
         slots = [{"CUDA_VISIBLE_DEVICES": str(g)} for g in range(gpus)
                  for _ in range(args.per_gpu)]
@@ -251,7 +337,7 @@ def run_study(args: argparse.Namespace) -> str:
         table = [sys.executable, "-m", "gradattn.reporting.cli", "table", "--publish",
                  str(results), "--commands", str(commands_file), "--no-workspace", "--no-exps",
                  *[a for n in finished for a in ("--rev", n)], "--force"]
-        if subprocess.run(table).returncode != 0:
+        if run_child(table) != 0:
             raise GradattnError(f"publishing {results} failed (above); the experiments are "
                                 "kept: `dvc exp show`")
     if outcome.failed:
