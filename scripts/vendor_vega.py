@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from gradattn.core.errors import GradattnError, first_line
+from gradattn.core.stage import entry
 
 # package → (version, its minified browser build in the npm tarball)
 PINS = {
@@ -58,9 +60,16 @@ HEAD = """<!DOCTYPE html>
 
 
 def npm_pack(spec: str, into: Path) -> tarfile.TarFile:
-    name = subprocess.run(["npm", "pack", spec, "--silent"], cwd=into, check=True,
-                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
-    return tarfile.open(into / name)
+    try:
+        done = subprocess.run(["npm", "pack", spec, "--silent"], cwd=into, capture_output=True,
+                              text=True)
+    except FileNotFoundError:
+        raise GradattnError("npm not found: install Node.js's npm (apt-get install npm) and "
+                            "rerun") from None
+    if done.returncode != 0:
+        raise GradattnError(f"npm pack {spec} failed: {first_line(Exception(done.stderr))} "
+                            "(is the npm registry reachable?)")
+    return tarfile.open(into / done.stdout.strip().splitlines()[-1])
 
 
 def member(tar: tarfile.TarFile, path: str) -> bytes:
@@ -80,7 +89,8 @@ def main() -> int:
                     licence = member(tar, "LICENSE")
             bad = [s for s in FORBIDDEN if s.lower() in code.lower()]
             if bad:
-                sys.exit(f"{package}@{version} {build} contains {bad}: cannot inline it")
+                raise GradattnError(f"{package}@{version} {build} contains {bad}: cannot inline "
+                                    "it in a <script> (pin another version in PINS)")
             (OUT / f"LICENSE.{package}").write_bytes(licence)
             digest = hashlib.sha256(code.encode("utf-8")).hexdigest()
             scripts.append(f"    <!-- {package}@{version} {build} (BSD-3-Clause, "
@@ -94,4 +104,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(main)

@@ -50,7 +50,7 @@ def test_lanes_run_each_job_once_and_gather(tmp_path):
     assert sorted(p.name for p in (study / "state").glob("*.done")) == ["a.done", "b.done",
                                                                         "c.done"]
     # Each job ran in a lane's own clone, with its -S (the common one expanded), one thread.
-    for name, x in (("a", 1), ("b", 2), ("c", 3)):
+    for name in ("a", "b", "c"):
         lane = (study / "state" / f"{name}.claim" / "lane").read_text().strip()
         shown = dvc("exp", "show", "--json", cwd=study / f"lane-{lane}").stdout
         assert f'"{name}"' in shown

@@ -163,6 +163,16 @@ def run(folder: str, source: str, metric: str) -> float:
     return float(row["mean"])
 
 
+def cell(folder: str, variant: str, metric: str, field: str = "mean") -> float:
+    """A published study's tables.csv: FIELD (mean, std, n, diff_mean, diff_low, diff_high, ...)
+    of VARIANT's METRIC (e.g. 'GradAttn (no PE)', 'ece'); the study must hold one setting and
+    one dataset, so the row is unambiguous."""
+    rows = [r for r in _load(f"{folder}/tables.csv")
+            if r["variant"] == variant and r["metric"] == metric]
+    assert len(rows) == 1, (folder, variant, metric, len(rows))
+    return float(rows[0][field])
+
+
 def params(model: str, **options) -> int:
     """Parameters of a model of gradattn.models, built for 10 classes, 3 channels."""
     from gradattn.models import build_model, count_parameters
@@ -171,7 +181,7 @@ def params(model: str, **options) -> int:
 
 HELPERS = {f.__name__: f for f in (pct, first_zero, norm_at, dead_convs, epochs_in, zero_both,
                                     zero_param, best_val, at_epoch, ep, unit_grad,
-                                    first_exact_zero, run, params, get)}
+                                    first_exact_zero, run, cell, params, get)}
 HELPERS.update(J=_load, abs=abs, min=min, max=max, round=round, len=len, sum=sum, next=next,
                any=any, all=all, int=int, float=float)
 
