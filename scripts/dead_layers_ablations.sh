@@ -58,8 +58,9 @@ dup=$(printf '%s\n' "${names[@]}" | sort | uniq -d | head -1)
 finished() { [ -s "$1" ] && "$PY" -c 'import json, sys; sys.exit(0 if "test_acc" in json.load(open(sys.argv[1])) else 1)' "$1"; }
 options_of() { read -r -a extra <<< "$(jobs_lines | awk -v n="$1" '$1 == n {$1 = ""; print}')"; }
 
-# Decode the JPEGs once per split seed, so the runs below do not race to write the cache.
+# Decode the JPEGs once per subset, so the runs below do not race to write the cache.
 for name in "${names[@]}"; do
+    finished "$OUT/$name.json" && continue
     options_of "$name"
     "$PY" scripts/dead_layers.py --cifar "$CIFAR" "${common[@]}" "${extra[@]}" "${dry[@]}" \
         --decode-only

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -168,6 +169,29 @@ def test_a_run_killed_part_way_resumes_to_what_an_uninterrupted_one_writes(cifar
     # The part that ran before the kill is named too (here the same code and machine).
     earlier = json.loads(out.read_text())["earlier_parts"]
     assert len(earlier) == 1 and earlier[0]["environment"]["threads"] == 1
+
+
+def test_the_ablation_runner_skips_finished_runs_and_runs_the_rest(cifar, tmp_path):
+    jobs = tmp_path / "tiny.jobs"
+    jobs.write_text("# two runs on the tiny folder\n"
+                    "common --n-train 40 --n-val 10 --n-test 10 --probe-size 16 "
+                    "--probe-batches 1 --batch-size 8 --epochs 1 --device cpu\n"
+                    "finished --model gradattn --pe none\n"
+                    "nodecay  --model gradattn --pe none --weight-decay 0\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "finished.json").write_text(json.dumps({"args": {}, "epochs": [], "test_acc": 0.5}))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "dead_layers_ablations.sh"), str(out),
+                           str(cifar), str(jobs)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    assert f"finished: done already ({out}/finished.json)" in proc.stdout
+    assert "nodecay started" in proc.stdout and "nodecay finished" in proc.stdout
+    run = json.loads((out / "nodecay.json").read_text())
+    assert run["args"]["weight_decay"] == 0 and "test_acc" in run
+    assert run["command"].endswith(f"--weight-decay 0 --out {out}/nodecay.json")
+    assert "nodecay.json: gradattn pe=none stem=imagenet adam wd=0 seed=42" in (
+        out / "summary.txt").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is")
