@@ -1,19 +1,64 @@
 #!/usr/bin/env python
 """Why do GradAttn's layer3/layer4 convs end training with exactly zero gradient?
 
-Trains one model of `gradattn.models` on a class-balanced CIFAR-10 subset with the project's
-protocol (Adam lr 1e-3, coupled L2 1e-4, batch 128, cross-entropy, default init) and records,
-every epoch:
+Trains one model of `gradattn.models` on a class-balanced CIFAR-10 subset through the
+library's own training loop (`gradattn.training.loop.fit`: the paper's Adam with coupled L2,
+torch's plateau cut of the learning rate, early stopping, the best epoch's weights kept),
+the library's optimiser (`gradattn.training.fast.make_optimizer`) and its batches and
+augmentation (`gradattn.prepared`: crop + flip, as the corrected recipe for CIFAR-10), and
+records through `fit`'s hooks (`on_step`: after each backward pass, before the optimiser's
+step; `on_epoch`), every epoch:
 
-- per conv: parameter-gradient norm and output-gradient norm averaged over the epoch's last
-  `--probe-batches` training batches, an exact-zero flag, the weight norm, and the ratio
-  |data gradient| / |weight-decay gradient| (below 1, Adam's normalised step is mostly decay);
+- per conv / BN / Linear: the parameter-gradient norm and (convs) the output-gradient norm,
+  averaged over the epoch's last `--probe-batches` training batches, an exact-zero flag, the
+  weight norm, the unit-scale gradient ‖∂L/∂W‖·‖W‖ (for a weight that a batch norm makes
+  scale-invariant, the gradient it would have at norm 1) and |data gradient| / |decay
+  gradient| (below 1, Adam's normalised step is mostly decay);
 - per ReLU site (stem, each block's inner ReLU, each block's output): the fraction of channels
   that never fire on a fixed probe set (BN in training mode, as the gradients see it);
-- per BN: gamma/beta mean, fraction of negative beta, pre-activation mean, input variance;
+- per BN: γ/β mean, fraction of negative β, pre-activation mean, input variance;
 - per step: which ReLU sites are completely dead (all channels), to date the death.
 
-`--plot A.json B.json ... --png out.png` draws those JSONs side by side.
+The JSON (rewritten after every epoch) also holds the exact command, the gradattn commit and
+environment (`gradattn.core.records.run_environment`), the script's sha256, the training
+configuration `fit` ran with and the protocol's switches. A run killed part-way resumes from
+its checkpoint (`<out>.ckpt`, `fit`'s) when started again with the same command.
+
+What differs from the pipeline's train stage (everything else is the same code): the data
+are a class-balanced subset of the JPEG copy drawn here (train and val from its train split,
+test from its test split), normalised with the training subset's per-channel statistics (the
+corrected recipe's `split` normalisation); the model's options are `gradattn.models`'
+defaults but for --stem/--pe; the steps run eagerly in fp32 (`train.fast off`, also on a GPU,
+since the hooks read every step); the cap is --epochs. `--no-plateau` and
+`--no-early-stopping` switch the protocol's two rules off (their patience set beyond
+--epochs; stated in the JSON's `protocol`): the runs in results/cifar10-dead-layers/ made
+before this script trained through `fit` had neither rule, and dropped each epoch's last,
+partial batch (351 steps an epoch on 45,000 images; `fit` takes 352).
+
+The ablations of the dead-layer mechanism (issue 31; scripts/dead_layers_ablations.sh runs
+all of them, two at a time) are options of this script:
+
+- Adam with no decay: `--weight-decay 0`.
+- AdamW at a comparable shrink: `--optimizer adamw --weight-decay 0.75`. Under Adam + L2 a
+  weight whose data gradient is small next to wd·w takes Adam's normalised step of ~lr per
+  coordinate, all of it decay: a relative shrink per step of order lr/|w_i|, whatever wd
+  is. AdamW multiplies every weight by 1 - lr·wd a step. Measured in
+  results/cifar10-dead-layers/cpu-full/gradattn-none-adam.json, the eight layer3/layer4
+  convs' weight norms fell by exp(-r) a step with r = 6.6e-4 to 1.0e-3 (median 7.7e-4)
+  between epochs 1 and 10 (ln(‖w‖ at 1 / ‖w‖ at 10) / 3,159 steps); at lr 1e-3, wd = 0.75
+  gives lr·wd = 7.5e-4, the same shrink, now applied to every weight (the shallow ones,
+  whose data gradient outweighs the coupled decay under Adam, too). The AdamW arm of
+  cpu-full/ (wd 1e-4: 1e-7 a step) was effectively no decay.
+- Adam + L2 with batch norm's γ/β and the biases exempt from the decay: `--no-decay-norm`
+  (param groups of the library's make_optimizer, `decay_norm=False`).
+- The taps without attention: `--model taps_mean`.
+- A second seed of the protocol run: `--model gradattn --pe none --seed 43` (`--split-seed`
+  stays 42: the same images, another initialisation, batch order and augmentation).
+- And the baseline each arm changes one thing of, through this same loop: `--model gradattn
+  --pe none` (cpu-full/gradattn-none-adam.json came from the earlier loop).
+
+`--plot A.json B.json ... --png out.png` draws JSONs side by side; `--summary A.json ...`
+prints one line each.
 
 The data: the CIFAR-10 JPEG copy (`train/<class>/*.jpg`, `test/<class>/*.jpg`), e.g.
 
@@ -22,30 +67,44 @@ The data: the CIFAR-10 JPEG copy (`train/<class>/*.jpg`, `test/<class>/*.jpg`), 
 
 Its findings (results/cifar10-dead-layers/, docs/findings.md "Dead layers on the CPU"): on
 full CIFAR-10 (--n-train 45000 --n-val 5000 --n-test 10000, 22 epochs, about an hour on one
-core) GradAttn's deep stages die at epoch 17-22 under the protocol and not under --optimizer
-adamw. `--device cuda` runs on a GPU; scripts/dead_layers_gpu.sh runs the whole comparison.
+core) GradAttn's deep stages die at epoch 17-22 under Adam + coupled L2 and not under
+AdamW at wd 1e-4. `--device cuda` runs on a GPU; scripts/dead_layers_gpu.sh runs the whole
+comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shlex
+import subprocess
+import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import atomic_path, read_json
-from gradattn.core.settings import MODELS, PE_CHOICES, STEMS
+from gradattn.core.records import run_environment
+from gradattn.core.settings import MODELS, PE_CHOICES, STEMS, TrainConfig
 from gradattn.core.stage import entry
 from gradattn.models import build_model
+from gradattn.models.trained import predict
+from gradattn.prepared.batches import Batches
+from gradattn.training.loop import fit, make_deterministic
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+SCRIPT = Path(__file__).resolve()
+# The corrected recipe's CIFAR-10 augmentation (gradattn.sources.cifar10).
+AUGMENT = "crop_flip"
+# What identifies a run for resuming its checkpoint (not where its files go).
+NOT_RUN_KEYS = {"cifar", "out", "save", "plot", "summary", "png", "device", "decode_only"}
 
 
 # ---------------------------------------------------------------- data
@@ -62,11 +121,15 @@ def _read(paths: list[Path]) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # (N, 32, 32, 3)
 
 
+def subset_cache(cifar: Path, n_train: int, n_val: int, n_test: int, seed: int) -> Path:
+    return cifar / f"subset-{n_train}-{n_val}-{n_test}-{seed}.pt"
+
+
 def load_subsets(cifar: Path, n_train: int, n_val: int, n_test: int,
                  seed: int) -> dict[str, tuple[Tensor, Tensor]]:
     """Class-balanced uint8 subsets (N, 3, 32, 32): train and val drawn disjointly from
     CIFAR-10's train split, test from its test split. Cached, since JPEG decoding is slow."""
-    cache = cifar / f"subset-{n_train}-{n_val}-{n_test}-{seed}.pt"
+    cache = subset_cache(cifar, n_train, n_val, n_test, seed)
     if cache.exists():
         return torch.load(cache)
     rng = np.random.default_rng(seed)
@@ -88,15 +151,26 @@ def load_subsets(cifar: Path, n_train: int, n_val: int, n_test: int,
     return out
 
 
-def augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Random 32-px crop of the zero-padded (4 px) image and a random horizontal flip."""
-    n = x.shape[0]
-    padded = F.pad(x, (4, 4, 4, 4))
-    dy = torch.randint(0, 9, (n,), generator=gen)
-    dx = torch.randint(0, 9, (n,), generator=gen)
-    flip = torch.rand(n, generator=gen) < 0.5
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32] for i in range(n)])
-    out[flip] = out[flip].flip(-1)
+def split_meta(images: Tensor) -> dict:
+    """The training subset's per-channel mean and std (population, float64), as the prepared
+    format's `split` normalisation computes them: what `Batches` normalises with."""
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, images.shape[1]).double() / 255.0
+    mean = pixels.mean(0)
+    std = torch.sqrt(torch.clamp((pixels**2).mean(0) - mean**2, min=1e-12))
+    return {"mean": mean.tolist(), "std": std.tolist()}
+
+
+def make_batches(data: dict[str, tuple[Tensor, Tensor]], meta: dict, batch_size: int,
+                 device: torch.device) -> dict[str, Batches]:
+    """The library's batches: training shuffled and augmented (crop + flip), the others not."""
+    def nhwc(x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    out = {split: Batches(nhwc(x), y, meta, batch_size=max(batch_size, 256), device=device)
+           for split, (x, y) in data.items() if split != "train"}
+    x, y = data["train"]
+    out["train"] = Batches(nhwc(x), y, meta, batch_size=batch_size, device=device,
+                           shuffle=True, augment=AUGMENT)
     return out
 
 
@@ -159,11 +233,6 @@ class Recorder:
 
 # ---------------------------------------------------------------- measurements
 
-def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
-    """The 16 (skip-free) or 20 (ResNet-18) backbone convs, by torchvision name."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
 def bn_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     """Gamma and beta of every BN: means, fraction of negative beta."""
     out = {}
@@ -180,10 +249,13 @@ def bn_stats(model: nn.Module) -> dict[str, dict[str, float]]:
     return out
 
 
-def grad_snapshot(model: nn.Module, weight_decay: float) -> dict[str, dict[str, float]]:
-    """Per conv / BN / Linear module: |data grad|, |w|, and |data grad| / |wd * w| (Adam's
-    coupled L2 adds wd*w to the gradient before normalising, so where this ratio is < 1 the
-    step is mostly decay of size ~lr, whatever the size of wd)."""
+def grad_snapshot(model: nn.Module, decay: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per conv / BN / Linear module: |data grad| (all its parameters), |w| (its weight), the
+    unit-scale gradient |dL/dw| * |w| (weight only: for a weight that a batch norm makes
+    scale-invariant the gradient grows as 1/|w|, so this is what it would be at |w| = 1) and
+    |data grad| / |wd * w| with the module's own decay `decay[name]` (Adam's coupled L2 adds
+    wd*w to the gradient before normalising, so where this ratio is < 1 the step is mostly
+    decay of size ~lr, whatever the size of wd)."""
     out = {}
     for name, m in model.named_modules():
         if not isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)) or m.weight.grad is None:
@@ -191,8 +263,9 @@ def grad_snapshot(model: nn.Module, weight_decay: float) -> dict[str, dict[str, 
         g = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in m.parameters()
                                                   if p.grad is not None])).item()
         w = m.weight.detach().norm().item()
-        out[name] = {"grad": g, "weight": w,
-                     "grad_to_decay": g / (weight_decay * w) if weight_decay and w else None}
+        wd = decay[name]
+        out[name] = {"grad": g, "weight": w, "unit_grad": m.weight.grad.norm().item() * w,
+                     "grad_to_decay": g / (wd * w) if wd and w else None}
     return out
 
 
@@ -226,99 +299,199 @@ def probe(model: nn.Module, rec: Recorder, x: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, bs: int = 500) -> float:
-    model.eval()
-    correct = sum((model(x[i:i + bs]).argmax(1) == y[i:i + bs]).sum().item()
-                  for i in range(0, len(x), bs))
-    return correct / len(x)
+def accuracy(model: nn.Module, batches: Batches) -> float:
+    logits, labels = predict(model, batches)
+    return (logits.argmax(1) == labels).float().mean().item()
 
 
 # ---------------------------------------------------------------- training
 
-def make_optimizer(name: str, params, lr: float, wd: float) -> torch.optim.Optimizer:
-    if name == "adam":  # the project's: L2 added to the gradient, then Adam-normalised
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-    if name == "adamw":  # decoupled: decay not normalised by Adam's second moment
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    raise ValueError(f"optimizer must be adam or adamw, got {name!r}")
+def module_decay(model: nn.Module, args: argparse.Namespace) -> dict[str, float]:
+    """Each module's weight decay as the optimiser applies it (--no-decay-norm: none on BN)."""
+    exempt = (nn.BatchNorm2d,) if not args.decay_norm else ()
+    return {name: 0.0 if isinstance(m, exempt) else args.weight_decay
+            for name, m in model.named_modules()}
 
 
-def train(args: argparse.Namespace, out: Path) -> dict:
-    """Train and measure; the JSON is rewritten after every epoch so a cut run still counts."""
+class Probes:
+    """`fit`'s hooks. `on_step` (after the backward pass, before the optimiser's step) dates
+    the death of every ReLU site and, in the epoch's last `--probe-batches` steps, takes the
+    gradient snapshot; `on_epoch` adds the epoch's row to the JSON and rewrites it."""
+
+    def __init__(self, model: nn.Module, args: argparse.Namespace, steps_per_epoch: int,
+                 x_probe: Tensor, result: dict, out: Path):
+        self.model, self.args, self.x_probe, self.result, self.out = (
+            model, args, x_probe, result, out)
+        self.steps_per_epoch = steps_per_epoch
+        self.decay = module_decay(model, args)
+        self.rec = Recorder(model)
+        # What an earlier, killed run of the same settings wrote: kept if fit resumes it.
+        self.previous = list(result["epochs"]), dict(result["first_step_all_dead"])
+        result["epochs"].clear()
+        self.dead = result["first_step_all_dead"]
+        self.dead.update({site: None for site in self.dead})
+        self.step, self.seconds, self.started = 0, 0.0, time.time()
+        self.snaps: list[dict] = []
+        self.bn_fwd: dict = {}
+        self._arm()
+
+    def _arm(self) -> None:
+        """Grab output gradients in the next step when it is one of its epoch's last."""
+        in_epoch = self.step % self.steps_per_epoch
+        self.rec.grab_out_grad = in_epoch >= self.steps_per_epoch - self.args.probe_batches
+
+    def on_step(self) -> None:
+        self.step += 1
+        for site, alive in self.rec.alive.items():  # the training batch's forward
+            if self.dead[site] is None and not alive.any():
+                self.dead[site] = self.step
+        if self.rec.grab_out_grad:
+            self.snaps.append(grad_snapshot(self.model, self.decay))
+        if self.step % self.steps_per_epoch == 0:  # the epoch's last training batch
+            self.bn_fwd = dict(self.rec.bn)
+        self._arm()
+
+    def on_epoch(self, history: list[dict]) -> None:
+        if self.step == 0:  # fit resumed from its checkpoint: keep what it kept
+            self.resumed(history)
+            return
+        h = history[-1]
+        layers = average(self.snaps)
+        for name, norms in self.rec.out_grad.items():
+            layers[name]["out_grad"] = float(np.mean(norms))
+        self.snaps, self.rec.out_grad = [], {}
+        row = {
+            "epoch": h["epoch"], "step": self.step,
+            "seconds": round(self.seconds + time.time() - self.started, 1),
+            "lr": h["lr"], "train_loss": h["train_loss"], "train_acc": h["train_accuracy"],
+            "val_loss": h["val_loss"], "val_acc": h["val_accuracy"],
+            "layers": layers,
+            "dead_frac": probe(self.model, self.rec, self.x_probe),
+            "bn": {k: {**v, **self.bn_fwd.get(k, {})} for k, v in bn_stats(self.model).items()},
+        }
+        self.result["epochs"].append(row)
+        save(self.out, self.result)
+        print(summary_line(row), flush=True)
+
+    def resumed(self, history: list[dict]) -> None:
+        """The earlier run's rows up to the checkpoint's last epoch (it may have been killed
+        after writing one more row and before its checkpoint), and its step."""
+        rows, dead = self.previous
+        if [r["epoch"] for r in rows[: len(history)]] != [h["epoch"] for h in history]:
+            raise SystemExit(f"error: {self.out} does not hold the epochs of its checkpoint: "
+                             "delete both and run again")
+        self.result["epochs"][:] = rows[: len(history)]
+        self.step, self.seconds = rows[len(history) - 1]["step"], rows[len(history) - 1]["seconds"]
+        self.dead.update({site: step for site, step in dead.items()
+                          if step is not None and step <= self.step})
+        self._arm()
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """What `fit` runs: the protocol (TrainConfig's defaults: plateau cut x0.2 after 3 epochs
+    without a better val accuracy, early stopping after 7, the best epoch's weights kept)
+    in fp32 on the eager path; a rule switched off gets a patience beyond --epochs."""
+    defaults = TrainConfig()
+    return TrainConfig(
+        lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer,
+        batch_size=args.batch_size, max_epochs=args.epochs, seed=args.seed,
+        device=torch.device(args.device).type, precision="fp32", fast="off",
+        weights=args.weights, plateau="torch",
+        plateau_patience=args.epochs + 1 if args.no_plateau else defaults.plateau_patience,
+        early_stopping_patience=(args.epochs + 1 if args.no_early_stopping
+                                 else defaults.early_stopping_patience))
+
+
+def run_settings(args: argparse.Namespace) -> dict:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def run_identity(args: argparse.Namespace) -> str:
+    """What a checkpoint must match to be resumed: the settings that change the run."""
+    keys = {k: v for k, v in run_settings(args).items() if k not in NOT_RUN_KEYS}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def script_state() -> dict:
+    """This file's sha256 and whether git sees it changed since the recorded commit."""
+    try:
+        status = subprocess.run(["git", "status", "--porcelain", "--", SCRIPT.name],
+                                cwd=SCRIPT.parent, capture_output=True, text=True, timeout=10)
+        modified = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        modified = None
+    return {"path": "scripts/dead_layers.py", "modified": modified,
+            "sha256": hashlib.sha256(SCRIPT.read_bytes()).hexdigest()}
+
+
+def protocol(cfg: TrainConfig, args: argparse.Namespace) -> dict:
+    return {
+        "loop": "gradattn.training.loop.fit (eager, fp32)",
+        "optimizer": f"gradattn.training.fast.make_optimizer: {cfg.optimizer}, weight decay "
+                     f"{cfg.weight_decay:g}" + ("" if args.decay_norm else
+                                                ", none on batch/layer norm γ/β and biases"),
+        "augment": f"gradattn.prepared.augment {AUGMENT}",
+        "plateau": "off" if args.no_plateau else (
+            f"torch ReduceLROnPlateau on val accuracy: x{cfg.plateau_factor:g} after "
+            f"{cfg.plateau_patience} epochs without a better one, min lr {cfg.min_lr:g}"),
+        "early_stopping": "off" if args.no_early_stopping else (
+            f"after {cfg.early_stopping_patience} epochs without a better val accuracy"),
+        "weights": f"{cfg.weights} (test_acc is measured on them)",
+    }
+
+
+def train(args: argparse.Namespace, out: Path, command: str | None = None) -> dict:
+    """Train through `fit` and measure; the JSON is rewritten after every epoch so a cut run
+    still counts, and a run started again with the same settings resumes (`<out>.ckpt`)."""
     torch.set_num_threads(1)  # several runs side by side, one core each
-    torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    data = load_subsets(args.cifar, args.n_train, args.n_val, args.n_test, args.seed)
+    make_deterministic(args.seed, device)
+    data = load_subsets(args.cifar, args.n_train, args.n_val, args.n_test, args.split_seed)
+    meta = split_meta(data["train"][0])
+    batches = make_batches(data, meta, args.batch_size, device)
     xtr, ytr = data["train"]
-    mean = xtr.float().div(255).mean(dim=(0, 2, 3), keepdim=True)
-    std = xtr.float().div(255).std(dim=(0, 2, 3), keepdim=True)
-
-    def norm(x: Tensor) -> Tensor:
-        return (x.float().div(255) - mean) / std
-
-    # Batches are drawn and augmented on the CPU (same random stream on every device).
-    x_probe = norm(xtr[: args.probe_size]).to(device)  # fixed, unaugmented
-    xval, yval = norm(data["val"][0]).to(device), data["val"][1].to(device)
-    xte, yte = norm(data["test"][0]).to(device), data["test"][1].to(device)
+    x_probe = next(Batches(xtr[: args.probe_size].permute(0, 2, 3, 1), ytr[: args.probe_size],
+                           meta, batch_size=args.probe_size, device=device).epoch())[0]
 
     options = {"stem": args.stem}
     if args.model == "gradattn":
         options["pe"] = args.pe
-    model = build_model(args.model, num_classes=10, in_channels=3, **options).to(device)
-    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, args.weight_decay)
-    rec = Recorder(model)
-    gen = torch.Generator().manual_seed(args.seed)
-    sites = list(relu_sites(model))
-    first_all_dead: dict[str, int | None] = {s: None for s in sites}
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    result = {"args": settings, "epochs": [], "first_step_all_dead": first_all_dead}
-    steps_per_epoch = len(xtr) // args.batch_size  # drop the last partial batch
-    step, t0 = 0, time.time()
-
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        order = torch.randperm(len(xtr), generator=gen)
-        snaps, losses, correct = [], [], 0
-        rec.out_grad.clear()
-        for b in range(steps_per_epoch):
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            x, y = norm(augment(xtr[idx], gen)).to(device), ytr[idx].to(device)
-            last_batches = b >= steps_per_epoch - args.probe_batches
-            rec.grab_out_grad = last_batches
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step += 1
-            for s, a in rec.alive.items():  # date the death of each ReLU site
-                if first_all_dead[s] is None and not a.any():
-                    first_all_dead[s] = step
-            if last_batches:
-                snaps.append(grad_snapshot(model, args.weight_decay))
-            opt.step()
-            losses.append(loss.item())
-            correct += (logits.argmax(1) == y).sum().item()
-        rec.grab_out_grad = False
-        layers = average(snaps)
-        for name, norms in rec.out_grad.items():
-            layers[name]["out_grad"] = float(np.mean(norms))
-        bn_fwd = dict(rec.bn)  # from the last training batch
-        row = {
-            "epoch": epoch, "step": step, "seconds": round(time.time() - t0, 1),
-            "train_loss": float(np.mean(losses)),
-            "train_acc": correct / (steps_per_epoch * args.batch_size),
-            "val_acc": accuracy(model, xval, yval),
-            "layers": layers,
-            "dead_frac": probe(model, rec, x_probe),
-            "bn": {k: {**v, **bn_fwd.get(k, {})} for k, v in bn_stats(model).items()},
-        }
-        result["epochs"].append(row)
-        save(out, result)
-        print(summary_line(row), flush=True)
-    result["test_acc"] = accuracy(model, xte, yte)
+    model = build_model(args.model, num_classes=10, in_channels=3, **options)
+    cfg = train_config(args)
+    checkpoint, identity = out.with_name(out.name + ".ckpt"), run_identity(args)
+    result = None
+    if checkpoint.exists() and out.exists():
+        result = json.loads(out.read_text())
+        if result.get("run_id") != identity:
+            result = None
+        else:  # what ran the epochs this run resumes from, if not the same code or machine
+            result.setdefault("earlier_parts", []).append(
+                {k: result.get(k) for k in ("command", "environment", "script")})
+    if result is None:
+        checkpoint.unlink(missing_ok=True)  # no JSON of this run to go on from: start over
+        result = {"args": run_settings(args), "run_id": identity, "epochs": [],
+                  "first_step_all_dead": {s: None for s in relu_sites(model)}}
+    result.update({
+        "command": command, "environment": run_environment(
+            device=device.type, precision=cfg.precision, fast=cfg.fast),
+        "script": script_state(), "protocol": protocol(cfg, args),
+        "train_config": asdict(cfg), "split_meta": meta,
+        "images": {split: b.num_images for split, b in batches.items()}})
+    probes = Probes(model, args, len(batches["train"]), x_probe, result, out)
+    fitted = fit(model, batches["train"], batches["val"], cfg, checkpoint=checkpoint,
+                 run_id=identity, on_step=probes.on_step, on_epoch=probes.on_epoch,
+                 decay_norm=args.decay_norm, log=lambda line: print(line, flush=True),
+                 progress=False)
+    result.update({
+        "best_epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "weights_epoch": (fitted.best_epoch if cfg.weights == "best"
+                          else fitted.history[-1]["epoch"]),
+        "test_acc": accuracy(model, batches["test"]),
+        "seconds": result["epochs"][-1]["seconds"] if result["epochs"] else 0.0})
     if args.save:
         torch.save(model.state_dict(), out.with_suffix(".pt"))
-    result["seconds"] = round(time.time() - t0, 1)
+    save(out, result)
+    checkpoint.unlink(missing_ok=True)
     return result
 
 
@@ -353,8 +526,15 @@ def summary(path: str, run: dict) -> str:
     zero = [n for n in convs if last["layers"][n]["exact_zero"]]
     pe = f" pe={a['pe']}" if a["model"] == "gradattn" else ""
     test = f" test {run['test_acc']:.3f}" if "test_acc" in run else " (cut)"
+    how = "" if a.get("decay_norm", True) else " no-norm-decay"
+    if "protocol" not in run:  # made before the script trained through fit
+        how += " (no plateau cut, no early stopping)"
+    else:
+        how += "".join(f" no-{rule.replace('_', '-')}" for rule in ("plateau", "early_stopping")
+                       if run["protocol"][rule] == "off")
     return (f"{Path(path).name}: {a['model']}{pe} stem={a['stem']} {a['optimizer']} "
-            f"wd={a['weight_decay']:g} | epoch {last['epoch']} step {last['step']} val "
+            f"wd={a['weight_decay']:g}{how} seed={a['seed']} | epoch {last['epoch']} step "
+            f"{last['step']} val "
             f"{last['val_acc']:.3f}{test} | all-dead from step {when} | "
             f"{len(zero)}/{len(convs)} convs exactly 0 at the end")
 
@@ -433,18 +613,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="adam", choices=["adam", "adamw"])
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--decay-norm", action=argparse.BooleanOptionalAction, default=True,
+                   help="--no-decay-norm: no weight decay on batch norm's γ/β and the biases")
+    p.add_argument("--no-plateau", action="store_true",
+                   help="no plateau cut of the learning rate (the protocol has one)")
+    p.add_argument("--no-early-stopping", action="store_true",
+                   help="train all --epochs (the protocol stops early)")
+    p.add_argument("--weights", default="best", choices=["best", "last"],
+                   help="the weights training ends with and test_acc measures (protocol: best)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="at most this many (train.max_epochs)")
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--n-val", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--probe-size", type=int, default=500)
     p.add_argument("--probe-batches", type=int, default=3, help="last batches of an epoch averaged")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42,
+                   help="the training's seed: initial weights, batch order, augmentation")
+    p.add_argument("--split-seed", type=int, default=42,
+                   help="the draw of the class-balanced train/val/test subsets (until the "
+                   "script trained through fit, --seed drew them: 42 either way)")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda[:N]; fp32 either way (cuDNN may use TF32 for convs)")
     p.add_argument("--out", default=None, help="JSON path (default runs/<model>-<stem>-....json)")
     p.add_argument("--save", action="store_true", help="also save the final weights (.pt)")
+    p.add_argument("--decode-only", action="store_true",
+                   help="only decode the JPEGs into the subset cache (before parallel runs)")
     p.add_argument("--plot", nargs="+", help="plot these JSONs instead of training")
     p.add_argument("--summary", nargs="+", help="print one line per JSON instead of training")
     p.add_argument("--png", default="dead_layers.png")
@@ -479,8 +673,9 @@ def check_args(args: argparse.Namespace) -> None:
                             "here; use --device cpu or run on a machine with one")
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
     check_args(args)
     if args.plot:
         plot(args.plot, args.png)
@@ -489,11 +684,16 @@ def main() -> None:
         for path in args.summary:
             print(summary(path, read_json(path, "name a JSON this script wrote (--out)")))
         return
+    if args.decode_only:
+        if not subset_cache(args.cifar, args.n_train, args.n_val, args.n_test,
+                            args.split_seed).exists():
+            load_subsets(args.cifar, args.n_train, args.n_val, args.n_test, args.split_seed)
+        return
     out = Path(args.out or f"runs/{args.model}-{args.stem}-{args.pe}-{args.optimizer}"
                f"-wd{args.weight_decay:g}-n{args.n_train}-e{args.epochs}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = train(args, out)
-    save(out, result)
+    script = SCRIPT.relative_to(SCRIPT.parents[1]).as_posix()
+    result = train(args, out, command=shlex.join(["python", script, *argv]))
     print(f"test_acc {result['test_acc']:.3f}  {result['seconds']}s  -> {out}")
 
 

@@ -11,8 +11,9 @@
 #   models.png     GradAttn, noskip18 (no skips, no taps) and ResNet-18 (skips)
 #
 # Every run is scripts/dead_layers.py on full CIFAR-10 (45,000 train / 5,000 val / 10,000
-# test), seed 42, batch 128, lr 1e-3, for DEAD_LAYERS_EPOCHS epochs (default 24 = 8,424 steps;
-# on the H200 run of 2026-12-04 GradAttn's deep stages died at 6,000-8,500). The seven runs
+# test), seed 42, batch 128, lr 1e-3, at most DEAD_LAYERS_EPOCHS epochs (default 24 = 8,448
+# steps; on the H200 run of 2026-12-04 GradAttn's deep stages died at 6,000-8,500), through the
+# library's loop under the protocol (plateau cut and early stopping; eager fp32). The seven runs
 # go side by side on one GPU, each one CPU core for its batches; each is cut at
 # DEAD_LAYERS_BUDGET_S seconds (default 500) and a cut run keeps its finished epochs.
 # Needs python3 with torch, numpy, pillow and matplotlib; the repo is imported from its tree.
@@ -56,8 +57,7 @@ mkdir -p "$OUT"
 common=(--cifar "$CIFAR" "${size[@]}" --epochs "$EPOCHS" --device "$device" --seed 42)
 
 # Decode the JPEGs once into the subset cache, so the runs below do not race to write it.
-"$PY" scripts/dead_layers.py "${common[@]}" --epochs 0 --out "$OUT/.cache-warmup.json" > /dev/null
-rm -f "$OUT/.cache-warmup.json"
+"$PY" scripts/dead_layers.py "${common[@]}" --decode-only
 
 runs=(
     "gradattn-imagenet-adam|--model gradattn --pe none --stem imagenet"

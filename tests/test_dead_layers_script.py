@@ -1,11 +1,17 @@
 """Tests of scripts/dead_layers.py, the instrument behind docs/findings.md section 3: on a tiny
-CIFAR-10-shaped JPEG folder, it dates the death of a stage killed on purpose, leaves a healthy
-model's stages alive, keeps its JSON after every epoch, and summarises runs in one line."""
+CIFAR-10-shaped JPEG folder, trained through the library's `fit` (its per-step hook counted),
+it dates the death of a stage killed on purpose (and, with --no-decay-norm, leaves that stage's
+batch norms untouched by the decay), leaves a healthy model's stages alive, records the command,
+commit and environment in its JSON, keeps that JSON after every epoch and resumes a killed run
+to what an uninterrupted one writes, and summarises runs in one line."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from gradattn.core.records import code_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "dead_layers.py"
@@ -41,18 +49,25 @@ def cifar(tmp_path: Path) -> Path:
     return root
 
 
-def run_args(dl, cifar: Path, out: Path, *extra: str):
+def argv(cifar: Path, out: Path, *extra: str) -> list[str]:
     """The script's own command line, on the tiny folder: 40 images, batch 8, two epochs."""
-    return dl.build_parser().parse_args([
-        "--cifar", str(cifar), "--n-train", "40", "--n-val", "10", "--n-test", "10",
-        "--probe-size", "16", "--probe-batches", "1", "--batch-size", "8", "--epochs", "2",
-        "--out", str(out), *extra])
+    return ["--cifar", str(cifar), "--n-train", "40", "--n-val", "10", "--n-test", "10",
+            "--probe-size", "16", "--probe-batches", "1", "--batch-size", "8", "--epochs", "2",
+            "--out", str(out), *extra]
 
 
+def run_args(dl, cifar: Path, out: Path, *extra: str):
+    return dl.build_parser().parse_args(argv(cifar, out, *extra))
+
+
+@pytest.mark.parametrize("decay_norm", ["--decay-norm", "--no-decay-norm"])
 def test_a_stage_killed_on_purpose_is_dated_and_its_convs_end_exactly_zero(cifar, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch,
+                                                                           decay_norm):
     dl = load_script()
     real_build = dl.build_model
+    steps = []
+    real_on_step = dl.Probes.on_step
 
     def build_with_dead_layer3(*args, **kwargs):
         # layer3's output batch norm made a constant -1: its ReLU never fires (the state the
@@ -63,33 +78,120 @@ def test_a_stage_killed_on_purpose_is_dated_and_its_convs_end_exactly_zero(cifar
             model.layer3[1].bn2.bias.fill_(-1.0)
         return model
 
+    def counted_on_step(self):  # fit's per-step hook, counted
+        steps.append(self.step)
+        real_on_step(self)
+
     monkeypatch.setattr(dl, "build_model", build_with_dead_layer3)
+    monkeypatch.setattr(dl.Probes, "on_step", counted_on_step)
     out = tmp_path / "killed.json"
-    result = dl.train(run_args(dl, cifar, out), out)
+    result = dl.train(run_args(dl, cifar, out, decay_norm), out)
+    assert steps == list(range(10))  # fit called the hook once a step: 40 / 8, two epochs
     died = result["first_step_all_dead"]
     assert died["layer3.1.out"] == 1 and died["layer4.1.out"] == 1
     assert died["stem"] is None and died["layer2.1.out"] is None
     last = result["epochs"][-1]
-    assert last["step"] == 10  # 40 images / batch 8, two epochs
+    assert last["step"] == 10
     deep = [n for n in last["layers"] if n.startswith(("layer3.", "layer4.")) and "conv" in n]
     assert len(deep) == 8 and all(last["layers"][n]["exact_zero"] for n in deep)
     assert not last["layers"]["layer2.1.conv2"]["exact_zero"]
     assert last["dead_frac"]["layer3.1.out"] == 1.0 and last["dead_frac"]["stem"] < 1.0
     # Written after every epoch, so a run cut short keeps what it finished.
     assert len(json.loads(out.read_text())["epochs"]) == 2
+    # No data gradient reaches layer3/layer4: only the decay moves their parameters. The
+    # convs' weights shrink either way; batch norm's gamma and beta only when decayed.
+    first = result["epochs"][0]
+    assert last["layers"]["layer4.0.conv1"]["weight"] < first["layers"]["layer4.0.conv1"]["weight"]
+    bn = last["bn"]["layer3.1.bn2"]
+    if decay_norm == "--no-decay-norm":
+        assert bn["beta_mean"] == -1.0 and bn["gamma_absmax"] == 0.0
+        assert all(last["bn"][f"layer4.{i}.bn{j}"]["gamma_mean"] == 1.0
+                   for i in (0, 1) for j in (1, 2))
+        assert result["protocol"]["optimizer"].endswith("none on batch/layer norm γ/β and biases")
+    else:
+        assert bn["beta_mean"] > -1.0
+        assert all(last["bn"][f"layer4.{i}.bn{j}"]["gamma_mean"] < 1.0
+                   for i in (0, 1) for j in (1, 2))
 
 
-def test_a_healthy_model_has_no_dead_stage_and_is_summarised(cifar, tmp_path):
+def test_a_healthy_model_has_no_dead_stage_and_its_json_says_what_ran(cifar, tmp_path):
     dl = load_script()
     out = tmp_path / "healthy.json"
-    result = dl.train(run_args(dl, cifar, out, "--epochs", "1"), out)
+    args = argv(cifar, out, "--epochs", "1", "--no-plateau")
+    dl.main(args)
+    result = json.loads(out.read_text())
     assert all(step is None for step in result["first_step_all_dead"].values())
     assert not any(row["exact_zero"] for row in result["epochs"][0]["layers"].values())
-    out.write_text(json.dumps(result))
+    # What ran: the command, the code and the machine, and the protocol's switches.
+    assert result["command"] == shlex.join(["python", "scripts/dead_layers.py", *args])
+    env = result["environment"]
+    assert env["gradattn_commit"] == code_commit() and torch.__version__.startswith(env["torch"])
+    assert env["threads"] == 1 and env["device"] == "cpu" and env["precision"] == "fp32"
+    assert result["script"]["sha256"] == hashlib.sha256(SCRIPT.read_bytes()).hexdigest()
+    assert result["protocol"]["plateau"] == "off"
+    assert result["protocol"]["early_stopping"].startswith("after 7 epochs")
+    assert result["train_config"]["plateau_patience"] > result["train_config"]["max_epochs"]
+    assert result["images"] == {"train": 40, "val": 10, "test": 10}
+    assert "test_acc" in result and not out.with_name(out.name + ".ckpt").exists()
     line = dl.summary(str(out), result)
-    assert "gradattn pe=none stem=imagenet adam wd=0.0001" in line
+    assert "gradattn pe=none stem=imagenet adam wd=0.0001 no-plateau seed=42" in line
     assert "epoch 1 step 5" in line and "0/17 convs exactly 0" in line
     assert "layer3:-" in line
+
+
+def test_a_run_killed_part_way_resumes_to_what_an_uninterrupted_one_writes(cifar, tmp_path,
+                                                                            monkeypatch):
+    dl = load_script()
+    whole = tmp_path / "whole.json"
+    dl.train(run_args(dl, cifar, whole), whole)
+    out = tmp_path / "cut.json"
+    real_on_step = dl.Probes.on_step
+
+    def killed_in_epoch_2(self):
+        if self.step == 7:
+            raise KeyboardInterrupt
+        real_on_step(self)
+
+    monkeypatch.setattr(dl.Probes, "on_step", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        dl.train(run_args(dl, cifar, out), out)
+    assert len(json.loads(out.read_text())["epochs"]) == 1
+    monkeypatch.setattr(dl.Probes, "on_step", real_on_step)
+    dl.train(run_args(dl, cifar, out), out)
+
+    def measured(path: Path) -> dict:
+        run = json.loads(path.read_text())
+        for row in run["epochs"]:
+            row.pop("seconds")
+        return {k: run[k] for k in ("epochs", "first_step_all_dead", "test_acc", "best_epoch")}
+
+    assert measured(out) == measured(whole)
+    # The part that ran before the kill is named too (here the same code and machine).
+    earlier = json.loads(out.read_text())["earlier_parts"]
+    assert len(earlier) == 1 and earlier[0]["environment"]["threads"] == 1
+
+
+def test_the_ablation_runner_skips_finished_runs_and_runs_the_rest(cifar, tmp_path):
+    jobs = tmp_path / "tiny.jobs"
+    jobs.write_text("# two runs on the tiny folder\n"
+                    "common --n-train 40 --n-val 10 --n-test 10 --probe-size 16 "
+                    "--probe-batches 1 --batch-size 8 --epochs 1 --device cpu\n"
+                    "finished --model gradattn --pe none\n"
+                    "nodecay  --model gradattn --pe none --weight-decay 0\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "finished.json").write_text(json.dumps({"args": {}, "epochs": [], "test_acc": 0.5}))
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "dead_layers_ablations.sh"), str(out),
+                           str(cifar), str(jobs)], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    assert f"finished: done already ({out}/finished.json)" in proc.stdout
+    assert "nodecay started" in proc.stdout and "nodecay finished" in proc.stdout
+    run = json.loads((out / "nodecay.json").read_text())
+    assert run["args"]["weight_decay"] == 0 and "test_acc" in run
+    assert run["command"].endswith(f"--weight-decay 0 --out {out}/nodecay.json")
+    assert "nodecay.json: gradattn pe=none stem=imagenet adam wd=0 seed=42" in (
+        out / "summary.txt").read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where no GPU is")

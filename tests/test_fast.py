@@ -128,7 +128,7 @@ def test_history_records_the_scheduled_lr_not_its_float32_tensor(monkeypatch):
     # the eager path's. The stand-in's tensor made float32 here, as on a GPU.
     import gradattn.training.loop as loop
 
-    def float32_lr(model, cfg, plan):
+    def float32_lr(model, cfg, plan, **_):
         return torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, dtype=torch.float32),
                                 weight_decay=cfg.weight_decay)
 

@@ -23,6 +23,7 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 )
 
 from gradattn.config import TrainConfig
+from gradattn.core.errors import GradattnError
 from gradattn.core.settings import OPTIMIZERS
 from gradattn.training.fast import make_optimizer, resolve_plan
 from gradattn.training.loop import EarlyStopping, epoch_seed, fit
@@ -93,6 +94,75 @@ def test_adamw_decouples_the_weight_decay_from_the_normalised_step(fast):
         moved[name] = 1.0 - weight.weight.item()
     assert moved["adam"] == pytest.approx(1e-2, rel=1e-3)
     assert moved["adamw"] == pytest.approx(1e-2 * 0.5, rel=1e-3)
+
+
+@pytest.mark.parametrize("fast", ["off", "on"])
+def test_decay_norm_false_keeps_batch_norm_and_biases_out_of_the_decay(fast):
+    # One Adam step with no data gradient at all: a decayed parameter moves by ~lr (the
+    # coupled decay, normalised), an exempt one (BN's gamma and beta, every bias) not at all.
+    cfg = dataclasses.replace(CFG, lr=1e-2, weight_decay=0.5, fast=fast)
+    plan = resolve_plan(cfg, "cpu")
+    moved = {}
+    for decay_norm in (True, False):
+        model = tiny()
+        with torch.no_grad():  # every parameter 1 (BN's beta starts at 0: nothing to decay)
+            for p in model.parameters():
+                p.fill_(1.0)
+                p.grad = torch.zeros_like(p)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        optimizer = make_optimizer(model, cfg, plan, decay_norm=decay_norm)
+        optimizer.step()
+        moved[decay_norm] = {n: (before[n] - p.detach()).abs().max().item()
+                             for n, p in model.named_parameters()}
+    # tiny(): 0 conv (weight, bias), 1 batch norm (gamma, beta), 5 linear (weight, bias)
+    assert all(v == pytest.approx(1e-2, rel=1e-3) for v in moved[True].values())
+    assert moved[False] == {"0.weight": pytest.approx(1e-2, rel=1e-3), "0.bias": 0.0,
+                            "1.weight": 0.0, "1.bias": 0.0,
+                            "5.weight": pytest.approx(1e-2, rel=1e-3), "5.bias": 0.0}
+
+
+def test_a_plateau_cut_cuts_each_param_group_once_on_the_fast_path():
+    # decay_norm=False makes two param groups; each has its own lr tensor, so a cut made in
+    # place (the notebooks' rule) lowers both by the factor once, not the shared one twice.
+    from gradattn.training.loop import NotebooksPlateau
+
+    cfg = dataclasses.replace(CFG, fast="on")
+    optimizer = make_optimizer(tiny(), cfg, resolve_plan(cfg, "cpu"), decay_norm=False)
+    plateau = NotebooksPlateau(optimizer, factor=0.2, patience=1, min_lr=0.0)
+    plateau.step(0.5)
+    plateau.step(0.4)
+    assert [float(g["lr"]) for g in optimizer.param_groups] == [pytest.approx(2e-4)] * 2
+
+
+def test_on_step_sees_each_batch_gradient_before_the_step_and_changes_nothing():
+    train, val = data()  # 20 images, batch 8: 3 steps an epoch
+    cfg = dataclasses.replace(CFG, max_epochs=2)
+    plain = fit(tiny(), train, val, cfg, log=quiet, progress=False)
+    model = tiny()
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen = []
+
+    def on_step():
+        seen.append({n: (p.detach().clone(), p.grad.clone()) for n, p in model.named_parameters()})
+
+    hooked = fit(model, train, val, cfg, on_step=on_step, log=quiet, progress=False)
+    assert rows(hooked.history) == rows(plain.history)
+    assert len(seen) == 2 * len(train)
+    # The first call sees the initial weights (no step taken yet) and a gradient; every
+    # later one the weights after exactly one more step.
+    assert all(torch.equal(w, start[n]) for n, (w, _g) in seen[0].items())
+    assert all(g.abs().sum() > 0 for _w, g in seen[0].values())
+    assert all(not torch.equal(seen[1][n][0], seen[0][n][0]) for n in start)
+
+
+def test_on_step_on_the_fast_path_is_a_one_line_error():
+    train, val = data()
+    cfg = dataclasses.replace(CFG, fast="on")
+    with pytest.raises(GradattnError) as err:
+        fit(tiny(), train, val, cfg, on_step=lambda: None, log=quiet, progress=False)
+    assert str(err.value) == (
+        "fit: on_step needs the eager path, but this run takes the fast path (fast path on "
+        "cpu: eager stand-in for the CUDA graph, fp32): set train.fast off")
 
 
 def test_history_rows_have_the_documented_keys():

@@ -32,7 +32,7 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -88,20 +88,49 @@ def autocast(plan: Plan):
                           enabled=plan.dtype is not None, cache_enabled=False)
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan) -> torch.optim.Optimizer:
+# Layers whose scale and shift parameters (γ, β) `decay_norm=False` keeps out of the decay.
+NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
+               nn.GroupNorm)
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """`model`'s parameters as two optimiser param groups: the rest, with `weight_decay`, and
+    the normalisation layers' γ/β and every bias, with none (in this project's models these
+    are exactly the one-dimensional parameters)."""
+    decayed, exempt, seen = [], [], set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            norm_or_bias = isinstance(module, NORM_LAYERS) or name.endswith("bias")
+            (exempt if norm_or_bias else decayed).append(p)
+    return [{"params": decayed, "weight_decay": weight_decay},
+            {"params": exempt, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan, *,
+                   decay_norm: bool = True) -> torch.optim.Optimizer:
     """The paper's Adam (or AdamW, `train.optimizer`); on the fast path with the learning rate
-    held in a 0-dim tensor."""
+    held in a 0-dim tensor. `decay_norm=False` exempts the normalisation layers' γ/β and the
+    biases from the weight decay (`decay_groups`); the default decays every parameter (one
+    param group), as the paper does."""
     # Adam adds the decay to the gradient before normalising it: it shrinks weights that a
     # batch norm makes scale-free by ~lr a step, which kills GradAttn's deep stages on
     # CIFAR-10 (docs/findings.md). AdamW shrinks them by lr * weight_decay.
     optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    params = model.parameters() if decay_norm else decay_groups(model, cfg.weight_decay)
     if not plan.fast:
-        return optimizer(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # float64 on the CPU, so the stand-in's steps equal eager ones bit for bit.
     dtype = torch.float32 if plan.device.type == "cuda" else torch.float64
-    lr = torch.tensor(cfg.lr, dtype=dtype, device=plan.device)
-    return optimizer(model.parameters(), lr=lr, weight_decay=cfg.weight_decay,
-                     capturable=plan.graphs)
+
+    def lr() -> Tensor:
+        return torch.tensor(cfg.lr, dtype=dtype, device=plan.device)
+
+    if not decay_norm:  # a tensor of its own per group, so a schedule cuts each group once
+        params = [{**group, "lr": lr()} for group in params]
+    return optimizer(params, lr=lr(), weight_decay=cfg.weight_decay, capturable=plan.graphs)
 
 
 class TensorLR:
@@ -206,8 +235,10 @@ class Trainer:
     call on them in the stand-in; other batch sizes run eagerly.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, plan: Plan, *,
+                 before_step: Callable[[], None] | None = None):
         self.model, self.optimizer, self.plan = model, optimizer, plan
+        self.before_step = before_step  # eager only: called between backward and step
         device = plan.device
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), device=device, dtype=torch.long)
@@ -229,6 +260,8 @@ class Trainer:
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
         loss.backward()
+        if self.before_step is not None:
+            self.before_step()
         self.optimizer.step()
         self.loss_sum += loss.detach().float() * len(y)
         self.correct += (logits.argmax(1) == y).sum()

@@ -148,6 +148,7 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
         checkpoint: Path | None = None, run_id: str = "",
         grad_probe: Callable[[nn.Module], dict] | None = None,
         on_epoch: Callable[[list[dict]], None] | None = None,
+        on_step: Callable[[], None] | None = None, decay_norm: bool = True,
         log: Callable[[str], None] = tqdm.write, progress: bool = True) -> FitResult:
     """Train `model` in place and leave it holding the best epoch's weights (`cfg.weights`
     best) or the last epoch's (last); best_epoch is recorded either way.
@@ -155,16 +156,26 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
     `on_epoch(history)` is called with the rows so far after every epoch (and once after a
     resume), so a caller can publish the curves while training runs.
 
+    `on_step()` is called in every training step after the backward pass and before the
+    optimiser's step: the parameters' `.grad` hold that batch's gradient, the weights are
+    those it was computed at (instruments such as scripts/dead_layers.py read them there).
+    It needs the eager path (`cfg.fast` off on a GPU): a fast step runs whole, as one graph.
+    `decay_norm=False` keeps batch norm's γ/β and the biases out of the weight decay
+    (gradattn.training.fast.make_optimizer).
+
     `cfg.fast` and `cfg.precision` choose how the steps run (gradattn.training.fast): eager, or the
     whole step as one CUDA graph; the protocol, the history rows and the checkpoints are
     the same either way.
     """
     device = train.device
     plan = resolve_plan(cfg, device)
+    if on_step is not None and plan.fast:
+        raise GradattnError(f"fit: on_step needs the eager path, but this run takes the fast "
+                            f"path ({plan.describe()}): set train.fast off")
     model.to(device)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, plan)
+    optimizer = make_optimizer(model, cfg, plan, decay_norm=decay_norm)
     lr_tensor = TensorLR(optimizer, [cfg.lr] * len(optimizer.param_groups)) if plan.fast else None
     if cfg.weights not in ("best", "last"):
         raise ValueError(f"train.weights must be resolved to best or last, got {cfg.weights!r}")
@@ -192,7 +203,7 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
     if on_epoch is not None and history:
         on_epoch(history)
 
-    trainer = Trainer(model, optimizer, plan)
+    trainer = Trainer(model, optimizer, plan, before_step=on_step)
     extras: dict = {"plan": plan.describe()}
     if plan.fast and not stopper.should_stop and start_epoch <= cfg.max_epochs:
         t0 = time.perf_counter()
