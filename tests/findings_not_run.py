@@ -24,7 +24,7 @@ NOT_RUN: dict[str, list[str]] = {
     "results/cifar10-dead-layers/README.md": [
         "of 8 (", "of the 8 deep convs", "all 20 analysed batches", "batch 128",
         "| 1e-4 (the protocol) |", "| 1e-3 |", "10× the decay does not make γ fall 10× faster",
-        "lr·wd = 1e-7", "(16× the work per step",
+        "lr·wd = 1e-7", "(16× the work per step", "(issue 31:", "dry run on 200 images",
     ],
     "results/h200-2026-12-04/README.md": [
         "driver 580.159.04, 16 CPU cores, Python 3.12.3, torch 2.11.0+cu130, torchvision 0.26",
