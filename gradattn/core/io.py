@@ -212,10 +212,7 @@ def sweep_dead(folders: Iterable[str | os.PathLike], depth: int = 3) -> list[Pat
             for path in folder.glob("/".join(["*"] * level + [f".*{TMP}*"])):
                 if not _dead_owner(path.name) or not path.exists():
                     continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
+                _remove(path)
                 removed.append(path)
     return removed
 
@@ -229,12 +226,17 @@ def sweep_dead_of(folder: str | os.PathLike, name: str) -> list[Path]:
     for path in Path(folder).glob(f".{glob.escape(name)}{TMP}*"):
         if _OWNER.search(path.name) is None or not _dead_owner(path.name):
             continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
+        _remove(path)
         removed.append(path)
     return removed
+
+
+def _remove(path: Path) -> None:
+    """A temporary file or folder (a link is removed, never followed)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "md5", opener: Callable = open) -> str:
