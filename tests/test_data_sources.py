@@ -184,7 +184,7 @@ def write_pcam(folder: Path, counts=None, gz: bool = False) -> dict[str, np.ndar
 def write_padufes(folder: Path, nested: bool = True) -> list[dict]:
     """metadata.csv + PNGs of varying size; half inside images/imgs_part_1.zip."""
     rng = np.random.default_rng(1)
-    rows, n_patients = [], 14
+    rows, n_patients = [], 40  # enough patients per class that every split gets some
     for p in range(n_patients):
         for j in range(1 + p % 3):
             rows.append(
