@@ -13,10 +13,13 @@ from conftest import ROOT, dvc, env_for, sh
 pytestmark = pytest.mark.slow
 
 # The stage writes what it ran with: its param, the thread count it was given, its own folder.
-STAGE = ("import json, os, sys, yaml; p = yaml.safe_load(open('params.yaml')); "
-         "sys.exit(3) if p['x'] < 0 else None; "
-         "json.dump({'x': p['x'], 'tag': p['tag'], 'threads': os.environ.get('OMP_NUM_THREADS'), "
-         "'cwd': os.getcwd()}, open('out.json', 'w'))")
+STAGE = """import json, os, sys, yaml
+p = yaml.safe_load(open("params.yaml"))
+if p["x"] < 0:
+    sys.exit(3)
+json.dump({"x": p["x"], "tag": p["tag"], "threads": os.environ.get("OMP_NUM_THREADS"),
+           "cwd": os.getcwd()}, open("out.json", "w"))
+"""
 
 
 def _project(tmp_path):
@@ -24,8 +27,9 @@ def _project(tmp_path):
     (repo / "scripts").mkdir(parents=True)
     shutil.copy(ROOT / "scripts/cpu_lanes.sh", repo / "scripts")
     (repo / "params.yaml").write_text("x: 0\ntag: none\n")
+    (repo / "stage.py").write_text(STAGE)
     (repo / "dvc.yaml").write_text(
-        "stages:\n  s:\n    cmd: python -c \"" + STAGE.replace('"', '\\"') + "\"\n"
+        "stages:\n  s:\n    cmd: python stage.py\n    deps: [stage.py]\n"
         "    params: [x, tag]\n    metrics: [{out.json: {cache: false}}]\n")
     sh("git", "init", "-q", cwd=repo)
     dvc("init", "-q", cwd=repo)
@@ -54,9 +58,11 @@ def test_lanes_run_each_job_once_and_gather(tmp_path):
         lane = (study / "state" / f"{name}.claim" / "lane").read_text().strip()
         shown = dvc("exp", "show", "--json", cwd=study / f"lane-{lane}").stdout
         assert f'"{name}"' in shown
-    outs = [json.loads((study / f"lane-{k}" / "out.json").read_text()) for k in (0, 1)]
-    assert {o["threads"] for o in outs} == {"1"} and {o["tag"] for o in outs} == {"from-env"}
-    assert {o["cwd"] for o in outs} == {str(study / "lane-0"), str(study / "lane-1")}
+    # (which lane took which job depends on timing; a lane whose last job failed has no out)
+    outs = {k: json.loads((study / f"lane-{k}" / "out.json").read_text()) for k in (0, 1)
+            if (study / f"lane-{k}" / "out.json").exists()}
+    assert outs and all(o["threads"] == "1" and o["tag"] == "from-env" for o in outs.values())
+    assert all(o["cwd"] == str(study / f"lane-{k}") for k, o in outs.items())
 
     # A rerun skips what is done and tries the failed job again (the fix: its -S).
     jobs.write_text(jobs.read_text().replace("bad -S x=-1", "bad -S x=4"))
