@@ -10,9 +10,8 @@ import hashlib
 import json
 import re
 import runpy
-import shutil
 
-from conftest import ROOT
+from conftest import ROOT, committed, copy_committed
 from dvc_render.html import PAGE_HTML
 from dvc_render.vega import VegaRenderer
 
@@ -41,18 +40,14 @@ def test_the_template_inlines_the_pinned_npm_builds_unchanged():
         assert "Redistribution and use in source and binary forms" in licence
     # DVC fills its placeholders by str.replace: {scripts} would bring back the CDN tags.
     assert "{scripts}" not in template and template.count("{plot_divs}") == 1
-    assert "html_template = html/index.html" in (ROOT / ".dvc/config").read_text()
+    assert "html_template = html/index.html" in committed(".dvc/config")
 
 
 def test_dvc_plots_show_draws_every_plot_with_no_network(dvc_repo, tmp_path):
     repo = dvc_repo.path
-    shutil.copy2(ROOT / ".dvc/config", repo / ".dvc/config")
-    shutil.copytree(ROOT / ".dvc/html", repo / ".dvc/html")
-    for history in ROOT.glob("metrics/*/*.history.json"):
-        (repo / history.parent.relative_to(ROOT)).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(history, repo / history.relative_to(ROOT))
-    for folder in ("plotdata", "plots"):
-        shutil.copytree(ROOT / folder, repo / folder)
+    # The committed histories, plot data and figures (not a user's last run: issue 33).
+    for path in (".dvc/config", ".dvc/html", "metrics", "plotdata", "plots"):
+        copy_committed(path, repo)
 
     shown = json.loads(dvc_repo.dvc("plots", "show", "--json").stdout)
     assert not shown.get("errors")
