@@ -113,7 +113,13 @@ case $action in
     [ -d "$dest/.git" ] || die "no lane-0 in $study: run the study first"
     for dir in "$study"/lane-*; do
       [ "$dir" = "$dest" ] && continue
-      git -C "$dest" fetch -q "$dir" '+refs/exps/*:refs/exps/*'
+      # Finished experiments only: a lane's refs/exps/exec/* belong to its run in progress,
+      # and fetching them over lane-0's would break lane-0's own run.
+      mapfile -t done_refs < <(git -C "$dir" for-each-ref --format='%(refname)' refs/exps \
+        | grep -v '^refs/exps/\(exec\|celery\)/' || true)
+      specs=()
+      for ref in "${done_refs[@]}"; do specs+=("+$ref:$ref"); done
+      [ ${#specs[@]} -eq 0 ] || git -C "$dest" fetch -q "$dir" "${specs[@]}"
     done
     echo "lane-0 holds $(git -C "$dest" for-each-ref refs/exps | grep -vc 'refs/exps/\(exec\|celery\)' ) experiment ref(s)"
     ;;

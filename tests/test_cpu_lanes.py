@@ -71,8 +71,19 @@ def test_lanes_run_each_job_once_and_gather(tmp_path):
     status = _lanes(repo, "status", jobs, study).stdout.splitlines()
     assert status == ["a: done", "b: done", "bad: done", "c: done"]
 
+    # A run in progress in both lanes (its exec refs): gather leaves lane-0's alone.
+    def head(k):
+        return sh("git", "rev-parse", "HEAD", cwd=study / f"lane-{k}").stdout.strip()
+    for k in (0, 1):
+        sh("git", "update-ref", "refs/exps/exec/EXEC_BRANCH", head(k), cwd=study / f"lane-{k}")
+    sh("git", "commit", "-q", "--allow-empty", "-m", "lane-1 moves on", cwd=study / "lane-1")
+    sh("git", "update-ref", "refs/exps/exec/EXEC_BRANCH", head(1), cwd=study / "lane-1")
     gathered = _lanes(repo, "gather", jobs, study)
     assert "lane-0 holds 4 experiment ref(s)" in gathered.stdout
+    exec_ref = sh("git", "rev-parse", "refs/exps/exec/EXEC_BRANCH", cwd=study / "lane-0")
+    assert exec_ref.stdout.strip() == head(0) != head(1)
+    for k in (0, 1):
+        sh("git", "update-ref", "-d", "refs/exps/exec/EXEC_BRANCH", cwd=study / f"lane-{k}")
     names = dvc("exp", "list", "--name-only", cwd=study / "lane-0").stdout.split()
     assert sorted(names) == ["a", "b", "bad", "c"]
 
