@@ -79,10 +79,15 @@ run_lane() {
     args_of "$name"
     echo "$(date -u +%FT%TZ) lane $lane: $name started"
     git -C "$dir" checkout -q HEAD -- params.yaml
-    if (cd "$dir" && PYTHONPATH="$dir" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-          nice -n 10 dvc exp run -n "$name" "${job_args[@]}") >>"$study/logs/$name.log" 2>&1; then
+    local rc=0
+    (cd "$dir" && PYTHONPATH="$dir" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+       nice -n 10 dvc exp run -n "$name" "${job_args[@]}") >>"$study/logs/$name.log" 2>&1 || rc=$?
+    if [ $rc -eq 0 ]; then
       touch "$study/state/$name.done"
       echo "$(date -u +%FT%TZ) lane $lane: $name done"
+    elif [ $rc -gt 128 ]; then  # stopped by a signal (Ctrl-C, kill): not a failure
+      echo "$(date -u +%FT%TZ) lane $lane: $name stopped; the same lane resumes it on the next run"
+      return
     else
       touch "$study/state/$name.failed"
       echo "$(date -u +%FT%TZ) lane $lane: $name FAILED (log: $study/logs/$name.log)"

@@ -5,7 +5,11 @@ bringing every lane's experiments into lane-0. Real git and DVC, on a toy one-st
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import time
 
 import pytest
 from conftest import ROOT, dvc, env_for, sh
@@ -13,10 +17,13 @@ from conftest import ROOT, dvc, env_for, sh
 pytestmark = pytest.mark.slow
 
 # The stage writes what it ran with: its param, the thread count it was given, its own folder.
-STAGE = """import json, os, sys, yaml
+STAGE = """import json, os, sys, time, yaml
 p = yaml.safe_load(open("params.yaml"))
 if p["x"] < 0:
     sys.exit(3)
+if p["x"] == 9:  # a long training: says it started, then waits to be stopped
+    open(os.environ["STARTED"], "w").close()
+    time.sleep(120)
 json.dump({"x": p["x"], "tag": p["tag"], "threads": os.environ.get("OMP_NUM_THREADS"),
            "cwd": os.getcwd()}, open("out.json", "w"))
 """
@@ -102,3 +109,26 @@ def test_bad_input_is_one_line(tmp_path):
     jobs.write_text("a -S x=1\n")
     out = _lanes(repo, "run", jobs, tmp_path / "s2", check=False)
     assert out.returncode == 2 and "uncommitted changes" in out.stderr
+
+
+def test_a_stopped_study_stops_and_does_not_count_its_job_failed(tmp_path):
+    repo = _project(tmp_path)
+    jobs = tmp_path / "study.jobs"
+    jobs.write_text("long -S x=9\nnext -S x=1\n")
+    study, started = tmp_path / "study", tmp_path / "started"
+    driver = subprocess.Popen(["bash", "scripts/cpu_lanes.sh", "run", str(jobs), str(study), "1"],
+                              cwd=repo, env={**env_for(repo), "STARTED": str(started)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not started.exists():
+        assert driver.poll() is None and time.monotonic() < deadline, driver.stdout.read()
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGTERM)  # what `kill` or a closing session sends
+    out, _ = driver.communicate(timeout=120)
+    assert driver.returncode != 0
+    assert "long FAILED" not in out and "next started" not in out, out
+    assert not (study / "state" / "long.failed").exists()
+    assert (study / "state" / "long.claim").is_dir() and not (study / "state" / "next.claim").exists()
+    status = _lanes(repo, "status", jobs, study).stdout.splitlines()
+    assert status == ["long: claimed by lane 0", "next: waiting"]
