@@ -23,9 +23,9 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 
 from gradattn.analysis.metrics import expected_calibration_error, train_val_gap
 from gradattn.core.errors import ConfigError
+from gradattn.core.recipes import RECIPE_VALUES
 from gradattn.core.settings import (
     AUTO,
-    RECIPE_VALUES,
     EvaluateConfig,
     GradientsConfig,
     TrainConfig,
