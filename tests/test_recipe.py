@@ -31,7 +31,8 @@ from gradattn.core.settings import (
     TrainConfig,
     load_resolved,
 )
-from gradattn.training.loop import NotebooksPlateau, fit
+from gradattn.training.loop import fit
+from gradattn.training.optim import NotebooksPlateau
 from gradattn.training.runs import load_run_config
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
