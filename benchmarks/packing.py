@@ -14,7 +14,7 @@ Three ways to put K trainings on one GPU:
 - `streams`: K models in one process, each step of each model replayed on its own CUDA
   stream, so the graphs of different models can overlap.
 
-Each training is the project's own fast path (`Trainer`: one CUDA graph per step, bf16,
+Each training is the project's own fast path (`StepEngine`: one CUDA graph per step, bf16,
 channels_last, GPU-resident batches with the dataset's augmentation) on random 32 px RGB
 images with 10 classes (speed does not depend on the pixels). All K set up (capture), wait
 for each other, then train for --seconds; the aggregate is every training's images over the
@@ -50,14 +50,15 @@ COUNTS = (1, 2, 4, 8)
 
 
 def _training(model_name: str, size: int, images: int, batch_size: int, device: str, seed: int):
-    """A model, its Trainer (set up: captured on a GPU) and batches of random images."""
+    """A model, its StepEngine (set up: captured on a GPU) and batches of random images."""
     import numpy as np
     import torch
 
     from gradattn.core.settings import TrainConfig
     from gradattn.models import build_model
     from gradattn.prepared.batches import Batches
-    from gradattn.training.fast import Trainer, make_optimizer, resolve_plan
+    from gradattn.training.optim import make_optimizer
+    from gradattn.training.steps import StepEngine, resolve_plan
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -72,7 +73,7 @@ def _training(model_name: str, size: int, images: int, batch_size: int, device: 
     model = build_model(model_name, num_classes=10, in_channels=3).to(device)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    trainer = Trainer(model, make_optimizer(model, cfg, plan), plan)
+    trainer = StepEngine(model, make_optimizer(model, cfg, plan), plan)
     trainer.prepare(train)
     model.train()
     return trainer, train

@@ -1,5 +1,5 @@
 """Training throughput (images/s) of one epoch of real prepared data: eager fp32 against the
-fast path (gradattn.training.fast: the whole step as one CUDA graph, bf16, channels_last).
+fast path (gradattn.training.steps: the whole step as one CUDA graph, bf16, channels_last).
 
     python benchmarks/throughput.py                      # fashionmnist-mini, 28/32/64/96 px
     python benchmarks/throughput.py --quick              # a short CPU run: 28/32 px, 2 batches
@@ -8,7 +8,7 @@ fast path (gradattn.training.fast: the whole step as one CUDA graph, bf16, chann
 
 The prepared training split (data/prepared/<dataset>, made by `dvc repro
 preprocess@<dataset>`) is resized once per size, on the device, and trained on with the
-dataset's own augmentation through `Batches` and `Trainer`, the code `fit` runs. Each
+dataset's own augmentation through `Batches` and `StepEngine`, the code `fit` runs. Each
 measurement builds a fresh model (the paper's sizes), sets it up (the fast path's capture is
 timed apart, as `setup_s`), warms up on a few batches, then times whole epochs (at least
 --min-seconds) or, with --batches, that many batches. `data` is the input pipeline alone.
@@ -40,7 +40,8 @@ from gradattn.core.stage import entry  # noqa: E402
 from gradattn.models import build_model, count_parameters  # noqa: E402
 from gradattn.prepared.batches import Batches  # noqa: E402
 from gradattn.prepared.format import load_meta, load_split  # noqa: E402
-from gradattn.training.fast import Plan, Trainer, make_optimizer, resolve_plan  # noqa: E402
+from gradattn.training.optim import make_optimizer  # noqa: E402
+from gradattn.training.steps import Plan, StepEngine, resolve_plan  # noqa: E402
 
 SIZES = (28, 32, 64, 96)
 QUICK_SIZES = (28, 32)
@@ -95,7 +96,7 @@ def measure(model_name: str, plan: Plan, batches: Batches, meta: dict, *,
         model.to(memory_format=torch.channels_last)
     cfg = TrainConfig()
     optimizer = make_optimizer(model, cfg, plan)
-    trainer = Trainer(model, optimizer, plan)
+    trainer = StepEngine(model, optimizer, plan)
     model.train()
     _sync(plan.device)
     t0 = time.perf_counter()

@@ -16,15 +16,16 @@ from typing import Any
 from gradattn.core.errors import ConfigError
 from gradattn.core.settings import (
     AUTO,
-    DEFAULT_MODELS,
     DEFAULT_PARAMS,
+    GRID_SECTION,
     DataConfig,
     EvaluateConfig,
     GradientsConfig,
     TrainConfig,
-    _choice,
-    _fail,
-    _section,
+    check_choice,
+    not_allowed,
+    parse_models,
+    raw_section,
     read_params,
     read_recipe,
 )
@@ -34,9 +35,9 @@ __all__ = ["DataConfig", "EvaluateConfig", "GradientsConfig", "Params", "TrainCo
 
 
 def dataset_protocol(data: DataConfig, recipe: str, name: str):
-    """`name`'s data protocol under `recipe` (gradattn.sources.recipes.Protocol): split, size,
+    """`name`'s data protocol under `recipe` (gradattn.core.recipes.Protocol): split, size,
     channels, normalisation, augmentation, the notebooks' defect; no `auto` left."""
-    from gradattn.sources.recipes import resolve
+    from gradattn.core.recipes import resolve
     from gradattn.sources.registry import get_spec
 
     spec = get_spec(name, data.custom)
@@ -71,9 +72,9 @@ def _check_dataset_names(data: DataConfig) -> None:
 
     allowed = tuple(sorted(set(known_datasets()) | set(data.custom)))
     for name in data.datasets:
-        _choice("data.datasets", name, allowed)
+        check_choice("data.datasets", name, allowed)
     for name in data.sources:
-        _choice(f"data.sources.{name}", name, tuple(known_datasets()))
+        check_choice(f"data.sources.{name}", name, tuple(known_datasets()))
 
 
 @dataclass(frozen=True)
@@ -96,22 +97,15 @@ class Params:
 def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
     from gradattn.models import MODELS, build_model, default_options
 
-    names = params.get("models", list(DEFAULT_MODELS))
-    if isinstance(names, str):
-        names = [names]
-    if not isinstance(names, list) or not names:
-        raise _fail("models", names, "must be a non-empty list of: " + ", ".join(MODELS))
-    for name in names:
-        _choice("models", name, MODELS)
-    if len(set(names)) != len(names):
-        raise _fail("models", names, "must not name a model twice")
+    names = parse_models(params)
     options = params.get("model") or {}
     if not isinstance(options, dict):
-        raise _fail("model", options, "must be a mapping of model options")
+        raise not_allowed("model", options, "must be a mapping of model options")
     known = {key for name in MODELS for key in default_options(name)}
     for key, value in options.items():
         if key not in known:
-            raise _fail(f"model.{key}", value, "unknown option; known: " + ", ".join(sorted(known)))
+            raise not_allowed(f"model.{key}", value,
+                              "unknown option; known: " + ", ".join(sorted(known)))
     for name in names:
         opts = {k: options[k] for k in default_options(name) if k in options}
         try:
@@ -122,7 +116,7 @@ def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
             raise ConfigError(
                 f"model (for {name}): {err} (fix it in params.yaml or with -S)"
             ) from None
-    return tuple(names), dict(options)
+    return names, dict(options)
 
 
 class _meta_device:
@@ -138,11 +132,6 @@ class _meta_device:
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(read_params(path))
-
-
-# Read by no stage: which experiments `gradattn grid` runs (gradattn/reporting/grid.py
-# validates it).
-GRID_SECTION = "grid"
 
 
 def _check_top_level(params: Any) -> None:
@@ -161,14 +150,14 @@ def _check_top_level(params: Any) -> None:
 def parse_params(params: dict) -> Params:
     _check_top_level(params)
     models, model = _parse_models(params)
-    data = DataConfig.parse(_section(params, "data", DataConfig))
+    data = DataConfig.parse(raw_section(params, "data", DataConfig))
     _check_dataset_names(data)
     return Params(
         recipe=read_recipe(params),
         data=data,
         models=models,
         model=model,
-        train=TrainConfig.parse(_section(params, "train", TrainConfig)),
-        evaluate=EvaluateConfig.parse(_section(params, "evaluate", EvaluateConfig)),
-        gradients=GradientsConfig.parse(_section(params, "gradients", GradientsConfig)),
+        train=TrainConfig.parse(raw_section(params, "train", TrainConfig)),
+        evaluate=EvaluateConfig.parse(raw_section(params, "evaluate", EvaluateConfig)),
+        gradients=GradientsConfig.parse(raw_section(params, "gradients", GradientsConfig)),
     )

@@ -4,7 +4,7 @@
 Trains one model of `gradattn.models` on a class-balanced CIFAR-10 subset through the
 library's own training loop (`gradattn.training.loop.fit`: the paper's Adam with coupled L2,
 torch's plateau cut of the learning rate, early stopping, the best epoch's weights kept),
-the library's optimiser (`gradattn.training.fast.make_optimizer`) and its batches and
+the library's optimiser (`gradattn.training.optim.make_optimizer`) and its batches and
 augmentation (`gradattn.prepared`: crop + flip, as the corrected recipe for CIFAR-10), and
 records through `fit`'s hooks (`on_step`: after each backward pass, before the optimiser's
 step; `on_epoch`), every epoch:
@@ -427,7 +427,7 @@ def script_state() -> dict:
 def protocol(cfg: TrainConfig, args: argparse.Namespace) -> dict:
     return {
         "loop": "gradattn.training.loop.fit (eager, fp32)",
-        "optimizer": f"gradattn.training.fast.make_optimizer: {cfg.optimizer}, weight decay "
+        "optimizer": f"gradattn.training.optim.make_optimizer: {cfg.optimizer}, weight decay "
                      f"{cfg.weight_decay:g}" + ("" if args.decay_norm else
                                                 ", none on batch/layer norm γ/β and biases"),
         "augment": f"gradattn.prepared.augment {AUGMENT}",

@@ -1,7 +1,7 @@
 """Validate params.yaml once and resolve the settings DVC cannot select natively.
 
 Writes configs/<dataset>/{source,prepare}.json (per-dataset optional keys; prepare.json holds
-the dataset's data protocol, resolved for the recipe: gradattn.sources.recipes) and
+the dataset's data protocol, resolved for the recipe: gradattn.core.recipes) and
 configs/models/<model>.json (the model.* options each model takes), so that -S model.pe=rope
 re-runs GradAttn's stages only. Every other setting is a native `params:` of its stage (see
 the top of dvc.yaml).

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import read_json, reading, restore_hint, write_json
-from gradattn.core.settings import read_params
+from gradattn.core.settings import parse_models, read_params
 from gradattn.core.stage import run, stage_args
 from gradattn.reporting.names import model_label
 
@@ -91,7 +91,7 @@ def main() -> None:
     # Imported once the arguments are checked: a wrong call answers at once (no matplotlib).
     from gradattn.reporting import plots as P
 
-    models = read_params()["models"]  # validated by the configure stage
+    models = parse_models(read_params())
     out, data = P.PLOTS / dataset, P.PLOTDATA / dataset
     labels, files = {}, {}
     for model in tqdm(models, desc=f"plots {dataset}", unit="model"):

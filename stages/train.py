@@ -29,9 +29,9 @@ def main() -> None:
     from gradattn.models.trained import save_trained
     from gradattn.prepared import load_meta
     from gradattn.prepared.batches import make_batches, uses_legacy_defect
-    from gradattn.training.fast import resolve_plan
     from gradattn.training.loop import fit, make_deterministic
     from gradattn.training.runs import load_run_config, new_model, run_id
+    from gradattn.training.steps import resolve_plan
 
     cfg = load_run_config(dataset, model_name)
     train_cfg = cfg.train

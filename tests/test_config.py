@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import committed, copy_committed
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
+from gradattn.core.settings import DEFAULT_MODELS, MODEL_OPTIONS, PE_CHOICES, SECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load(committed("params.yaml"))  # the shipped file, not the workspace's
@@ -41,13 +43,27 @@ def test_defaults_are_the_papers_protocol(tmp_path):
     assert p.model_options("gradattn")["pe"] == "learnable"
 
 
+def test_params_yaml_spells_out_the_code_defaults():
+    # A key missing from params.yaml takes the dataclass default (or MODEL_OPTIONS'): the
+    # shipped file must say the same, so that deleting a line changes nothing.
+    for name, cls in SECTIONS.items():
+        defaults = {f.name: getattr(cls, f.name) for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING}
+        shipped = {k: tuple(v) if isinstance(v, list) else v for k, v in DEFAULTS[name].items()}
+        assert {k: shipped[k] for k in defaults} == defaults, name
+    assert tuple(DEFAULTS["models"]) == DEFAULT_MODELS
+    assert DEFAULTS["model"] == {k: v for opts in MODEL_OPTIONS.values() for k, v in opts.items()}
+    assert DEFAULTS["grid"]["pe"] == list(PE_CHOICES)
+
+
 @pytest.mark.parametrize(
     "section, key, value, expect",
     [
         ("data", "datasets", ["imagenet22k"], r"data\.datasets = 'imagenet22k'.*fashionmnist-mini"),
         ("models", None, ["resnet19"], r"models = 'resnet19'.*resnet18, .*gradattn"),
         ("model", "pe", "alibi", r"pe 'alibi'.*none, learnable, rope"),
-        ("model", "heads", 7, r"dim 256 is not divisible by heads 7"),
+        ("model", "heads", 7,
+         rf"dim {MODEL_OPTIONS['gradattn']['dim']} is not divisible by heads 7"),
         ("train", "lr", 0, r"train\.lr = 0 .*> 0"),
         ("train", "lr", -0.1, r"train\.lr = -0\.1 .*> 0"),
         ("train", "batch_size", 0, r"train\.batch_size = 0 .*auto .*integer >= 1"),

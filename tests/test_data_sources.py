@@ -278,20 +278,21 @@ def test_every_dataset_is_registered_with_a_known_augmentation():
 
 
 def test_the_lazy_registry_names_what_each_module_registers():
-    """registry.BUILTIN (dataset -> module, imported on first use) against what importing
-    every source module registers, in a fresh interpreter."""
+    """registry.BUILTIN (dataset -> module, imported on first use) against the SPECS every
+    source module declares, in a fresh interpreter."""
     code = ("import importlib, pkgutil, gradattn.sources as s, gradattn.sources.registry as r\n"
             "print(sorted(r._REGISTRY))\n"
             "found = {}\n"
             "for m in pkgutil.iter_modules(s.__path__):\n"
-            "    before = set(r._REGISTRY)\n"
-            "    importlib.import_module('gradattn.sources.' + m.name)\n"
-            "    found |= {name: m.name for name in set(r._REGISTRY) - before}\n"
+            "    module = importlib.import_module('gradattn.sources.' + m.name)\n"
+            "    found |= {spec.name: m.name for spec in getattr(module, 'SPECS', ())}\n"
+            "print(sorted(r._REGISTRY))\n"
             "print(sorted(found.items()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.splitlines()
     assert out[0] == "[]"  # importing the package registers nothing: nothing is paid for
-    registered = dict(eval(out[1]))  # noqa: S307 (our own subprocess's repr)
+    assert out[1] == "[]"  # nor does importing a source module: get_spec registers its SPECS
+    registered = dict(eval(out[2]))  # noqa: S307 (our own subprocess's repr)
     assert registered.keys() == registry.BUILTIN.keys()
     for name, module in registry.BUILTIN.items():
         assert get_spec(name).name == name

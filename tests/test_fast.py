@@ -1,4 +1,4 @@
-"""Tests of the fast path (gradattn.training.fast) and the device-resident data path.
+"""Tests of the fast path (gradattn.training.steps, .optim) and the device-resident data path.
 
 Without CUDA the fast path is its eager stand-in (`train.fast=on` on the CPU): the same
 static buffers, learning-rate tensor, warm-up and restore, eager remainder batch and device
@@ -31,16 +31,9 @@ from gradattn.config import TrainConfig
 from gradattn.models import build_model
 from gradattn.models.gradattn import Encoder
 from gradattn.prepared.batches import Batches
-from gradattn.training.fast import (
-    Plan,
-    TensorLR,
-    Trainer,
-    _Snapshot,
-    make_optimizer,
-    resolve_plan,
-    settle_loaded_optimizer,
-)
 from gradattn.training.loop import fit
+from gradattn.training.optim import TensorLR, make_optimizer, settle_loaded_optimizer
+from gradattn.training.steps import Plan, StepEngine, _Snapshot, resolve_plan
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 EAGER = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
@@ -126,13 +119,13 @@ def test_history_records_the_scheduled_lr_not_its_float32_tensor(monkeypatch):
     # On CUDA the lr tensor is float32 (1e-3 reads back as 0.0010000000474974513); the
     # history, the schedule's cuts and the checkpoint take the float the schedule set, as
     # the eager path's. The stand-in's tensor made float32 here, as on a GPU.
-    import gradattn.training.loop as loop
+    import gradattn.training.optim as optim
 
     def float32_lr(model, cfg, plan, **_):
         return torch.optim.Adam(model.parameters(), lr=torch.tensor(cfg.lr, dtype=torch.float32),
                                 weight_decay=cfg.weight_decay)
 
-    monkeypatch.setattr(loop, "make_optimizer", float32_lr)
+    monkeypatch.setattr(optim, "make_optimizer", float32_lr)
     train, val = scripted_data()
     cfg = dataclasses.replace(FAST, max_epochs=6, lr=1e-3, plateau_factor=0.2,
                               plateau_patience=1, early_stopping_patience=20)
@@ -188,7 +181,7 @@ def test_the_last_short_batch_is_trained_on(cfg):
 def test_train_epoch_counts_every_image_and_sums_on_device():
     plan = resolve_plan(FAST, "cpu")
     model = tiny()
-    trainer = Trainer(model, make_optimizer(model, FAST, plan), plan)
+    trainer = StepEngine(model, make_optimizer(model, FAST, plan), plan)
     train, val = data(n_train=21, batch_size=8)
     trainer.prepare(train, val)
     loss_sum, correct, seen = trainer.train_epoch(train.epoch(1))
@@ -206,7 +199,7 @@ def test_prepare_leaves_model_and_optimizer_as_they_were():
     opt.step()  # Adam state exists, as after a resume
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = {id(p): {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
-    Trainer(model, opt, plan).prepare(train, val)
+    StepEngine(model, opt, plan).prepare(train, val)
     assert same_weights(model.state_dict(), before)
     for p, s in opt.state.items():
         assert all(torch.equal(v, opt_before[id(p)][k]) for k, v in s.items())
@@ -217,12 +210,12 @@ def test_prepare_on_a_fresh_optimizer_leaves_fresh_adam_state():
     model = tiny()
     opt = make_optimizer(model, FAST, plan)
     train, val = data()
-    Trainer(model, opt, plan).prepare(train, val)
+    StepEngine(model, opt, plan).prepare(train, val)
     assert all(float(v.abs().sum()) == 0 for s in opt.state.values() for v in s.values())
 
 
 def test_a_failed_capture_falls_back_to_eager_steps():
-    class NoGraphs(Trainer):
+    class NoGraphs(StepEngine):
         def _capture(self, body, x, y, *, training):
             if self.graphs:
                 raise RuntimeError("operation not permitted when stream is capturing\nmore")
@@ -390,7 +383,7 @@ def _cuda_plan(precision: str = "fp32") -> Plan:
     return resolve_plan(TrainConfig(fast="on", precision=precision), torch.device("cuda"))
 
 
-def _one_step_updates(trainer: Trainer, lr: TensorLR, value: float, x, y) -> list:
+def _one_step_updates(trainer: StepEngine, lr: TensorLR, value: float, x, y) -> list:
     """How far each parameter moves in one training step at learning rate `value`; the
     model and the optimiser are put back as they were (in place: a graph holds them)."""
     snapshot = _Snapshot(trainer.model, trainer.optimizer)
@@ -415,7 +408,7 @@ def test_the_step_reads_the_lr_tensor_one_update_scales_with_it(device):
     opt = make_optimizer(model, FAST, plan)
     lr = TensorLR(opt)
     train, val = data(device=device)
-    trainer = Trainer(model, opt, plan)
+    trainer = StepEngine(model, opt, plan)
     trainer.prepare(train, val)
     assert (trainer.train_graph is not None) == (device == "cuda")
     x, y = next(train.epoch(0))
@@ -434,7 +427,7 @@ def test_cuda_graph_dropout_draws_fresh_masks_and_follows_the_seed():
     opt = make_optimizer(model, FAST, plan)
     TensorLR(opt).tensors[0].fill_(1e-30)  # weights stay put: only the masks change
     train, val = data(device="cuda")
-    trainer = Trainer(model, opt, plan)
+    trainer = StepEngine(model, opt, plan)
     trainer.prepare(train, val)
     x, y = next(train.epoch(0))
 

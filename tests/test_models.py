@@ -12,6 +12,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from gradattn.core.errors import ConfigError
+from gradattn.core.settings import MODEL_OPTIONS
 from gradattn.models import MODELS, PE_CHOICES, build_model, count_parameters, default_options
 from gradattn.models.gradattn import GradAttn, RopeEncoderLayer, TapsMean
 from gradattn.models.resnet import TAP_CHANNELS, PlainBlock, SkipFreeBackbone
@@ -466,22 +467,15 @@ def test_seed_determines_weights(name, options):
 
 
 def test_default_options():
+    # Their one home is gradattn.core.settings.MODEL_OPTIONS (params.yaml holds the same
+    # values: tests/test_config.py); the paper's sizes are pinned by the parameter counts above.
     assert all(default_options(n)["stem"] == "imagenet" for n in MODELS)
-    assert default_options("gradattn") == {
-        "stem": "imagenet",
-        "pe": "learnable",
-        "dim": 256,
-        "depth": 3,
-        "heads": 8,
-        "ff_dim": 512,
-        "dropout": 0.1,
-        "norm_first": False,
-    }
-    assert default_options("taps_mean") == {"stem": "imagenet", "dim": 256}
+    for name in MODELS:
+        assert default_options(name) == MODEL_OPTIONS[name]
     for name in ("resnet18", "se_resnet18", "cbam_resnet18", "noskip18"):
         assert default_options(name) == {"stem": "imagenet"}
     default_options("gradattn")["dim"] = 1  # a fresh dict each call
-    assert default_options("gradattn")["dim"] == 256
+    assert default_options("gradattn") == MODEL_OPTIONS["gradattn"]
 
 
 CHANGED = {

@@ -23,15 +23,16 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 
 from gradattn.analysis.metrics import expected_calibration_error, train_val_gap
 from gradattn.core.errors import ConfigError
+from gradattn.core.recipes import RECIPE_VALUES
 from gradattn.core.settings import (
     AUTO,
-    RECIPE_VALUES,
     EvaluateConfig,
     GradientsConfig,
     TrainConfig,
     load_resolved,
 )
-from gradattn.training.loop import NotebooksPlateau, fit
+from gradattn.training.loop import fit
+from gradattn.training.optim import NotebooksPlateau
 from gradattn.training.runs import load_run_config
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(

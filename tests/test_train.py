@@ -25,8 +25,9 @@ from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
 from gradattn.config import TrainConfig
 from gradattn.core.errors import GradattnError
 from gradattn.core.settings import OPTIMIZERS
-from gradattn.training.fast import make_optimizer, resolve_plan
 from gradattn.training.loop import EarlyStopping, epoch_seed, fit
+from gradattn.training.optim import make_optimizer
+from gradattn.training.steps import resolve_plan
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto").resolve(
     "corrected", "test")
@@ -124,7 +125,7 @@ def test_decay_norm_false_keeps_batch_norm_and_biases_out_of_the_decay(fast):
 def test_a_plateau_cut_cuts_each_param_group_once_on_the_fast_path():
     # decay_norm=False makes two param groups; each has its own lr tensor, so a cut made in
     # place (the notebooks' rule) lowers both by the factor once, not the shared one twice.
-    from gradattn.training.loop import NotebooksPlateau
+    from gradattn.training.optim import NotebooksPlateau
 
     cfg = dataclasses.replace(CFG, fast="on")
     optimizer = make_optimizer(tiny(), cfg, resolve_plan(cfg, "cpu"), decay_norm=False)

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from gradattn.core.errors import ConfigError
+from gradattn.core.recipes import AUTO, RECIPES, recipe_batch_size, recipe_value  # their home
 
 DEFAULT_PARAMS = Path("params.yaml")
 SPLITS = ("official", "pooled")
@@ -23,11 +24,6 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 FAST_MODES = ("auto", "off", "on")
 MEDMNIST_SIZES = (28, 64, 128, 224)
-# A recipe selects a whole protocol: `corrected` (this project's) or `notebooks` (the authors'
-# notebooks exactly, per dataset; docs/deviations.md lists every difference). A key whose
-# value is `auto` takes the recipe's value; any other value overrides the recipe.
-RECIPES = ("corrected", "notebooks")
-AUTO = "auto"
 # The models `build_model` knows (gradattn.models builds them), the ones params.yaml's
 # `models` defaults to, and GradAttn's positional encodings: here, torch-free, so that
 # validating and reporting need not import torch.
@@ -55,21 +51,6 @@ MODEL_OPTIONS: dict[str, dict] = {
     "noskip18": dict(_COMMON_OPTIONS),
     "taps_mean": {**_COMMON_OPTIONS, "dim": 256},
 }
-# What `auto` means under each recipe: the one table of the training/evaluation side
-# (docs/deviations.md names each row). train.batch_size is the one per-dataset value
-# (recipe_batch_size).
-RECIPE_VALUES: dict[str, dict[str, str]] = {
-    # Row 8: the notebooks' "best weights" copy is shallow, so they evaluate the last epoch.
-    "train.weights": {"corrected": "best", "notebooks": "last"},
-    # Row 9: their own plateau callback (CIFAR-10 cell 4) vs torch's ReduceLROnPlateau.
-    "train.plateau": {"corrected": "torch", "notebooks": "notebooks"},
-    # Row 17: Table 4's gap, signed at the evaluated epoch vs its absolute value.
-    "evaluate.gap": {"corrected": "signed", "notebooks": "absolute"},
-    # Row 18: GHS on training batches (no augmentation) vs on test batches.
-    "gradients.split": {"corrected": "train", "notebooks": "test"},
-    # Row 20: a layer whose hook never fired is left out vs counted (as unhealthy).
-    "gradients.silent": {"corrected": "skip", "notebooks": "count"},
-}
 WEIGHTS = ("best", "last")
 PLATEAUS = ("torch", "notebooks")
 # adam: weight decay added to the gradient (L2), the paper's; adamw: decoupled from it.
@@ -79,17 +60,7 @@ GRADIENT_SPLITS = ("train", "test")
 SILENT_LAYERS = ("skip", "count")
 
 
-def recipe_value(recipe: str, key: str, value: Any) -> Any:
-    """`value` unless it is `auto`, else what the recipe sets for `key`."""
-    return RECIPE_VALUES[key][recipe] if value == AUTO else value
-
-
-def recipe_batch_size(recipe: str, dataset: str) -> int:
-    """train.batch_size `auto`: 128 (§3.3), but 64 for PAD-UFES-20 in the notebooks (PAD cell 4)."""
-    return 64 if recipe == "notebooks" and dataset == "padufes20" else 128
-
-
-def _fail(key: str, value: Any, allowed: str) -> ConfigError:
+def not_allowed(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(
         f"{key} = {value!r} is not allowed: {allowed} (fix it in params.yaml or with -S {key}=...)"
     )
@@ -111,32 +82,32 @@ def _number(
     )
     allowed = f"must be {kind}" + (f" {bounds}" if bounds else "")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _fail(key, value, allowed)
+        raise not_allowed(key, value, allowed)
     if not math.isfinite(value):
-        raise _fail(key, value, allowed.replace(f"be {kind}", "be a finite number", 1))
+        raise not_allowed(key, value, allowed.replace(f"be {kind}", "be a finite number", 1))
     if integer and int(value) != value:
-        raise _fail(key, value, allowed)
+        raise not_allowed(key, value, allowed)
     if (
         (gt is not None and not value > gt)
         or (ge is not None and not value >= ge)
         or (le is not None and not value <= le)
         or (lt is not None and not value < lt)
     ):
-        raise _fail(key, value, allowed)
+        raise not_allowed(key, value, allowed)
     return int(value) if integer else float(value)
 
 
-def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+def check_choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
     if isinstance(value, bool) and {"on", "off"} <= set(choices):
         value = "on" if value else "off"  # YAML reads a bare on/off (and yes/no) as a boolean
     if value not in choices:
-        raise _fail(key, value, "choose one of: " + ", ".join(choices))
+        raise not_allowed(key, value, "choose one of: " + ", ".join(choices))
     return value
 
 
 def _choice_int(key: str, value: Any, choices: tuple[int, ...]) -> int:
     if isinstance(value, bool) or value not in choices:
-        raise _fail(key, value, "choose one of: " + ", ".join(map(str, choices)))
+        raise not_allowed(key, value, "choose one of: " + ", ".join(map(str, choices)))
     return int(value)
 
 
@@ -153,7 +124,7 @@ def _auto_or(value: Any, check) -> Any:
 
 def _bool(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise _fail(key, value, "must be true or false")
+        raise not_allowed(key, value, "must be true or false")
     return value
 
 
@@ -163,14 +134,14 @@ def _given(raw: dict, cls: type, key: str) -> Any:
     return raw.get(key, getattr(cls, key))
 
 
-def _section(params: dict, name: str, cls: type) -> dict:
+def raw_section(params: dict, name: str, cls: type) -> dict:
     raw = params.get(name) or {}
     if not isinstance(raw, dict):
-        raise _fail(name, raw, "must be a mapping of keys to values")
+        raise not_allowed(name, raw, "must be a mapping of keys to values")
     allowed = {f.name for f in fields(cls)}
     for key in raw:
         if key not in allowed:
-            raise _fail(
+            raise not_allowed(
                 f"{name}.{key}", raw[key], "unknown key; known keys: " + ", ".join(sorted(allowed))
             )
     return raw
@@ -185,7 +156,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 512
 
 @dataclass(frozen=True)
 class DataConfig:
-    """data.*; a value `auto` is resolved per dataset and recipe by gradattn.sources.recipes."""
+    """data.*; a value `auto` is resolved per dataset and recipe by gradattn.core.recipes."""
 
     datasets: tuple[str, ...] = ("fashionmnist-mini",)
     split: str = AUTO  # auto | official | pooled
@@ -206,22 +177,18 @@ class DataConfig:
         custom = raw.get("custom") or {}
         sources = raw.get("sources") or {}
         if not isinstance(custom, dict):
-            raise _fail("data.custom", custom, "must map a dataset name to {format, path, size}")
+            raise not_allowed("data.custom", custom,
+                              "must map a dataset name to {format, path, size}")
         if not isinstance(sources, dict):
-            raise _fail("data.sources", sources, "must map a dataset name to a folder path")
-        datasets = raw.get("datasets", list(cls.datasets))
-        if isinstance(datasets, str):
-            datasets = [datasets]
-        if not isinstance(datasets, list) or not datasets:
-            raise _fail("data.datasets", datasets, "must be a non-empty list of dataset names")
-        if len(set(datasets)) != len(datasets):
-            raise _fail("data.datasets", datasets, "must not name a dataset twice")
+            raise not_allowed("data.sources", sources, "must map a dataset name to a folder path")
+        datasets = parse_datasets(raw)
+
         def get(key):
             return _given(raw, cls, key)
 
         return cls(
-            datasets=tuple(datasets),
-            split=_choice("data.split", get("split"), (AUTO, *SPLITS)),
+            datasets=datasets,
+            split=check_choice("data.split", get("split"), (AUTO, *SPLITS)),
             split_seed=_auto_or(get("split_seed"), lambda v: _number(
                 "data.split_seed", v, integer=True, ge=0)),
             legacy_preprocessing=_auto_or(get("legacy_preprocessing"),
@@ -229,8 +196,8 @@ class DataConfig:
             image_size=_auto_or(get("image_size"), lambda v: _number(
                 "data.image_size", v, integer=True, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)),
             grey_to_rgb=_auto_or(get("grey_to_rgb"), lambda v: _bool("data.grey_to_rgb", v)),
-            normalise=_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
-            augment=_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
+            normalise=check_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
+            augment=check_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
             svhn_extra=_auto_or(get("svhn_extra"), lambda v: _bool("data.svhn_extra", v)),
             sources={k: str(v) for k, v in sources.items() if v is not None},
             custom=custom,
@@ -238,6 +205,34 @@ class DataConfig:
                 "data.medmnist_size", get("medmnist_size"), MEDMNIST_SIZES
             ),
         )
+
+
+def parse_datasets(raw_data: dict) -> tuple[str, ...]:
+    """data.datasets (of the data section `raw_data`): distinct names, one name alone read as
+    a list of one; which names exist is gradattn.config's check (the dataset registry)."""
+    datasets = raw_data.get("datasets", list(DataConfig.datasets))
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    if not isinstance(datasets, list) or not datasets:
+        raise not_allowed("data.datasets", datasets, "must be a non-empty list of dataset names")
+    if len(set(datasets)) != len(datasets):
+        raise not_allowed("data.datasets", datasets, "must not name a dataset twice")
+    return tuple(datasets)
+
+
+def parse_models(params: dict) -> tuple[str, ...]:
+    """params.yaml's `models` (default DEFAULT_MODELS): distinct names of MODELS, one name
+    alone read as a list of one. Their options are gradattn.config's check (it builds them)."""
+    names = params.get("models", list(DEFAULT_MODELS))
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not names:
+        raise not_allowed("models", names, "must be a non-empty list of: " + ", ".join(MODELS))
+    for name in names:
+        check_choice("models", name, MODELS)
+    if len(set(names)) != len(names):
+        raise not_allowed("models", names, "must not name a model twice")
+    return tuple(names)
 
 
 @dataclass(frozen=True)
@@ -266,7 +261,7 @@ class TrainConfig:
         return cls(
             lr=_number("train.lr", get("lr"), gt=0),
             weight_decay=_number("train.weight_decay", get("weight_decay"), ge=0),
-            optimizer=_choice("train.optimizer", get("optimizer"), OPTIMIZERS),
+            optimizer=check_choice("train.optimizer", get("optimizer"), OPTIMIZERS),
             batch_size=_auto_or(get("batch_size"), lambda v: _number(
                 "train.batch_size", v, integer=True, ge=1)),
             max_epochs=_number("train.max_epochs", get("max_epochs"), integer=True, ge=1),
@@ -279,11 +274,11 @@ class TrainConfig:
                 "train.early_stopping_patience", get("early_stopping_patience"), integer=True, ge=1
             ),
             seed=_number("train.seed", get("seed"), integer=True, ge=0),
-            device=_choice("train.device", get("device"), DEVICES),
-            precision=_choice("train.precision", get("precision"), PRECISIONS),
-            fast=_choice("train.fast", get("fast"), FAST_MODES),
-            weights=_choice("train.weights", get("weights"), (AUTO, *WEIGHTS)),
-            plateau=_choice("train.plateau", get("plateau"), (AUTO, *PLATEAUS)),
+            device=check_choice("train.device", get("device"), DEVICES),
+            precision=check_choice("train.precision", get("precision"), PRECISIONS),
+            fast=check_choice("train.fast", get("fast"), FAST_MODES),
+            weights=check_choice("train.weights", get("weights"), (AUTO, *WEIGHTS)),
+            plateau=check_choice("train.plateau", get("plateau"), (AUTO, *PLATEAUS)),
         )
 
     def resolve(self, recipe: str, dataset: str) -> TrainConfig:
@@ -311,7 +306,7 @@ class EvaluateConfig:
         return cls(
             ece_bins=_number("evaluate.ece_bins", get("ece_bins"), integer=True, ge=1),
             batch_size=_number("evaluate.batch_size", get("batch_size"), integer=True, ge=1),
-            gap=_choice("evaluate.gap", get("gap"), (AUTO, *GAPS)),
+            gap=check_choice("evaluate.gap", get("gap"), (AUTO, *GAPS)),
         )
 
     def resolve(self, recipe: str) -> EvaluateConfig:
@@ -338,9 +333,9 @@ class GradientsConfig:
             batches=_number("gradients.batches", get("batches"), integer=True, ge=1),
             low=low,
             high=high,
-            norm=_choice("gradients.norm", get("norm"), ("output", "parameter")),
-            split=_choice("gradients.split", get("split"), (AUTO, *GRADIENT_SPLITS)),
-            silent=_choice("gradients.silent", get("silent"), (AUTO, *SILENT_LAYERS)),
+            norm=check_choice("gradients.norm", get("norm"), ("output", "parameter")),
+            split=check_choice("gradients.split", get("split"), (AUTO, *GRADIENT_SPLITS)),
+            silent=check_choice("gradients.silent", get("silent"), (AUTO, *SILENT_LAYERS)),
         )
 
     def resolve(self, recipe: str) -> GradientsConfig:
@@ -394,7 +389,7 @@ def _check_finite(node: Any, key: str = "") -> None:
         for i, v in enumerate(node):
             _check_finite(v, f"{key}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
-        raise _fail(key, node, "must be a finite number")
+        raise not_allowed(key, node, "must be a finite number")
 
 
 def read_recipe(params: dict | None = None, path: str | Path = DEFAULT_PARAMS) -> str:
@@ -418,7 +413,7 @@ SECTIONS = {"data": DataConfig, "train": TrainConfig, "evaluate": EvaluateConfig
 def load_section(name: str, path: str | Path = DEFAULT_PARAMS):
     """One validated section of params.yaml, e.g. load_section("train") -> TrainConfig."""
     cls = SECTIONS[name]
-    return cls.parse(_section(read_params(path), name, cls))
+    return cls.parse(raw_section(read_params(path), name, cls))
 
 
 def load_resolved(name: str, dataset: str | None = None, path: str | Path = DEFAULT_PARAMS):
@@ -427,5 +422,55 @@ def load_resolved(name: str, dataset: str | None = None, path: str | Path = DEFA
     params = read_params(path)
     recipe = read_recipe(params)
     cls = SECTIONS[name]
-    section = cls.parse(_section(params, name, cls))
+    section = cls.parse(raw_section(params, name, cls))
     return section.resolve(recipe, dataset) if name == "train" else section.resolve(recipe)
+
+
+# Read by no stage: which experiments `gradattn grid` runs, not how one runs.
+GRID_SECTION = "grid"
+GRID_KEYS = ("seeds", "pe")
+
+
+def _grid_list(key: str, value: Any, kind: type, allowed: str) -> list:
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
+        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed} (fix it in params.yaml)")
+    return value
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The study's cells: data.datasets x models x grid.pe (GradAttn's encodings) x
+    grid.seeds, under `recipe`. A missing grid key takes the study's own value (train.seed,
+    model.pe)."""
+
+    recipe: str
+    datasets: tuple[str, ...]
+    models: tuple[str, ...]
+    seeds: tuple[int, ...]
+    pe: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, params: dict) -> GridConfig:
+        recipe = read_recipe(params)
+        grid = params.get(GRID_SECTION) or {}
+        if not isinstance(grid, dict):
+            raise ConfigError(f"grid = {grid!r} is not allowed: a mapping with seeds and pe "
+                              "(fix it in params.yaml)")
+        unknown = set(grid) - set(GRID_KEYS)
+        if unknown:
+            raise ConfigError(f"grid.{sorted(unknown)[0]} is not a grid key: the grid section "
+                              "takes seeds and pe (fix it in params.yaml)")
+        datasets = parse_datasets(raw_section(params, "data", DataConfig))
+        models = parse_models(params)
+        seed = _given(raw_section(params, "train", TrainConfig), TrainConfig, "seed")
+        seeds = _grid_list("grid.seeds", grid.get("seeds", [seed]), int,
+                           "a non-empty list of integer seeds, e.g. [42, 43, 44]")
+        default_pe = (params.get("model") or {}).get("pe", MODEL_OPTIONS["gradattn"]["pe"])
+        pes = _grid_list("grid.pe", grid.get("pe", [default_pe]), str,
+                         f"a non-empty list of {', '.join(PE_CHOICES)}")
+        bad = [pe for pe in pes if pe not in PE_CHOICES]
+        if bad:
+            raise ConfigError(f"grid.pe holds {bad[0]!r}, which is not allowed: choose from "
+                              f"{', '.join(PE_CHOICES)} (fix it in params.yaml)")
+        return cls(recipe=recipe, datasets=datasets, models=models, seeds=tuple(seeds),
+                   pe=tuple(pes))

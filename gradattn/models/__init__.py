@@ -23,7 +23,7 @@ from torch import nn
 from gradattn.core.errors import ConfigError
 from gradattn.core.settings import MODEL_OPTIONS, MODELS, PE_CHOICES, STEMS
 from gradattn.models.attention import cbam_resnet18, se_resnet18
-from gradattn.models.gradattn import GradAttn, TapsMean, check_attention_shape
+from gradattn.models.gradattn import GradAttn, TapsMean
 from gradattn.models.resnet import NoSkipResNet18, resnet18
 
 __all__ = [
@@ -82,8 +82,8 @@ def _check_options(name: str, options: dict[str, Any]) -> None:
             raise ConfigError(f"dropout must be a number in [0, 1), got {p!r}")
     if "norm_first" in options and not isinstance(options["norm_first"], bool):
         raise ConfigError(f"norm_first must be one of: true, false; got {options['norm_first']!r}")
-    if name == "gradattn":
-        check_attention_shape(dim=options["dim"], heads=options["heads"], pe=options["pe"])
+    # dim / heads / pe together: GradAttn checks them itself, first thing in its constructor
+    # (check_attention_shape), so a build checks them once.
 
 
 def build_model(name: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:

@@ -3,7 +3,7 @@
 data/prepared/<dataset>/
     meta.json                       classes, channels, size, counts, the per-channel mean/std
                                     training normalises with, the split's own statistics, and
-                                    the resolved data protocol (gradattn.sources.recipes)
+                                    the resolved data protocol (gradattn.core.recipes)
     <split>_images.npy              uint8, (N, H, W, C), memory-mappable
     <split>_labels.npy              int64, (N,)
 

@@ -45,12 +45,14 @@ from gradattn.core.errors import GradattnError
 from gradattn.core.io import reading, restore_hint
 from gradattn.core.records import RESULT_ENVIRONMENT
 from gradattn.core.settings import (
-    DEFAULT_MODELS,
-    RECIPES,
     DataConfig,
     EvaluateConfig,
     TrainConfig,
     load_yaml,
+    parse_datasets,
+    parse_models,
+    raw_section,
+    read_recipe,
 )
 
 # Keys that cannot change a result (train.num_workers: retired, in old revisions only).
@@ -303,7 +305,7 @@ def identify(params: dict, dataset: str, model: str) -> tuple[dict, dict, int]:
     seed = train.pop("seed")
     evaluate = {**asdict(EvaluateConfig()), **(params.get("evaluate") or {})}
     setting = {
-        "recipe": params.get("recipe", RECIPES[0]),
+        "recipe": read_recipe(params),
         "data.split": data.get("split", DataConfig.split),
         "data.split_seed": data.get("split_seed", DataConfig.split_seed),
         "data.legacy_preprocessing": data.get("legacy_preprocessing",
@@ -318,12 +320,10 @@ def identify(params: dict, dataset: str, model: str) -> tuple[dict, dict, int]:
 def runs_of(source: str, params: dict, read_json: ReadJson) -> list[Run]:
     """The runs of a workspace being reproduced: each (dataset, model) its params name whose
     metrics file exists, identified by params.yaml (see identify)."""
-    data = params.get("data") or {}
-    datasets = data.get("datasets", list(DataConfig.datasets))
-    models = params.get("models", list(DEFAULT_MODELS))
+    datasets = parse_datasets(raw_section(params, "data", DataConfig))
     runs = []
-    for dataset in [datasets] if isinstance(datasets, str) else datasets:
-        for model in [models] if isinstance(models, str) else models:
+    for dataset in datasets:
+        for model in parse_models(params):
             metrics = read_json(paths.metrics_file(dataset, model).as_posix())
             if not metrics:
                 continue

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from gradattn.core.errors import ConfigError, GradattnError
-from gradattn.core.settings import MODEL_OPTIONS, PE_CHOICES, load_yaml, read_params, read_recipe
+from gradattn.core.settings import GridConfig, load_yaml, read_params
 
 TRUE = {"1", "true", "yes", "y", "on"}
 
@@ -55,44 +55,14 @@ class Cell:
         return sets
 
 
-def _list_of(params: dict, key: str, value, kind: type, allowed: str) -> list:
-    if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
-        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed} "
-                          f"(fix it in params.yaml)")
-    return value
-
-
 def cells(params: dict) -> list[Cell]:
     """Every cell of the study, in a fixed order: dataset, model, encoding, seed."""
-    recipe = read_recipe(params)
-    grid = params.get("grid") or {}
-    if not isinstance(grid, dict):
-        raise ConfigError(f"grid = {grid!r} is not allowed: a mapping with seeds and pe "
-                          "(fix it in params.yaml)")
-    unknown = set(grid) - {"seeds", "pe"}
-    if unknown:
-        raise ConfigError(f"grid.{sorted(unknown)[0]} is not a grid key: the grid section "
-                          "takes seeds and pe (fix it in params.yaml)")
-    data = params.get("data") or {}
-    datasets = _list_of(params, "data.datasets", data.get("datasets"), str,
-                        "a non-empty list of dataset names")
-    models = _list_of(params, "models", params.get("models"), str,
-                      "a non-empty list of model names")
-    train = params.get("train") or {}
-    seeds = _list_of(params, "grid.seeds", grid.get("seeds", [train.get("seed", 42)]), int,
-                     "a non-empty list of integer seeds, e.g. [42, 43, 44]")
-    default_pe = (params.get("model") or {}).get("pe", MODEL_OPTIONS["gradattn"]["pe"])
-    pes = _list_of(params, "grid.pe", grid.get("pe", [default_pe]), str,
-                   f"a non-empty list of {', '.join(PE_CHOICES)}")
-    bad = [pe for pe in pes if pe not in PE_CHOICES]
-    if bad:
-        raise ConfigError(f"grid.pe holds {bad[0]!r}, which is not allowed: choose from "
-                          f"{', '.join(PE_CHOICES)} (fix it in params.yaml)")
-    return [Cell(dataset, model, pe, seed, recipe)
-            for dataset in datasets
-            for model in models
-            for pe in (pes if model == "gradattn" else [None])
-            for seed in seeds]
+    grid = GridConfig.parse(params)
+    return [Cell(dataset, model, pe, seed, grid.recipe)
+            for dataset in grid.datasets
+            for model in grid.models
+            for pe in (grid.pe if model == "gradattn" else [None])
+            for seed in grid.seeds]
 
 
 def load_cells(params_file: Path = Path("params.yaml")) -> list[Cell]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from gradattn.core.errors import GradattnError
 from gradattn.prepared.format import SPLITS, PreparedWriter
 from gradattn.sources.fetch import install, verify_raw
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.streaming import open_npz, write_splits
 
 BUNDLED = Path(__file__).parent / "bundled" / "fashionmnist-mini.npz"
@@ -48,7 +48,7 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
     write_splits(writer, parts, split, split_seed)
 
 
-SPEC = register(
+SPECS = (
     DatasetSpec(
         name="fashionmnist-mini",
         classes=FASHION_CLASSES,
@@ -60,5 +60,5 @@ SPEC = register(
         notebook_defect=True,
         splits="bundled: 3,000 train / 600 val (from Fashion-MNIST train), "
         "600 test (from its test set)",
-    )
+    ),
 )

@@ -24,7 +24,7 @@ from gradattn.sources.fetch import (
     verify,
     verify_raw,
 )
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import val_note
 from gradattn.sources.streaming import write_splits
 
@@ -120,7 +120,7 @@ def cifar_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed:
     write_splits(writer, parts, split, split_seed)
 
 
-register(
+SPECS = (
     DatasetSpec(
         name="cifar10",
         classes=CIFAR_CLASSES,
@@ -132,6 +132,6 @@ register(
         splits="official 50,000 train / 10,000 test; " + val_note(),
         url=CIFAR_URL,
         notebook_defect=True,
-    )
+    ),
 )
 

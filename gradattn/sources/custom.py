@@ -38,7 +38,7 @@ from gradattn.core.paths import user_path
 from gradattn.prepared.augment import AUGMENTATIONS
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import install, pack_zip
-from gradattn.sources.registry import DatasetSpec
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import NO_SPLIT, percent, val_note
 from gradattn.sources.streaming import LazyImages, NpyInZip, decode_image, open_npz, write_splits
 

@@ -18,7 +18,7 @@ from gradattn.sources.fetch import (
     get_files,
     verify_raw,
 )
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import val_note
 from gradattn.sources.streaming import write_splits
 
@@ -81,7 +81,7 @@ def fashion_prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_see
     write_splits(writer, parts, split, split_seed)
 
 
-register(
+SPECS = (
     DatasetSpec(
         name="fashionmnist",
         classes=FASHION_CLASSES,
@@ -93,6 +93,6 @@ register(
         splits="official 60,000 train / 10,000 test; " + val_note(),
         url=FASHION_URL,
         notebook_defect=True,
-    )
+    ),
 )
 

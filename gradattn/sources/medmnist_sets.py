@@ -17,7 +17,7 @@ import numpy as np
 from gradattn.core.errors import GradattnError
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import get_files, verify_raw
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.streaming import NpyInZip, open_npz, write_splits
 
 
@@ -107,5 +107,4 @@ def medmnist_spec(flag: str, size: int = 28, augment: str = "rotate_flip_jitter"
     )
 
 
-for _flag in DATASETS:
-    register(medmnist_spec(_flag))
+SPECS = tuple(medmnist_spec(flag) for flag in DATASETS)

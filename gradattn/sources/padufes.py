@@ -24,7 +24,7 @@ from gradattn.core.errors import GradattnError
 from gradattn.core.io import atomic_path, scratch_dir
 from gradattn.prepared.format import SPLITS, PreparedWriter
 from gradattn.sources.fetch import check_source, fetch, find_file, install, manual_hint
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import POOLED, percent, shuffled_split
 from gradattn.sources.streaming import LazyImages, decode_image, write_plan
 
@@ -210,4 +210,4 @@ def padufes_spec(image_size: int = SIZE) -> DatasetSpec:
     )
 
 
-register(padufes_spec())
+SPECS = (padufes_spec(),)

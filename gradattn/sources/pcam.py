@@ -32,7 +32,7 @@ from gradattn.sources.fetch import (
     missing_in_source,
     verify,
 )
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.streaming import write_splits
 
 RECORD = "https://zenodo.org/records/2546921"
@@ -150,7 +150,7 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
             handle.close()
 
 
-register(
+SPECS = (
     DatasetSpec(
         name="pcam",
         classes=CLASSES,
@@ -161,5 +161,5 @@ register(
         prepare=prepare,
         splits="official 262,144 train / 32,768 valid / 32,768 test",
         url=RECORD,
-    )
+    ),
 )

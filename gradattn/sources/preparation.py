@@ -1,4 +1,4 @@
-"""Prepare one dataset with the protocol configure resolved (gradattn.sources.recipes).
+"""Prepare one dataset with the protocol configure resolved (gradattn.core.recipes).
 
 Kept apart from the resolution so that `preprocess` depends on the data code only, not on
 params.yaml's parsing (gradattn.core.settings).

@@ -14,7 +14,7 @@ from gradattn.sources.fetch import (
     get_files,
     verify_raw,
 )
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import val_note
 from gradattn.sources.streaming import write_splits
 
@@ -72,4 +72,4 @@ def svhn_spec(svhn_extra: bool = False) -> DatasetSpec:
     )
 
 
-register(svhn_spec())
+SPECS = (svhn_spec(),)

@@ -27,7 +27,7 @@ from gradattn.sources.fetch import (
     manual_hint,
     pack_zip,
 )
-from gradattn.sources.registry import DatasetSpec, register
+from gradattn.sources.spec import DatasetSpec
 from gradattn.sources.splits import val_note
 from gradattn.sources.streaming import LazyImages, decode_image, write_splits
 
@@ -133,7 +133,7 @@ def prepare(raw_dir: Path, writer: PreparedWriter, split: str, split_seed: int) 
         write_splits(writer, parts, split, split_seed, classes=classes)
 
 
-register(
+SPECS = (
     DatasetSpec(
         name="tinyimagenet",
         classes=(),  # the 200 names are read from the archive's wnids.txt/words.txt when preparing
@@ -144,5 +144,5 @@ register(
         prepare=prepare,
         splits=f"official 100,000 train / 10,000 val (our test); {val_note()}",
         url=URL,
-    )
+    ),
 )

@@ -1,16 +1,15 @@
 """The paper's training protocol: Adam, plateau schedule and early stopping on validation
 accuracy, best weights restored; a checkpoint every epoch so a killed run resumes exactly
-(on the fast GPU path of gradattn.training.fast, at most every FAST_CHECKPOINT_INTERVAL_S).
+(on the fast GPU path of gradattn.training.steps, at most every FAST_CHECKPOINT_INTERVAL_S).
 
 Two settings switch to the authors' notebooks (the `notebooks` recipe): `train.weights: last`
 ends with the last epoch's weights (their best-weights copy is shallow and restores nothing)
 and `train.plateau: notebooks` cuts the learning rate with their own callback
-(`NotebooksPlateau`) instead of torch's ReduceLROnPlateau. `fit` expects a resolved
-TrainConfig (no `auto`; TrainConfig.resolve)."""
+(gradattn.training.optim.NotebooksPlateau) instead of torch's ReduceLROnPlateau. `fit`
+expects a resolved TrainConfig (no `auto`; TrainConfig.resolve)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -27,14 +26,8 @@ from gradattn.core.durations import human_duration
 from gradattn.core.errors import GradattnError
 from gradattn.core.settings import TrainConfig
 from gradattn.prepared.batches import Batches
-from gradattn.training.fast import (
-    TensorLR,
-    Trainer,
-    current_lr,
-    make_optimizer,
-    resolve_plan,
-    settle_loaded_optimizer,
-)
+from gradattn.training.optim import Optimisation
+from gradattn.training.steps import Plan, StepEngine, resolve_plan
 
 # On the fast path a checkpoint is written at most this often (and after the last epoch).
 FAST_CHECKPOINT_INTERVAL_S = 30.0
@@ -81,58 +74,6 @@ class EarlyStopping:
             state["best"], state["best_epoch"], state["bad_epochs"])
 
 
-class NotebooksPlateau:
-    """The notebooks' ReduceLROnPlateau callback (CIFAR-10 cell 4, the same in every model
-    cell), on a maximised metric: a strictly better value resets the wait (no threshold);
-    otherwise wait += 1 and, once wait >= patience, lr = max(lr * factor, min_lr) and wait = 0
-    (only when that changed the lr). torch's cuts after *more than* patience bad epochs and
-    ignores relative gains below 1e-4.
-
-    Sets the lr in place when it is a tensor (the fast path's graph reads that tensor)."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, *, factor: float, patience: int,
-                 min_lr: float):
-        self.optimizer = optimizer
-        self.factor, self.patience, self.min_lr = factor, patience, min_lr
-        self.best: float | None = None
-        self.wait = 0
-
-    def step(self, value: float) -> None:
-        if self.best is None or value > self.best:
-            self.best, self.wait = value, 0
-            return
-        self.wait += 1
-        if self.wait < self.patience:
-            return
-        for group in self.optimizer.param_groups:
-            old = float(group["lr"])
-            new = max(old * self.factor, self.min_lr)
-            if new != old:
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(new)
-                else:
-                    group["lr"] = new
-                self.wait = 0
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.wait = state["best"], state["wait"]
-
-
-def make_plateau(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
-    """train.plateau's scheduler: torch's ReduceLROnPlateau or the notebooks' rule."""
-    if cfg.plateau == "notebooks":
-        return NotebooksPlateau(optimizer, factor=cfg.plateau_factor,
-                                patience=cfg.plateau_patience, min_lr=cfg.min_lr)
-    if cfg.plateau == "torch":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience,
-            min_lr=cfg.min_lr)
-    raise ValueError(f"train.plateau must be resolved to torch or notebooks, got {cfg.plateau!r}")
-
-
 @dataclass
 class FitResult:
     history: list[dict]
@@ -161,136 +102,173 @@ def fit(model: nn.Module, train: Batches, val: Batches, cfg: TrainConfig, *,
     those it was computed at (instruments such as scripts/dead_layers.py read them there).
     It needs the eager path (`cfg.fast` off on a GPU): a fast step runs whole, as one graph.
     `decay_norm=False` keeps batch norm's γ/β and the biases out of the weight decay
-    (gradattn.training.fast.make_optimizer).
+    (gradattn.training.optim.make_optimizer).
 
-    `cfg.fast` and `cfg.precision` choose how the steps run (gradattn.training.fast): eager, or the
-    whole step as one CUDA graph; the protocol, the history rows and the checkpoints are
-    the same either way.
+    `cfg.fast` and `cfg.precision` choose how the steps run (gradattn.training.steps): eager,
+    or the whole step as one CUDA graph; the protocol, the history rows and the checkpoints
+    are the same either way.
     """
-    device = train.device
-    plan = resolve_plan(cfg, device)
+    if cfg.weights not in ("best", "last"):
+        raise ValueError(f"train.weights must be resolved to best or last, got {cfg.weights!r}")
+    plan = resolve_plan(cfg, train.device)
     if on_step is not None and plan.fast:
         raise GradattnError(f"fit: on_step needs the eager path, but this run takes the fast "
                             f"path ({plan.describe()}): set train.fast off")
-    model.to(device)
+    model.to(train.device)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, cfg, plan, decay_norm=decay_norm)
-    lr_tensor = TensorLR(optimizer, [cfg.lr] * len(optimizer.param_groups)) if plan.fast else None
-    if cfg.weights not in ("best", "last"):
-        raise ValueError(f"train.weights must be resolved to best or last, got {cfg.weights!r}")
-    scheduler = make_plateau(optimizer, cfg)
-    stopper = EarlyStopping(cfg.early_stopping_patience)
-    best_state = copy.deepcopy(model.state_dict())
-    history: list[dict] = []
-    start_epoch = 1
+    run = _Run(model, Optimisation(model, cfg, plan, decay_norm=decay_norm),
+               EarlyStopping(cfg.early_stopping_patience), copy.deepcopy(model.state_dict()))
+    if checkpoint is not None:
+        _resume(run, checkpoint, run_id, train.device, log)
+    resumed_from = run.next_epoch - 1
+    if on_epoch is not None and run.history:
+        on_epoch(run.history)
 
-    state = _load_checkpoint(checkpoint, device, log) if checkpoint is not None else None
-    if state is not None:
-        if state["run_id"] == run_id:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            settle_loaded_optimizer(optimizer, plan, lr_tensor)
-            scheduler.load_state_dict(state["scheduler"])
-            stopper.load_state_dict(state["early_stopping"])
-            best_state, history = state["best_model"], state["history"]
-            start_epoch = state["epoch"] + 1
-            log(f"resuming from epoch {start_epoch}: epochs 1-{state['epoch']} restored "
-                f"from {checkpoint}")
-        else:
-            log(f"ignoring {checkpoint}: it belongs to a different configuration")
-    resumed_from = start_epoch - 1
-    if on_epoch is not None and history:
-        on_epoch(history)
-
-    trainer = Trainer(model, optimizer, plan, before_step=on_step)
-    extras: dict = {"plan": plan.describe()}
-    if plan.fast and not stopper.should_stop and start_epoch <= cfg.max_epochs:
-        t0 = time.perf_counter()
-        trainer.prepare(train, val)
-        extras["plan"] = trainer.describe()
-        extras["setup_seconds"] = round(time.perf_counter() - t0, 3)
-        log(f"{trainer.describe()} (set up in {extras['setup_seconds']:.1f}s)")
-
+    engine, extras = _start_engine(run, plan, train, val, cfg, on_step, log)
     started = time.perf_counter()
-    last_saved = started
-    epochs = tqdm(range(start_epoch, cfg.max_epochs + 1), desc="epochs", unit="epoch",
-                  initial=start_epoch - 1, total=cfg.max_epochs, disable=None if progress else True)
-    if stopper.should_stop:
+    saver = _Checkpointer(checkpoint, run_id, fast=plan.fast, last_saved=started)
+    epochs = tqdm(range(run.next_epoch, cfg.max_epochs + 1), desc="epochs", unit="epoch",
+                  initial=run.next_epoch - 1, total=cfg.max_epochs,
+                  disable=None if progress else True)
+    if run.stopper.should_stop:
         epochs = []
     for epoch in epochs:
-        t0 = time.perf_counter()
-        torch.manual_seed(epoch_seed(cfg.seed, epoch))
-        model.train()
-        loss_sum, correct, _seen = trainer.train_epoch(
-            tqdm(train.epoch(epoch_seed(cfg.seed, epoch)), total=len(train),
-                 desc=f"epoch {epoch}", unit="batch", leave=False,
-                 disable=None if progress else True))
-        grad_norms = grad_probe(model) if grad_probe else None
-
-        val_loss, val_acc = trainer.validate(val)
-        lr = current_lr(optimizer, lr_tensor)
-        train_loss = loss_sum / train.num_images
-        if not math.isfinite(train_loss) or not math.isfinite(val_loss):
-            # Diverged: every later number (and the weights kept) would be NaN; stop before
-            # writing any of it.
-            raise GradattnError(
-                f"training diverged at epoch {epoch}: train loss {train_loss}, val loss "
-                f"{val_loss} (lr {lr:g}); nothing of this epoch was kept: "
-                "lower train.lr (or set train.precision: fp32) and rerun")
-        row = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_accuracy": correct / train.num_images,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "lr": lr,
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        if grad_norms is not None:
-            row["grad_norms"] = grad_norms
-        history.append(row)
-        if stopper.update(val_acc, epoch):
-            best_state = copy.deepcopy(model.state_dict())
-        with _floats(lr_tensor):  # the schedule computes on the float, as eager does
-            scheduler.step(val_acc)
+        row = _train_epoch(engine, run, train, val, cfg, epoch, grad_probe, progress)
+        run.record(row)
         if on_epoch is not None:
-            on_epoch(history)
-        log(_epoch_line(row, cfg, stopper, epoch_seconds=[r["seconds"] for r in history]))
-        last = stopper.should_stop or epoch == cfg.max_epochs
-        # Eager: every epoch. Fast: epochs take a second or two and a checkpoint a good part
-        # of that, so at most every FAST_CHECKPOINT_INTERVAL_S (and after the last epoch); a
-        # killed run redoes at most that much, exactly as before (epochs are seeded).
-        due = (not plan.fast or last
-               or time.perf_counter() - last_saved >= FAST_CHECKPOINT_INTERVAL_S)
-        if checkpoint is not None and due:
-            with _floats(lr_tensor):  # the float lr, so a resumed run continues exactly
-                optimizer_state = optimizer.state_dict()
-            _save_checkpoint(checkpoint, {
-                "run_id": run_id, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
-                "early_stopping": stopper.state_dict(), "best_model": best_state,
-                "history": history,
-            })
-            last_saved = time.perf_counter()
-        if stopper.should_stop:
+            on_epoch(run.history)
+        log(_epoch_line(row, cfg, run.stopper, epoch_seconds=[r["seconds"] for r in run.history]))
+        saver.after_epoch(run, last=run.stopper.should_stop or epoch == cfg.max_epochs)
+        if run.stopper.should_stop:
             log(f"early stopping after epoch {epoch}: no better val accuracy for "
-                f"{stopper.patience} epochs")
+                f"{run.stopper.patience} epochs")
             break
 
     if cfg.weights == "best":
-        model.load_state_dict(best_state)
+        model.load_state_dict(run.best_state)
     if plan.channels_last:
         model.to(memory_format=torch.contiguous_format)
-    return FitResult(history=history, best_epoch=stopper.best_epoch,
-                     best_val_accuracy=stopper.best, resumed_from=resumed_from,
-                     stopped_early=stopper.should_stop,
+    return FitResult(history=run.history, best_epoch=run.stopper.best_epoch,
+                     best_val_accuracy=run.stopper.best, resumed_from=resumed_from,
+                     stopped_early=run.stopper.should_stop,
                      seconds=time.perf_counter() - started, extras=extras)
 
 
-def _floats(lr: TensorLR | None):
-    """The param groups holding the schedule's float learning rates (fast path), or as they are."""
-    return lr.as_floats() if lr is not None else contextlib.nullcontext()
+@dataclass
+class _Run:
+    """What a run carries from epoch to epoch, and what its checkpoint holds."""
+
+    model: nn.Module
+    optimisation: Optimisation
+    stopper: EarlyStopping
+    best_state: dict  # the best epoch's weights so far (the initial ones before any epoch)
+    history: list[dict] = field(default_factory=list)
+    next_epoch: int = 1
+
+    def record(self, row: dict) -> None:
+        """An epoch's row: kept, the best weights updated, the schedule stepped."""
+        self.history.append(row)
+        if self.stopper.update(row["val_accuracy"], row["epoch"]):
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.optimisation.schedule(row["val_accuracy"])
+        self.next_epoch = row["epoch"] + 1
+
+
+def _resume(run: _Run, checkpoint: Path, run_id: str, device: torch.device,
+            log: Callable[[str], None]) -> None:
+    """Continue from `checkpoint` when it is this run's (same run_id); else start over."""
+    state = _load_checkpoint(checkpoint, device, log)
+    if state is None:
+        return
+    if state["run_id"] != run_id:
+        log(f"ignoring {checkpoint}: it belongs to a different configuration")
+        return
+    run.model.load_state_dict(state["model"])
+    run.optimisation.load(state["optimizer"], state["scheduler"])
+    run.stopper.load_state_dict(state["early_stopping"])
+    run.best_state, run.history = state["best_model"], state["history"]
+    run.next_epoch = state["epoch"] + 1
+    log(f"resuming from epoch {run.next_epoch}: epochs 1-{state['epoch']} restored "
+        f"from {checkpoint}")
+
+
+def _start_engine(run: _Run, plan: Plan, train: Batches, val: Batches, cfg: TrainConfig,
+                  on_step: Callable[[], None] | None, log: Callable[[str], None]
+                  ) -> tuple[StepEngine, dict]:
+    """The step engine, set up (captured, on the fast path) for these batches when an epoch
+    is left to train, and FitResult.extras: how the steps run, and the set-up's time."""
+    engine = StepEngine(run.model, run.optimisation.optimizer, plan, before_step=on_step)
+    extras: dict = {"plan": plan.describe()}
+    if plan.fast and not run.stopper.should_stop and run.next_epoch <= cfg.max_epochs:
+        t0 = time.perf_counter()
+        engine.prepare(train, val)
+        extras["plan"] = engine.describe()
+        extras["setup_seconds"] = round(time.perf_counter() - t0, 3)
+        log(f"{engine.describe()} (set up in {extras['setup_seconds']:.1f}s)")
+    return engine, extras
+
+
+def _train_epoch(engine: StepEngine, run: _Run, train: Batches, val: Batches, cfg: TrainConfig,
+                 epoch: int, grad_probe: Callable[[nn.Module], dict] | None,
+                 progress: bool) -> dict:
+    """One epoch's training and validation, as its history row (seeded by (seed, epoch))."""
+    t0 = time.perf_counter()
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))
+    run.model.train()
+    loss_sum, correct, _seen = engine.train_epoch(
+        tqdm(train.epoch(epoch_seed(cfg.seed, epoch)), total=len(train),
+             desc=f"epoch {epoch}", unit="batch", leave=False,
+             disable=None if progress else True))
+    grad_norms = grad_probe(run.model) if grad_probe else None
+
+    val_loss, val_acc = engine.validate(val)
+    lr = run.optimisation.lr
+    train_loss = loss_sum / train.num_images
+    if not math.isfinite(train_loss) or not math.isfinite(val_loss):
+        # Diverged: every later number (and the weights kept) would be NaN; stop before
+        # writing any of it.
+        raise GradattnError(
+            f"training diverged at epoch {epoch}: train loss {train_loss}, val loss "
+            f"{val_loss} (lr {lr:g}); nothing of this epoch was kept: "
+            "lower train.lr (or set train.precision: fp32) and rerun")
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_accuracy": correct / train.num_images,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "lr": lr,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if grad_norms is not None:
+        row["grad_norms"] = grad_norms
+    return row
+
+
+class _Checkpointer:
+    """Writes the run's checkpoint after an epoch when one is due. Eager: every epoch. Fast:
+    epochs take a second or two and a checkpoint a good part of that, so at most every
+    FAST_CHECKPOINT_INTERVAL_S (and after the last epoch); a killed run redoes at most that
+    much, exactly as before (epochs are seeded)."""
+
+    def __init__(self, path: Path | None, run_id: str, *, fast: bool, last_saved: float):
+        self.path, self.run_id, self.fast, self.last_saved = path, run_id, fast, last_saved
+
+    def after_epoch(self, run: _Run, *, last: bool) -> None:
+        due = (not self.fast or last
+               or time.perf_counter() - self.last_saved >= FAST_CHECKPOINT_INTERVAL_S)
+        if self.path is None or not due:
+            return
+        _save_checkpoint(self.path, {
+            "run_id": self.run_id, "epoch": run.history[-1]["epoch"],
+            "model": run.model.state_dict(),
+            "optimizer": run.optimisation.optimizer_state(),
+            "scheduler": run.optimisation.scheduler.state_dict(),
+            "early_stopping": run.stopper.state_dict(), "best_model": run.best_state,
+            "history": run.history,
+        })
+        self.last_saved = time.perf_counter()
 
 
 def _epoch_line(row: dict, cfg: TrainConfig, stopper: EarlyStopping, *,

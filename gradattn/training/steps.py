@@ -1,20 +1,18 @@
-"""Fast training on one GPU: the whole training step replayed as one CUDA graph.
+"""The step engine: an epoch's training steps and validation, eager or on the fast path.
 
 On an H100 a ResNet-18 step at batch 128 is launch-bound in eager PyTorch (about 13 ms at
 any image size, fp32 or bf16, and `torch.compile`'s default mode did no better); captured
 whole (forward, backward and Adam) in one CUDA graph, with bf16 autocast and channels_last,
 it runs about five times faster (issue 6). This module holds that path and its eager
-stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
+stand-in, and `gradattn.training.loop.fit` drives both through `StepEngine`; the optimiser
+and every piece of learning-rate bookkeeping of both paths are gradattn.training.optim's.
 
 - `Plan` (from `train.precision` and `train.fast`): precision auto is bf16 on CUDA and fp32
   on the CPU; fast auto is on for CUDA and off for the CPU. Fast on a CPU is the *stand-in*:
   the same logic with the graph replaced by an eager call, so tests check it without a GPU.
-- The learning rate is a 0-dim tensor in the optimiser's param group, which the graph reads
-  on every replay. `TensorLR` keeps the value the schedule set as a Python float beside it
-  (float32 on CUDA would read 1e-3 back as 0.0010000000474974513): the scheduler steps and
-  checkpoints see the float (`TensorLR.as_floats`), the history records it, and `sync`
-  fills whatever value was set (or loaded) into the same tensor.
-- Adam is `capturable=True` (its step count and bias corrections live on the GPU).
+- On the fast path the learning rate is a 0-dim tensor the graph reads on every replay
+  (gradattn.training.optim.TensorLR), and Adam is `capturable=True` (its step count and
+  bias corrections live on the GPU).
 - Before capture, a few warm-up steps run on a side stream (as torch.cuda.graphs asks); they
   train on random data, so the model's weights, buffers and Adam state are saved before and
   restored after: the run takes exactly the optimiser steps that eager training takes.
@@ -27,13 +25,12 @@ stand-in, and `gradattn.training.loop.fit` drives both through `Trainer`:
 - Loss and correct counts are summed on the device; one host sync per epoch.
 - Validation is graphed too (forward only, eval mode, bf16), remainder batch eager.
 - Should a capture fail (an op that graphs do not support), the steps run eagerly on the
-  GPU instead and `Trainer.describe()` (logged by fit, kept in FitResult.extras) says so.
+  GPU instead and `StepEngine.describe()` (logged by fit, kept in FitResult.extras) says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -88,118 +85,6 @@ def autocast(plan: Plan):
                           enabled=plan.dtype is not None, cache_enabled=False)
 
 
-# Layers whose scale and shift parameters (γ, β) `decay_norm=False` keeps out of the decay.
-NORM_LAYERS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm,
-               nn.GroupNorm)
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """`model`'s parameters as two optimiser param groups: the rest, with `weight_decay`, and
-    the normalisation layers' γ/β and every bias, with none (in this project's models these
-    are exactly the one-dimensional parameters)."""
-    decayed, exempt, seen = [], [], set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            norm_or_bias = isinstance(module, NORM_LAYERS) or name.endswith("bias")
-            (exempt if norm_or_bias else decayed).append(p)
-    return [{"params": decayed, "weight_decay": weight_decay},
-            {"params": exempt, "weight_decay": 0.0}]
-
-
-def make_optimizer(model: nn.Module, cfg: TrainConfig, plan: Plan, *,
-                   decay_norm: bool = True) -> torch.optim.Optimizer:
-    """The paper's Adam (or AdamW, `train.optimizer`); on the fast path with the learning rate
-    held in a 0-dim tensor. `decay_norm=False` exempts the normalisation layers' γ/β and the
-    biases from the weight decay (`decay_groups`); the default decays every parameter (one
-    param group), as the paper does."""
-    # Adam adds the decay to the gradient before normalising it: it shrinks weights that a
-    # batch norm makes scale-free by ~lr a step, which kills GradAttn's deep stages on
-    # CIFAR-10 (docs/findings.md). AdamW shrinks them by lr * weight_decay.
-    optimizer = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    params = model.parameters() if decay_norm else decay_groups(model, cfg.weight_decay)
-    if not plan.fast:
-        return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # float64 on the CPU, so the stand-in's steps equal eager ones bit for bit.
-    dtype = torch.float32 if plan.device.type == "cuda" else torch.float64
-
-    def lr() -> Tensor:
-        return torch.tensor(cfg.lr, dtype=dtype, device=plan.device)
-
-    if not decay_norm:  # a tensor of its own per group, so a schedule cuts each group once
-        params = [{**group, "lr": lr()} for group in params]
-    return optimizer(params, lr=lr(), weight_decay=cfg.weight_decay, capturable=plan.graphs)
-
-
-class TensorLR:
-    """Keeps each param group's learning rate in the one tensor the step (and graph) reads,
-    and the value the schedule set as a Python float beside it.
-
-    The tensor holds that value rounded to its dtype (float32 on CUDA: 1e-3 reads back as
-    0.0010000000474974513), so the history, the schedule's next cut and the checkpoint take
-    the float (`values`), exactly what the eager path's float learning rate would be."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, values: list[float] | None = None):
-        self.optimizer = optimizer
-        self.tensors = [group["lr"] for group in optimizer.param_groups]
-        if not all(isinstance(t, Tensor) for t in self.tensors):
-            raise TypeError("TensorLR needs an optimiser made with a tensor learning rate")
-        self.values = [float(t) for t in self.tensors] if values is None else list(values)
-
-    @property
-    def value(self) -> float:
-        """The first group's learning rate as the schedule set it."""
-        return self.values[0]
-
-    @contextmanager
-    def as_floats(self):
-        """Inside, the param groups hold the schedule's floats (for a scheduler's step, which
-        then computes in float64 as on the eager path, or for a checkpoint's state); after,
-        the tensors again, filled with whatever was set inside."""
-        for group, value in zip(self.optimizer.param_groups, self.values, strict=True):
-            group["lr"] = value
-        try:
-            yield
-        finally:
-            self.sync()
-
-    def sync(self) -> None:
-        """Copy a value that replaced a group's tensor back into that tensor (and keep it as
-        the float); a tensor filled in place (by an older scheduler) gives its value."""
-        for i, (group, tensor) in enumerate(zip(self.optimizer.param_groups, self.tensors,
-                                                strict=True)):
-            value = group["lr"]
-            if value is not tensor:
-                self.values[i] = float(value)
-                with torch.no_grad():
-                    tensor.fill_(self.values[i])
-                group["lr"] = tensor
-            elif float(tensor) != float(torch.tensor(self.values[i], dtype=tensor.dtype)):
-                self.values[i] = float(tensor)
-
-
-def settle_loaded_optimizer(optimizer: torch.optim.Optimizer, plan: Plan,
-                            lr: TensorLR | None) -> None:
-    """After `optimizer.load_state_dict`: a checkpoint written by the other path (eager or
-    fast, CPU or GPU) must not change how this one steps."""
-    for group in optimizer.param_groups:
-        if "capturable" in group:
-            group["capturable"] = plan.graphs
-    if lr is not None:
-        lr.sync()
-    else:
-        for group in optimizer.param_groups:
-            if isinstance(group["lr"], Tensor):
-                group["lr"] = float(group["lr"])
-
-
-def current_lr(optimizer: torch.optim.Optimizer, lr: TensorLR | None = None) -> float:
-    """The learning rate the schedule set (on the fast path the float, not its tensor)."""
-    return lr.value if lr is not None else float(optimizer.param_groups[0]["lr"])
-
-
 class _Snapshot:
     """Copies of a model's parameters and buffers and of an optimiser's state, restored in
     place (a captured graph holds their addresses). State that did not exist when the
@@ -227,8 +112,9 @@ class _Snapshot:
                     value.copy_(saved[key])
 
 
-class Trainer:
-    """Runs `fit`'s training steps and validation: eager, or on the fast path.
+class StepEngine:
+    """Runs `fit`'s training steps and validation for one model and optimiser: eager, or on
+    the fast path.
 
     Eager (`plan.fast` False) is the plain loop, op for op what `fit` always did. The fast
     path runs full batches through static buffers: a CUDA graph replay on a GPU, an eager

@@ -1,21 +1,58 @@
-"""A dataset's data protocol under a recipe: split, size, channels, normalisation, augmentation.
+"""The recipes, in one place: what a value `auto` means under each.
 
-`resolve(data, recipe, name)` turns data.* (where a value `auto` lets the recipe decide) into
-one dataset's protocol; `configure` writes it to configs/<dataset>/prepare.json, `preprocess`
-applies it and records it in meta.json (gradattn.sources.preparation), and training reads it
-from meta.json only.
+A recipe selects a whole protocol: `corrected` (this project's) or `notebooks` (the authors'
+notebooks exactly, per dataset; docs/deviations.md lists every difference). A key whose value
+is `auto` takes the recipe's value; any other value overrides the recipe.
 
-`corrected` is this project's protocol; `notebooks` is each notebook's, as NOTEBOOKS below
-states it (cells are 0-based indices into the notebook's `cells`; docs/deviations.md rows 7,
-11-15). A dataset no notebook covers (custom data) gets the corrected protocol under both.
+- The training / evaluation side: RECIPE_VALUES (one row per key) and recipe_batch_size,
+  which gradattn.core.settings' sections apply in their `resolve`.
+- The data side: `resolve(data, recipe, name)` turns data.* into one dataset's protocol
+  (split, size, channels, normalisation, augmentation); `configure` writes it to
+  configs/<dataset>/prepare.json, `preprocess` applies it and records it in meta.json
+  (gradattn.sources.preparation), and training reads it from meta.json only.
+
+`notebooks` on the data side is each notebook's protocol, as NOTEBOOKS below states it (cells
+are 0-based indices into the notebook's `cells`; docs/deviations.md rows 7, 11-15). A dataset
+no notebook covers (custom data) gets the corrected protocol under both.
+
+This module imports no settings (gradattn.core.settings imports it).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from gradattn.core.errors import ConfigError
-from gradattn.core.settings import AUTO, DataConfig
+
+RECIPES = ("corrected", "notebooks")  # the first is the default
+AUTO = "auto"
+# What `auto` means under each recipe: the one table of the training/evaluation side
+# (docs/deviations.md names each row). train.batch_size is the one per-dataset value
+# (recipe_batch_size).
+RECIPE_VALUES: dict[str, dict[str, str]] = {
+    # Row 8: the notebooks' "best weights" copy is shallow, so they evaluate the last epoch.
+    "train.weights": {"corrected": "best", "notebooks": "last"},
+    # Row 9: their own plateau callback (CIFAR-10 cell 4) vs torch's ReduceLROnPlateau.
+    "train.plateau": {"corrected": "torch", "notebooks": "notebooks"},
+    # Row 17: Table 4's gap, signed at the evaluated epoch vs its absolute value.
+    "evaluate.gap": {"corrected": "signed", "notebooks": "absolute"},
+    # Row 18: GHS on training batches (no augmentation) vs on test batches.
+    "gradients.split": {"corrected": "train", "notebooks": "test"},
+    # Row 20: a layer whose hook never fired is left out vs counted (as unhealthy).
+    "gradients.silent": {"corrected": "skip", "notebooks": "count"},
+}
+
+
+def recipe_value(recipe: str, key: str, value: Any) -> Any:
+    """`value` unless it is `auto`, else what the recipe sets for `key`."""
+    return RECIPE_VALUES[key][recipe] if value == AUTO else value
+
+
+def recipe_batch_size(recipe: str, dataset: str) -> int:
+    """train.batch_size `auto`: 128 (§3.3), but 64 for PAD-UFES-20 in the notebooks (PAD cell 4)."""
+    return 64 if recipe == "notebooks" and dataset == "padufes20" else 128
+
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
@@ -79,9 +116,10 @@ class Protocol:
         return asdict(self)
 
 
-def resolve(data: DataConfig, recipe: str, name: str, *, augment: str, channels: int,
+def resolve(data, recipe: str, name: str, *, augment: str, channels: int,
             notebook_defect: bool) -> Protocol:
-    """`name`'s protocol: each data.* value, or where it is `auto` the recipe's.
+    """`name`'s protocol: each value of `data` (a gradattn.core.settings.DataConfig), or
+    where it is `auto` the recipe's.
     `augment`, `channels` and `notebook_defect` are the dataset spec's (the corrected
     augmentation, the source's channels, whether the notebooks' defect hit this dataset)."""
     notebook = NOTEBOOKS.get(name) if recipe == "notebooks" else None
