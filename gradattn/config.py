@@ -140,7 +140,7 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(read_params(path))
 
 
-# Read by no stage: which experiments `gradattn grid` runs (gradattn/reporting/grid.py
+# Read by no stage: which experiments `gradattn grid` runs (gradattn/studies/grid.py
 # validates it).
 GRID_SECTION = "grid"
 
