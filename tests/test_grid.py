@@ -13,8 +13,8 @@ import pytest
 import yaml
 from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
 
-from gradattn.core.errors import ConfigError
 from gradattn.cli import main
+from gradattn.core.errors import ConfigError
 from gradattn.studies.grid import cells
 
 PARAMS = {"recipe": "corrected", "data": {"datasets": ["cifar10", "pcam"]},
