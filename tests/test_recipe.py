@@ -32,7 +32,7 @@ from gradattn.core.settings import (
     load_resolved,
 )
 from gradattn.training.loop import NotebooksPlateau, fit
-from gradattn.training.runs import load_run_config
+from gradattn.training.run_config import load_run_config
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
     "corrected", "test")

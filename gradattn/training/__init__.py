@@ -1,2 +1,4 @@
-"""The train stage's library: the protocol's loop (`loop`), the fast GPU path (`fast`) and a
-run's configuration and identity (`runs`)."""
+"""The train stage's library: the protocol's loop (`loop`), the fast GPU path (`fast`), a
+training run's configuration and identity (`run_config`), the per-epoch gradient probe
+(`probe`) and the trained model's file with predict (`trained`). The last two are read by
+gradattn.analysis too: the train stage's output and the layers it probes, one definition."""
