@@ -119,7 +119,7 @@ from gradattn.prepared.batches import Batches
 from gradattn.prepared.format import load_meta, load_split
 from gradattn.models import build_model
 from gradattn.core.device import resolve_device
-from gradattn.models.trained import predict
+from gradattn.training.trained import predict
 from gradattn.training.loop import fit, make_deterministic
 
 root = Path(os.environ["WORK"]) / "pipeline/data/prepared"

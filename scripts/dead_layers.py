@@ -95,9 +95,9 @@ from gradattn.core.records import run_environment
 from gradattn.core.settings import MODELS, PE_CHOICES, STEMS, TrainConfig
 from gradattn.core.stage import entry
 from gradattn.models import build_model
-from gradattn.models.trained import predict
 from gradattn.prepared.batches import Batches
 from gradattn.training.loop import fit, make_deterministic
+from gradattn.training.trained import predict
 
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 SCRIPT = Path(__file__).resolve()

@@ -16,9 +16,9 @@ def main() -> None:
     # Imported once the arguments are checked: a wrong call answers at once, without torch.
     from gradattn.analysis.gradients import analyse_gradients
     from gradattn.core.device import resolve_device
-    from gradattn.models.trained import load_trained
     from gradattn.prepared import load_meta, load_split
     from gradattn.prepared.batches import Batches
+    from gradattn.training.trained import load_trained
 
     cfg = load_resolved("gradients")
     # The training settings of the run that made the model (its own record).

@@ -1,5 +1,6 @@
 """The source files behind data.sources.<dataset> or data.custom.<dataset>, as DVC should see
-them: data/sources/<dataset>.json lists each file's relative path, size and md5.
+them: data/sources/<dataset>.json lists each file's relative path, size and md5. A manifest
+only: the gradattn.sources package (run by download) is what reads them.
 
 The files lie outside the project, where DVC cannot look, so this stage always runs
 (`always_changed` in dvc.yaml) and rewrites the list; the list changes only when the files

@@ -12,7 +12,7 @@ from gradattn.core.stage import run, stage_args
 
 
 def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
-    from gradattn.models.probe import split_grad_history
+    from gradattn.training.probe import split_grad_history
 
     # Per-epoch gradient norms go to their own file: DVC plots of the history need flat rows.
     history, grad_history = split_grad_history(rows)
@@ -25,13 +25,13 @@ def main() -> None:
     # Imported once the arguments are checked: a wrong call answers at once, without torch.
     from gradattn.core.device import resolve_device
     from gradattn.models import count_parameters
-    from gradattn.models.probe import parameter_grad_norms
-    from gradattn.models.trained import save_trained
     from gradattn.prepared import load_meta
     from gradattn.prepared.batches import make_batches, uses_legacy_defect
     from gradattn.training.loop import fit, make_deterministic
-    from gradattn.training.runs import load_run_config, new_model, run_id
+    from gradattn.training.probe import parameter_grad_norms
+    from gradattn.training.run_config import load_run_config, new_model, run_id
     from gradattn.training.steps import resolve_plan
+    from gradattn.training.trained import save_trained
 
     cfg = load_run_config(dataset, model_name)
     train_cfg = cfg.train

@@ -171,7 +171,7 @@ def dvc(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def gradattn(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
-    return sh(sys.executable, "-m", "gradattn.reporting.cli", *args, cwd=cwd, **kw)
+    return sh(sys.executable, "-m", "gradattn.cli", *args, cwd=cwd, **kw)
 
 
 def tiny_project(repo: Path, changes: dict | None = None) -> Path:

@@ -169,7 +169,7 @@ def fake_gpus(tmp_path: Path, monkeypatch, count: int) -> None:
 ])
 def test_study_flags_are_checked_against_the_machine(tmp_path, monkeypatch, capsys, gpus_here,
                                                      args, expected):
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     fake_gpus(tmp_path, monkeypatch, gpus_here)
     monkeypatch.chdir(tmp_path)
@@ -182,7 +182,7 @@ def test_study_flags_are_checked_against_the_machine(tmp_path, monkeypatch, caps
 def test_the_advice_for_too_many_gpus_is_accepted(tmp_path, monkeypatch, capsys):
     """Following it (--gpus 2 on a machine with two) passes the check: the study goes on to
     its next one (here: no DVC project)."""
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     fake_gpus(tmp_path, monkeypatch, 2)
     monkeypatch.chdir(tmp_path)

@@ -19,8 +19,8 @@ from gradattn.analysis.gradients import analyse_gradients
 from gradattn.analysis.metrics import classification_metrics
 from gradattn.core.device import exact_fp32
 from gradattn.models import build_model
-from gradattn.models.trained import predict
 from gradattn.prepared.batches import Batches
+from gradattn.training.trained import predict
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gradattn.reporting.cli import main
+from gradattn.cli import main
 
 DVC_YAML = """\
 stages:

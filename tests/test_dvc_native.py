@@ -56,8 +56,8 @@ def test_status_names_the_key_and_dry_run_lists_what_then_runs(dvc_repo):
     assert not {s for s in ran if s.endswith("-resnet18")}
     dvc_repo.commit("rope")
 
-    # Editing the prediction code in gradattn/models/trained.py: evaluate is out of date.
-    train_py = dvc_repo.path / "gradattn" / "models" / "trained.py"
+    # Editing the prediction code in gradattn/training/trained.py: evaluate is out of date.
+    train_py = dvc_repo.path / "gradattn" / "training" / "trained.py"
     text = train_py.read_text()
     marker = "def predict("
     assert marker in text

@@ -138,9 +138,11 @@ def test_the_closure_follows_function_level_and_relative_imports(tmp_path):
 
 # The layers of gradattn/, lowest first: a module imports only from its own layer or below
 # (README "Layout"). gradattn/config.py is a layer of its own (it validates the whole
-# params.yaml, so it sits above the models and the sources it checks names against).
+# params.yaml, so it sits above the models and the sources it checks names against);
+# studies (running experiments) sits above reporting (reading them back), and gradattn/cli.py,
+# the `gradattn` command that joins them, on top.
 LAYERS = ("core", "models", "prepared", "sources", "config", "training", "analysis",
-          "reporting")
+          "reporting", "studies", "cli")
 
 
 def _modules() -> dict[str, Path]:
@@ -195,6 +197,17 @@ def test_no_import_cycle_anywhere_in_the_package():
         if node not in state:
             visit(node, [])
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_reporting_imports_nothing_from_studies():
+    # Reading results back never starts experiments: reporting/ and studies/ meet only in
+    # gradattn/cli.py (the layers say so too; this names the rule).
+    graph = _import_graph()
+    crossing = sorted(f"{src} imports {dst}" for src, targets in graph.items()
+                      if src.startswith(f"{PACKAGE}.reporting")
+                      for dst in targets if dst.startswith(f"{PACKAGE}.studies"))
+    assert not crossing, "\n".join(crossing)
+    assert any(name.startswith(f"{PACKAGE}.studies.") for name in graph)  # the package exists
 
 
 def test_the_layer_checks_can_fail(monkeypatch):

@@ -146,21 +146,22 @@ def test_the_preprocess_stage_refuses_an_empty_split_in_one_line(tmp_path):
 def test_an_os_error_in_a_gradattn_command_is_one_line(tmp_path):
     # -o naming a folder: the write fails with IsADirectoryError (a traceback before).
     (tmp_path / "out").mkdir()
-    line = one_line(python("-m", "gradattn.reporting.cli", "grid", "--count", "-o",
+    line = one_line(python("-m", "gradattn.cli", "grid", "--count", "-o",
                            tmp_path / "out", cwd=ROOT))
     assert str(tmp_path / "out") in line
 
 
 def test_debug_env_keeps_the_traceback_of_a_gradattn_command(tmp_path):
     (tmp_path / "out").mkdir()
-    proc = python("-m", "gradattn.reporting.cli", "grid", "--count", "-o", tmp_path / "out",
+    proc = python("-m", "gradattn.cli", "grid", "--count", "-o", tmp_path / "out",
                   cwd=ROOT, env={DEBUG_ENV: "1"})
     assert proc.returncode == 2 and "Traceback (most recent call last)" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_an_unexpected_error_in_a_gradattn_command_is_one_line(monkeypatch, capsys):
-    from gradattn.reporting import cli, grid
+    from gradattn import cli
+    from gradattn.studies import grid
 
     monkeypatch.setattr(grid, "load_cells", lambda: {}["missing"])
     assert cli.main(["grid", "--count"]) == 1
@@ -170,7 +171,8 @@ def test_an_unexpected_error_in_a_gradattn_command_is_one_line(monkeypatch, caps
 
 
 def test_ctrl_c_in_a_gradattn_command_is_one_line_and_exit_130(monkeypatch, capsys):
-    from gradattn.reporting import cli, grid
+    from gradattn import cli
+    from gradattn.studies import grid
 
     def interrupted():
         raise KeyboardInterrupt
@@ -280,7 +282,7 @@ def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(t
     repo = tiny_project(tmp_path / "p", {"models": ["resnet18", "gradattn"],
                                          "grid": {"seeds": [42], "pe": ["learnable"]}})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gradattn.reporting.cli", "study", "run", "--dry"], cwd=repo,
+        [sys.executable, "-m", "gradattn.cli", "study", "run", "--dry"], cwd=repo,
         env={k: v for k, v in env_for(repo).items() if k != DEBUG_ENV},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     logs = repo / ".dvc/tmp/study/study-dry/logs"
@@ -315,7 +317,7 @@ def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(t
 def test_an_interrupted_schedule_stops_its_children_as_ctrl_c_would(tmp_path):
     """Each cell gets one SIGINT to its own process group (what a terminal's Ctrl-C sends), so
     it cleans up as DVC does; the study waits for it and says what was stopped."""
-    from gradattn.reporting.study import Job, schedule
+    from gradattn.studies.study import Job, schedule
 
     def job(name: str) -> Job:
         # Cleans up on SIGINT (as `dvc exp run` removes its temporary copy), then exits.

@@ -22,8 +22,8 @@ from gradattn.config import TrainConfig
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
 from gradattn.core.stage import DEBUG_ENV, run
-from gradattn.models.trained import load_trained, save_trained
 from gradattn.training.loop import fit
+from gradattn.training.trained import load_trained, save_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = TrainConfig(max_epochs=2, batch_size=8, device="cpu", fast="off").resolve("corrected", "test")

@@ -13,9 +13,9 @@ import pytest
 import yaml
 from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
 
+from gradattn.cli import main
 from gradattn.core.errors import ConfigError
-from gradattn.reporting.cli import main
-from gradattn.reporting.grid import cells
+from gradattn.studies.grid import cells
 
 PARAMS = {"recipe": "corrected", "data": {"datasets": ["cifar10", "pcam"]},
           "models": ["resnet18", "gradattn"], "model": {"pe": "learnable"},
@@ -152,7 +152,7 @@ def test_the_slurm_array_script_runs_gradattn_grid():
 def test_every_gradattn_command_printed_in_docs_scale_is_accepted():
     """Each `gradattn ...` line of docs/scale.md's code blocks parses as printed (shell
     variables stand for a number)."""
-    from gradattn.reporting.cli import parser
+    from gradattn.cli import parser
 
     text = (ROOT / "docs/scale.md").read_text()
     commands = re.findall(r"^[ ]*(gradattn [^#\n]+)", text, re.M)

@@ -24,7 +24,6 @@ from gradattn.config import TrainConfig
 from gradattn.core import paths
 from gradattn.core.io import write_json
 from gradattn.models import build_model
-from gradattn.models.trained import save_trained
 from gradattn.prepared import load_meta
 from gradattn.prepared.format import PreparedWriter
 from gradattn.reporting import plots as P
@@ -32,6 +31,7 @@ from gradattn.reporting.experiments import Run
 from gradattn.reporting.names import model_label
 from gradattn.reporting.report import results_markdown, summary_entries
 from gradattn.reporting.table import Study, markdown
+from gradattn.training.trained import save_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from test_table import record_run
 
-from gradattn.reporting.cli import main
+from gradattn.cli import main
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
 
@@ -150,7 +150,7 @@ def test_publish_dot_force_on_the_command_line_is_refused(tmp_path):
     # emptied the whole project.
     repo = _study_repo(tmp_path)
     before = _on_disk(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "gradattn.reporting.cli", "table", "--rev",
+    done = subprocess.run([sys.executable, "-m", "gradattn.cli", "table", "--rev",
                            "seed1", "--no-exps", "--publish", ".", "--force"], cwd=repo,
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stdout == ""

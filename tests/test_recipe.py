@@ -33,7 +33,7 @@ from gradattn.core.settings import (
 )
 from gradattn.training.loop import fit
 from gradattn.training.optim import NotebooksPlateau
-from gradattn.training.runs import load_run_config
+from gradattn.training.run_config import load_run_config
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
     "corrected", "test")

@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
 
 from gradattn.core.durations import human_duration
-from gradattn.reporting.study import Job, schedule
+from gradattn.studies.study import Job, schedule
 
 
 def test_cells_are_packed_onto_slots_and_a_failure_is_retried_once(tmp_path):
@@ -75,7 +75,7 @@ def test_dry_study_runs_every_cell_as_an_experiment_and_publishes(tmp_path):
 def test_the_study_command_is_on_the_gradattn_command():
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "gradattn.reporting.cli", "study", "run",
+    done = subprocess.run([sys.executable, "-m", "gradattn.cli", "study", "run",
                            "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "--per-gpu K" in done.stdout and "--dry" in done.stdout
 
@@ -91,7 +91,7 @@ def test_starts_are_staggered(tmp_path):
 
 
 def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["study", "run", "--dry"]) == 2

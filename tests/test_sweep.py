@@ -25,7 +25,7 @@ import pytest
 import yaml
 from conftest import pipeline_env, tiny_project
 
-from gradattn.reporting.cli import main
+from gradattn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (42, 43)  # two give a std and a paired difference; each seed costs ~50 s of CI

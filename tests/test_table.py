@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from gradattn.cli import main
 from gradattn.core.errors import GradattnError
 from gradattn.reporting import stats, table
-from gradattn.reporting.cli import main
 from gradattn.reporting.experiments import identify, runs_of, runs_of_revision, workspace_reader
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -237,7 +237,7 @@ def two_revisions(tmp_path) -> Path:
 
 
 def test_table_leaves_out_a_revision_whose_results_are_not_here(two_revisions, capsys):
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     args = ["table", "--repo", str(two_revisions), "--no-exps", "--no-workspace",
             "--rev", "seed1", "--rev", "HEAD", "--table", "1"]
@@ -255,7 +255,7 @@ def test_table_leaves_out_a_revision_whose_results_are_not_here(two_revisions, c
 
 @pytest.mark.parametrize("damage", ["yaml", "not a mapping", "metrics json"])
 def test_table_with_a_damaged_dvc_lock_or_metrics_is_one_line(tmp_path, capsys, damage):
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     record(tmp_path, 1, 0.25)
     if damage == "yaml":
@@ -278,7 +278,7 @@ def test_table_with_a_damaged_dvc_lock_or_metrics_is_one_line(tmp_path, capsys, 
 def test_a_damaged_workspace_lock_advises_restoring_it_in_a_git_project(tmp_path, capsys):
     """With git (and experiments listed) the workspace is still told to restore its file,
     not to 'fix it in that revision'."""
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     record(tmp_path, 1, 0.25)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
@@ -299,7 +299,7 @@ def test_a_damaged_workspace_lock_advises_restoring_it_in_a_git_project(tmp_path
 @pytest.mark.parametrize("path", ["dvc.lock", "metrics/summary.json"])
 @pytest.mark.parametrize("side", ["workspace", "base"])
 def test_compare_with_a_damaged_lock_or_headline_is_one_line(tmp_path, capsys, path, side):
-    from gradattn.reporting.cli import main
+    from gradattn.cli import main
 
     record(tmp_path, 1, 0.25)
     git(tmp_path, "init", "-q")

@@ -29,9 +29,9 @@ from gradattn.core import paths
 from gradattn.core.device import exact_fp32, resolve_device
 from gradattn.core.io import read_json
 from gradattn.models import count_parameters
-from gradattn.models.trained import load_trained, predict
 from gradattn.prepared import load_meta, load_split
 from gradattn.prepared.batches import make_batches
+from gradattn.training.trained import load_trained, predict
 
 
 def returns_attention(model: torch.nn.Module) -> bool:

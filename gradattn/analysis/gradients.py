@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from gradattn.core.device import exact_fp32
-from gradattn.models.probe import (  # noqa: F401  (re-exported: the analysis' public names)
+from gradattn.training.probe import (  # noqa: F401  (re-exported: the analysis' public names)
     ENCODER_TYPES,
     analysed_layers,
     layer_type,

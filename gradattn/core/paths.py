@@ -65,9 +65,9 @@ def user_path(given: str | os.PathLike) -> Path:
 
 
 def resume_file(dataset: str, model: str, run_id: str) -> Path:
-    """A run's checkpoint, keyed by its identity (`gradattn.training.runs.run_id`) and kept in the
-    parent repository: a killed queued or array-task run finds it when started again, and
-    concurrent runs of other cells never share one."""
+    """A run's checkpoint, keyed by its identity (`gradattn.training.run_config.run_id`) and
+    kept in the parent repository: a killed queued or array-task run finds it when started
+    again, and concurrent runs of other cells never share one."""
     return parent_root() / RESUME / dataset / f"{model}.{run_id}.resume.pt"
 
 

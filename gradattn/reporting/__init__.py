@@ -1,2 +1,3 @@
-"""Reading runs back and presenting them: figures, the paper's tables, experiments and
-comparisons, the study grid and the `gradattn` command line."""
+"""Reading finished runs back and presenting them: results (experiments, the paper's tables,
+publish, the report stage's results.md and summary.json) and figures and pages (plots,
+compare, pages). Imports nothing from gradattn.studies, which runs the experiments."""

@@ -68,6 +68,10 @@ ReadBytes = Callable[[str], "bytes | None"]  # a repo-relative posix path → it
 
 @dataclass
 class Run:
+    """A finished run read back: one dataset and model trained and evaluated under one setting
+    and seed, with its results (a row of `gradattn table`). Its configuration as training saw
+    it is gradattn.training.run_config.RunConfig."""
+
     source: str  # where it was read: "workspace", "exp <name>", "commit <name>", "rev <name>"
     dataset: str
     model: str

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gradattn.core.settings import TrainConfig
-from gradattn.models.trained import predict
 from gradattn.prepared.batches import Batches
+from gradattn.training.trained import predict
 
 # Warm-up steps before a capture (torch's docs use 3; DDP needs 11, we do not use DDP).
 WARMUP_STEPS = 3

@@ -88,7 +88,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _grid(args: argparse.Namespace) -> str:
-    from gradattn.reporting import grid
+    from gradattn.studies import grid
 
     cells = grid.load_cells()
     if args.count:
@@ -191,7 +191,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", type=Path, help=argparse.SUPPRESS)
     g.set_defaults(run=_grid)
 
-    from gradattn.reporting.study import add_parser as add_study  # `gradattn study run`
+    from gradattn.studies.study import add_parser as add_study  # `gradattn study run`
 
     add_study(sub)
     return p

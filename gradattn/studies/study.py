@@ -272,8 +272,8 @@ class Mps:
 
 
 def run_study(args: argparse.Namespace) -> str:
-    from gradattn.reporting import grid
     from gradattn.reporting.publish import check_name, check_target
+    from gradattn.studies import grid
 
     check_name("--name", args.name)  # one folder under results/, never results/ itself
     name = f"{args.name}-dry" if args.dry else args.name
@@ -334,7 +334,7 @@ def run_study(args: argparse.Namespace) -> str:
             *[shlex.join(["dvc", *j.argv[3:]]) for j in jobs if j.name in finished]]) + "\n"
         commands_file = work / "commands.txt"
         commands_file.write_text(commands)
-        table = [sys.executable, "-m", "gradattn.reporting.cli", "table", "--publish",
+        table = [sys.executable, "-m", "gradattn.cli", "table", "--publish",
                  str(results), "--commands", str(commands_file), "--no-workspace", "--no-exps",
                  *[a for n in finished for a in ("--rev", n)], "--force"]
         if run_child(table) != 0:
