@@ -5,16 +5,14 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import committed, copy_committed
+from conftest import ROOT, committed, copy_committed
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load(committed("params.yaml"))  # the shipped file, not the workspace's
 
 

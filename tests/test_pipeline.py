@@ -35,9 +35,10 @@ def running_stages(output: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
-    out = dvc_repo.dvc("repro").stdout
-    assert running_stages(out) >= {
+def test_repro_then_rope_experiment_reruns_only_gradattn(reproduced_repo):
+    # The session's one `dvc repro` of the baseline (conftest): what it ran, its results.
+    dvc_repo = reproduced_repo
+    assert running_stages(dvc_repo.baseline) >= {
         "configure",
         f"download@{DATASET}",
         f"preprocess@{DATASET}",
@@ -54,10 +55,10 @@ def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
             (dvc_repo.path / f"metrics/{DATASET}/{model}.history.json").read_text()
         )
         assert [row["epoch"] for row in history] == [1]
-    dvc_repo.commit("baseline run")
+    assert not dvc_repo.run("git", "status", "--porcelain").stdout  # committed, as it ran
 
-    # Nothing changed: nothing runs but the check of the source files (always; it changed
-    # nothing, so download and all after it stay cached).
+    # Nothing changed (in this copy of the project): nothing runs but the check of the source
+    # files (always; it changed nothing, so download and all after it stay cached).
     assert running_stages(dvc_repo.dvc("repro").stdout) == {f"sources@{DATASET}"}
 
     out = dvc_repo.dvc("exp", "run", "-S", "model.pe=rope").stdout

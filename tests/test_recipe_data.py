@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_committed
+from conftest import ROOT, copy_committed
 from PIL import Image
 from torchvision import transforms as T
 
@@ -34,7 +34,6 @@ from gradattn.prepared.batches import Batches, legacy_wrap
 from gradattn.sources.preparation import prepare_dataset
 from gradattn.sources.registry import get_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

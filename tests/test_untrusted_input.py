@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import committed
-from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
+from conftest import ROOT, committed, one_line, run_stage
+from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
 from gradattn.core import io, paths
@@ -23,25 +23,9 @@ from gradattn.core.errors import GradattnError
 from gradattn.core.stage import DEBUG_ENV
 from gradattn.training.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
+
 DATASET, MODEL = "fashionmnist-mini", "resnet18"
-
-
-def run_stage(script: str, *args: str, cwd: Path, env: dict | None = None):
-    full_env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
-    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd,
-                          env=full_env, capture_output=True, text=True)
-
-
-def one_line(proc, code: int = 2) -> str:
-    # Progress bars (tqdm) may come first; the message is one line, the last.
-    lines = [line for line in proc.stderr.strip().splitlines() if "Traceback" in line
-             or line.startswith("error")]
-    assert proc.returncode == code and len(lines) == 1, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == lines[0]
-    assert lines[0].startswith("error: ") and "likely a bug" not in lines[0], lines[0]
-    return lines[0]
 
 
 def project(tmp_path: Path, changes: str = "") -> Path:
@@ -414,8 +398,8 @@ def running(out: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_path):
-    from conftest import dvc, tiny_project
+def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny_project, tmp_path):
+    from conftest import dvc
 
     project = tiny_project(tmp_path / "p")
     dvc("repro", "preprocess@tiny", cwd=project)
@@ -454,10 +438,10 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_
 
 
 @pytest.mark.slow
-def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tmp_path):
+def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tiny_project, tmp_path):
     # `../data/x.npz` pointed into DVC's tmp folder inside a --temp experiment's copy: the
     # experiment noted the file "is not on this machine" and ran on the old data, exit 0.
-    from conftest import dvc, md5, sh, tiny_project
+    from conftest import dvc, md5, sh
 
     project = tiny_project(tmp_path / "p", {"data": {"custom": {
         "tiny": {"format": "npz", "path": "../data/tiny.npz"}}}})
