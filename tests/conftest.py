@@ -4,7 +4,8 @@ and take fixtures by name; nothing else defines these.
 - `ROOT`: this checkout. The study's committed state: `committed`, `copy_committed`.
 - Running what a user runs, in a subprocess: `python` (this interpreter, importing ROOT's
   gradattn, GRADATTN_DEBUG unset), `run_stage` (`python stages/<script>`), `sh`, `dvc`,
-  `gradattn`; `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
+  `gradattn`; `stage_here` runs a stage script in this process (for set-up steps: no
+  start-up); `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
   a raised error's message.
 - `one_thread`: a fixture for modules of tiny torch models
   (`pytestmark = pytest.mark.usefixtures("one_thread")`).
@@ -21,9 +22,12 @@ and take fixtures by name; nothing else defines these.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -89,9 +93,9 @@ def copy_committed(path: str, dest: Path) -> None:
 def python(*args, cwd: Path, env: dict | None = None, code: Path = ROOT,
            timeout: float = 600) -> subprocess.CompletedProcess:
     """`python *args` in `cwd`, as a user runs it: this interpreter, importing `code`'s
-    gradattn (the checkout under test), without GRADATTN_DEBUG; `env` added on top."""
-    full = {**os.environ, "PYTHONPATH": str(code), **(env or {})}
-    full.pop(DEBUG_ENV, None)
+    gradattn (the checkout under test), GRADATTN_DEBUG unset unless `env` sets it."""
+    full = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
+    full.update(PYTHONPATH=str(code), **(env or {}))
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -100,6 +104,34 @@ def run_stage(script: str, *args, cwd: Path, env: dict | None = None,
               timeout: float = 600) -> subprocess.CompletedProcess:
     """`python stages/<script> *args` in `cwd`, the stage and library from ROOT."""
     return python(ROOT / "stages" / script, *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def stage_here(script: str, *args, cwd: Path, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """`run_stage`'s answer without a new process: the same script, run as `__main__` in this
+    interpreter (torch and gradattn already imported: milliseconds, not a start-up), in `cwd`
+    with GRADATTN_DEBUG unset and `env` set, its stdout and stderr captured. For steps whose
+    outputs a test reads (a project's configure, download, preprocess); what a stage prints
+    and exits with in a process of its own is `run_stage`'s to check."""
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))
+    saved = (os.getcwd(), sys.argv, dict(os.environ))
+    os.environ.pop(DEBUG_ENV, None)
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    sys.argv = [str(ROOT / "stages" / script), *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+    text = [(f.flush(), f.buffer.getvalue().decode())[1] for f in (out, err)]
+    return subprocess.CompletedProcess(sys.argv, code, *text)
 
 
 def one_line(proc: subprocess.CompletedProcess, code: int = 2, *,

@@ -102,6 +102,7 @@ def test_every_printed_restore_hint_works_as_printed(reproduced, tmp_path, damag
         assert again.returncode == 0, (command, again.stderr)
 
 
+@pytest.mark.slow  # its project is reproduced by real `dvc repro` (a minute)
 def test_a_checkout_without_force_is_refused_for_a_modified_output(reproduced, tmp_path):
     """Why the hints say --force: DVC will not overwrite a modified output without it."""
     project = tmp_path / "p"

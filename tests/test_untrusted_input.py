@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, committed, one_line, run_stage
+from conftest import ROOT, committed, one_line, run_stage, stage_here
 from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
@@ -102,11 +102,12 @@ def test_debug_still_prints_the_traceback_of_a_damaged_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared_project(tmp_path_factory) -> Path:
-    """configure, download and preprocess of the bundled set, run for real (once)."""
+    """configure, download and preprocess of the bundled set, run for real (once; in this
+    process: the set-up, not what is tested)."""
     cwd = project(tmp_path_factory.mktemp("prepared"))
     for script, *args in (("configure.py",), ("download.py", DATASET),
                           ("preprocess.py", DATASET)):
-        proc = run_stage(script, *args, cwd=cwd)
+        proc = stage_here(script, *args, cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     return cwd
 
@@ -313,7 +314,7 @@ def image_folder_project(tmp_path: Path, folder: Path) -> Path:
     params["data"]["datasets"] = ["mine"]
     params["data"]["custom"] = {"mine": {"format": "imagefolder", "path": str(folder)}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run_stage("configure.py", cwd=cwd)
+    proc = stage_here("configure.py", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return cwd
 
@@ -335,7 +336,7 @@ def test_16_bit_png_keeps_its_grey_levels_scaled_not_clipped(tmp_path):
     folder = grey_folder(tmp_path / "src", bits=16)
     cwd = image_folder_project(tmp_path, folder)
     for script in ("download.py", "preprocess.py"):
-        proc = run_stage(script, "mine", cwd=cwd)
+        proc = stage_here(script, "mine", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     prepared = cwd / paths.PREPARED / "mine"
     levels = np.concatenate([np.load(prepared / f"{s}_images.npy").reshape(-1, 64)[:, 0]
@@ -382,7 +383,7 @@ def test_no_image_lands_in_two_splits(tmp_path):
     assert "already listed" in one_line(run_stage("download.py", "mine", cwd=cwd))
     (folder / "a/sub/deeper").unlink()  # without the link: 60 distinct images, each once
     for script in ("download.py", "preprocess.py"):
-        proc = run_stage(script, "mine", cwd=cwd)
+        proc = stage_here(script, "mine", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     prepared = cwd / paths.PREPARED / "mine"
     seen = [np.load(prepared / f"{s}_images.npy")[:, 0, 0, 0].tolist()
