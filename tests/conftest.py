@@ -18,6 +18,8 @@ and take fixtures by name; nothing else defines these.
     cache included (`reproduced_repo.baseline` holds that repro's output). The repro runs
     once per session; each test gets its own copy. Use it when a test's story starts from
     a reproduced baseline, rather than repeating the repro.
+  A new end-to-end test (a DVC remote, a scheduler) takes one of these fixtures rather than
+  building a project of its own; mark it `slow` (`pytest -m "not slow"` leaves it out).
 - `fashion_source`: a Fashion-MNIST source in its own IDX format."""
 
 from __future__ import annotations
