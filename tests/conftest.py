@@ -150,6 +150,11 @@ def one_line(proc: subprocess.CompletedProcess, code: int = 2, *,
     return errors[0]
 
 
+def running_stages(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` printed as running."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
 def one_line_error(excinfo) -> str:
     """The message of a raised error (pytest.raises): one line, no traceback in it."""
     message = str(excinfo.value)

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from test_pipeline import running_stages
+from conftest import running_stages
 
 DATASET = "fashionmnist-mini"
 

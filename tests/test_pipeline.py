@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import running_stages
 
 DATASET = "fashionmnist-mini"
 METRIC_KEYS = {
@@ -28,10 +29,6 @@ METRIC_KEYS = {
     "epochs",
     "params",
 }
-
-
-def running_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, committed, one_line, run_stage, stage_here
+from conftest import ROOT, committed, one_line, run_stage, running_stages, stage_here
 from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
@@ -394,10 +394,6 @@ def test_no_image_lands_in_two_splits(tmp_path):
 # ---------------------------------------------------------------- source data DVC sees
 
 
-def running(out: str) -> set[str]:
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-
-
 @pytest.mark.slow
 def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny_project, tmp_path):
     from conftest import dvc
@@ -412,17 +408,17 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny
 
     # Touched, same bytes: the list of files is the same, nothing downstream runs.
     os.utime(source, (1e9, 1e9))
-    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
 
     # Edited: 50 training images fewer. DVC sees it, and the next repro prepares it again.
     np.savez(source, **{k: v[:150] if k.startswith("train") else v for k, v in arrays.items()})
     assert "sources@tiny" in dvc("status", cwd=project).stdout
-    ran = running(dvc("repro", "preprocess@tiny", cwd=project).stdout)
+    ran = running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout)
     assert ran == {"sources@tiny", "download@tiny", "preprocess@tiny"}, ran
     assert meta()["counts"]["train"] == 150
     listed = json.loads((project / "data/sources/tiny.json").read_text())["files"]
     assert list(listed) == ["tiny.npz"] and listed["tiny.npz"]["size"] == source.stat().st_size
-    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
 
     # An output edited in place (root ignores the read-only bit) leaves the cache intact
     # under the project's cache type: `dvc checkout` brings back what preprocess wrote.
