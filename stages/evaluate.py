@@ -14,10 +14,11 @@ from gradattn.core.stage import run, stage_args
 
 def main() -> None:
     dataset, model_name = stage_args("dataset", "model")
-    # Imported once the arguments are checked: a wrong call answers at once, without torch.
+    cfg = load_resolved("evaluate")
+    # Imported once the arguments and settings are checked: a wrong call or a bad
+    # params.yaml answers at once, without torch.
     from gradattn.analysis.evaluation import evaluate
 
-    cfg = load_resolved("evaluate")
     metrics, arrays = evaluate(dataset, model_name, batch_size=cfg.batch_size,
                                ece_bins=cfg.ece_bins, gap=cfg.gap)
     write_run_record(dataset, model_name, "evaluate", read_recipe(), asdict(cfg),

@@ -1,13 +1,35 @@
-"""Shared fixtures and helpers: the study's committed state (`committed`, `copy_committed`), a
-temporary DVC project made from this repo's pipeline files (`dvc_repo`), a tiny one on 350
-bundled images (`tiny_project`), and a Fashion-MNIST source in its own IDX format
-(`fashion_source`)."""
+"""The tests' shared toolkit. Test modules import helpers from here (`from conftest import ...`)
+and take fixtures by name; nothing else defines these.
+
+- `ROOT`: this checkout. The study's committed state: `committed`, `copy_committed`.
+- Running what a user runs, in a subprocess: `python` (this interpreter, importing ROOT's
+  gradattn, GRADATTN_DEBUG unset), `run_stage` (`python stages/<script>`), `sh`, `dvc`,
+  `gradattn`; `stage_here` runs a stage script in this process (for set-up steps: no
+  start-up); `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
+  a raised error's message.
+- `one_thread`: a fixture for modules of tiny torch models
+  (`pytestmark = pytest.mark.usefixtures("one_thread")`).
+- Projects, for the slow end-to-end tests (real `dvc` in a temporary git repo). One builder,
+  `make_project`, and a session-wide template per kind, so git/DVC start-up is paid once:
+  - `tiny_project(path, changes)` (a fixture returning the builder): the pipeline on 350
+    bundled images as a custom npz dataset (`dvc exp run` of one cell takes seconds).
+  - `dvc_repo`: the pipeline on the registered `fashionmnist-mini` source, TINY_PARAMS.
+  - `reproduced_repo`: `dvc_repo` after one `dvc repro` and a commit, its DVC cache and run
+    cache included (`reproduced_repo.baseline` holds that repro's output). The repro runs
+    once per session; each test gets its own copy. Use it when a test's story starts from
+    a reproduced baseline, rather than repeating the repro.
+  A new end-to-end test (a DVC remote, a scheduler) takes one of these fixtures rather than
+  building a project of its own; mark it `slow` (`pytest -m "not slow"` leaves it out).
+- `fashion_source`: a Fashion-MNIST source in its own IDX format."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -18,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from gradattn.core.stage import DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 # The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
@@ -63,6 +87,90 @@ def copy_committed(path: str, dest: Path) -> None:
                 target = dest / member.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(tar.extractfile(member).read())
+
+
+# ---------------------------------------------------------------- what a user runs
+
+
+def python(*args, cwd: Path, env: dict | None = None, code: Path = ROOT,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python *args` in `cwd`, as a user runs it: this interpreter, importing `code`'s
+    gradattn (the checkout under test), GRADATTN_DEBUG unset unless `env` sets it."""
+    full = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
+    full.update(PYTHONPATH=str(code), **(env or {}))
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_stage(script: str, *args, cwd: Path, env: dict | None = None,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python stages/<script> *args` in `cwd`, the stage and library from ROOT."""
+    return python(ROOT / "stages" / script, *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def stage_here(script: str, *args, cwd: Path, env: dict | None = None
+               ) -> subprocess.CompletedProcess:
+    """`run_stage`'s answer without a new process: the same script, run as `__main__` in this
+    interpreter (torch and gradattn already imported: milliseconds, not a start-up), in `cwd`
+    with GRADATTN_DEBUG unset and `env` set, its stdout and stderr captured. For steps whose
+    outputs a test reads (a project's configure, download, preprocess); what a stage prints
+    and exits with in a process of its own is `run_stage`'s to check."""
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))
+    saved = (os.getcwd(), sys.argv, dict(os.environ))
+    os.environ.pop(DEBUG_ENV, None)
+    os.environ.update(env or {})
+    os.chdir(cwd)
+    sys.argv = [str(ROOT / "stages" / script), *map(str, args)]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(saved[0])
+        sys.argv = saved[1]
+        os.environ.clear()
+        os.environ.update(saved[2])
+    text = [(f.flush(), f.buffer.getvalue().decode())[1] for f in (out, err)]
+    return subprocess.CompletedProcess(sys.argv, code, *text)
+
+
+def one_line(proc: subprocess.CompletedProcess, code: int = 2, *,
+             progress: bool = False) -> str:
+    """The refusal a finished command printed: exit `code` and one `error: ` line, alone on
+    stderr (with `progress`, progress bars may come first: the message is still the last
+    line), no traceback, not reported as a bug."""
+    lines = proc.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error") or "Traceback" in line]
+    assert proc.returncode == code and len(errors) == 1, proc.stderr
+    assert lines[-1] == errors[0] and (progress or len(lines) == 1), proc.stderr
+    assert errors[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert "likely a bug" not in errors[0], errors[0]
+    return errors[0]
+
+
+def running_stages(output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` printed as running."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def one_line_error(excinfo) -> str:
+    """The message of a raised error (pytest.raises): one line, no traceback in it."""
+    message = str(excinfo.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    return message
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 # A configuration small enough for a test: one epoch, a narrow encoder.
 TINY_PARAMS = {
@@ -121,33 +229,6 @@ class DvcRepo:
         self.run("git", "commit", "-qm", message)
 
 
-@pytest.fixture
-def dvc_repo(tmp_path: Path) -> DvcRepo:
-    """A fresh git + DVC project holding this repo's pipeline (code from the working tree,
-    params.yaml as committed), with TINY_PARAMS applied."""
-    repo = tmp_path / "project"
-    repo.mkdir()
-    copy_committed("params.yaml", repo)
-    for name in PIPELINE_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, repo / name)
-    r = DvcRepo(repo)
-    r.run("git", "init", "-q")
-    r.run("git", "config", "user.email", "test@example.com")
-    r.run("git", "config", "user.name", "test")
-    r.dvc("init", "-q")
-    r.dvc("config", "core.analytics", "false")
-    r.set_params(TINY_PARAMS)
-    (repo / ".gitignore").write_text("/checkpoints/\n__pycache__/\n")
-    r.commit("pipeline")
-    return r
-
-
-# ---------------------------------------------------------------- a tiny project
-
 GIT_IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
                 "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
@@ -174,34 +255,119 @@ def gradattn(*args, cwd: Path, **kw) -> subprocess.CompletedProcess:
     return sh(sys.executable, "-m", "gradattn.cli", *args, cwd=cwd, **kw)
 
 
-def tiny_project(repo: Path, changes: dict | None = None) -> Path:
-    """The pipeline on 350 images of the bundled set (a custom npz dataset: a `dvc exp run`
-    of one cell takes seconds), a narrow one-layer GradAttn, one epoch, one gradient batch,
-    and `changes` to the committed params.yaml; committed."""
-    repo.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    for name in ("stages", "gradattn"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    bundled = np.load(ROOT / "gradattn/sources/bundled/fashionmnist-mini.npz")
-    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
-                                   for s, n in (("train", 200), ("val", 50), ("test", 100))
-                                   for k in ("images", "labels")})
-    params = yaml.safe_load(committed("params.yaml"))
-    deep_update(params, {
+
+# ---------------------------------------------------------------- projects: one builder
+
+
+def _fashion_params() -> dict:
+    """The registered fashionmnist-mini source (HEAD's params.yaml) with TINY_PARAMS."""
+    return deep_update(yaml.safe_load(committed("params.yaml")), TINY_PARAMS)
+
+
+def _tiny_params() -> dict:
+    """350 bundled images as a custom npz dataset, a narrow one-layer GradAttn, one epoch, one
+    gradient batch."""
+    return deep_update(yaml.safe_load(committed("params.yaml")), {
         "data": {"datasets": ["tiny"], "custom": {"tiny": {"format": "npz", "path": "tiny.npz"}}},
         "model": {"dim": 16, "heads": 2, "ff_dim": 32, "depth": 1},
         "train": {"max_epochs": 1},
         "gradients": {"batches": 1},
     })
-    deep_update(params, changes or {})
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", cwd=repo)
-    dvc("init", "-q", cwd=repo)
-    # The project's link cache type (.dvc/config), as a user's clone has it.
-    dvc("config", "cache.type", "reflink,copy", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "commit", "-qm", "tiny project", cwd=repo)
+
+
+def _tiny_npz(repo: Path) -> None:
+    bundled = np.load(ROOT / "gradattn/sources/bundled/fashionmnist-mini.npz")
+    np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
+                                   for s, n in (("train", 200), ("val", 50), ("test", 100))
+                                   for k in ("images", "labels")})
+
+
+# kind: (params, .gitignore, DVC config, extra files). "tiny": the link cache type a user's
+# clone has (.dvc/config) and this repo's .gitignore.
+KINDS = {
+    "tiny": (_tiny_params, None, ("cache.type", "reflink,copy"), _tiny_npz),
+    "fashion": (_fashion_params, "/checkpoints/\n__pycache__/\n", ("core.analytics", "false"),
+                None),
+}
+
+
+def _template(kind: str, path: Path) -> Path:
+    """The pipeline's code from the working tree, `git init` and `dvc init` done, nothing
+    committed: made once per session, copied by `make_project`."""
+    _, gitignore, config, extra = KINDS[kind]
+    path.mkdir(parents=True)
+    for name in PIPELINE_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, path / name)
+    if gitignore is None:
+        shutil.copy(ROOT / ".gitignore", path / ".gitignore")
+    else:
+        (path / ".gitignore").write_text(gitignore)
+    if extra:
+        extra(path)
+    sh("git", "init", "-q", cwd=path)
+    sh("git", "config", "user.email", "test@example.com", cwd=path)
+    sh("git", "config", "user.name", "test", cwd=path)
+    dvc("init", "-q", cwd=path)
+    dvc("config", *config, cwd=path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_project(tmp_path_factory):
+    """The one project builder: `make_project(path, kind, changes)` copies the session's
+    template of `kind` ("tiny" or "fashion", see KINDS) to `path`, writes its params.yaml
+    with `changes` and commits. The template is built on first use."""
+    templates: dict[str, Path] = {}
+
+    def build(repo: Path, kind: str = "tiny", changes: dict | None = None) -> Path:
+        if kind not in templates:
+            templates[kind] = _template(kind, tmp_path_factory.mktemp("template") / kind)
+        shutil.copytree(templates[kind], repo, symlinks=True)
+        params = deep_update(KINDS[kind][0](), changes or {})
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh("git", "add", "-A", cwd=repo)
+        sh("git", "commit", "-qm", "pipeline", cwd=repo)
+        return repo
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_project(make_project):
+    """`tiny_project(path, changes)`: the pipeline on 350 bundled images (a custom npz
+    dataset: a `dvc exp run` of one cell takes seconds), a narrow one-layer GradAttn, one
+    epoch, one gradient batch, and `changes` to the committed params.yaml; committed."""
+    return lambda repo, changes=None: make_project(repo, "tiny", changes)
+
+
+@pytest.fixture
+def dvc_repo(make_project, tmp_path: Path) -> DvcRepo:
+    """A fresh git + DVC project holding this repo's pipeline (code from the working tree,
+    params.yaml as committed) on fashionmnist-mini, with TINY_PARAMS applied; committed."""
+    return DvcRepo(make_project(tmp_path / "project", "fashion"))
+
+
+@pytest.fixture(scope="session")
+def _reproduced_template(make_project, tmp_path_factory) -> tuple[Path, str]:
+    repo = DvcRepo(make_project(tmp_path_factory.mktemp("reproduced") / "project", "fashion"))
+    baseline = repo.dvc("repro").stdout
+    repo.commit("baseline")
+    return repo.path, baseline
+
+
+@pytest.fixture
+def reproduced_repo(_reproduced_template, tmp_path: Path) -> DvcRepo:
+    """`dvc_repo` after `dvc repro` and a commit ("baseline"), with its DVC cache and run
+    cache: the repro runs once per session, each test gets its own copy. `.baseline` is that
+    repro's stdout (what it ran)."""
+    template, baseline = _reproduced_template
+    shutil.copytree(template, tmp_path / "project", symlinks=True)
+    repo = DvcRepo(tmp_path / "project")
+    repo.baseline = baseline
     return repo
 
 

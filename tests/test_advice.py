@@ -8,18 +8,13 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dvc, env_for, gradattn, sh, tiny_project
+from conftest import ROOT, dvc, env_for, gradattn, python, sh
 
 from gradattn.core.io import restore_hint
-from gradattn.core.stage import DEBUG_ENV
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- which hint each output gets, checked against dvc.yaml -------------------------------------
@@ -51,19 +46,13 @@ def test_each_output_gets_a_hint_that_can_restore_it():
 
 # --- every printed restore hint, run as printed -----------------------------------------------
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory) -> Path:
+def reproduced(tiny_project, tmp_path_factory) -> Path:
     """A tiny project after `dvc repro`, committed (configs/ and dvc.lock are in git)."""
     repo = tiny_project(tmp_path_factory.mktemp("advice") / "p", {"models": ["resnet18"]})
     dvc("repro", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "commit", "-qm", "results", cwd=repo)
     return repo
-
-
-def run_stage(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in env_for(repo).items() if k != DEBUG_ENV}
-    return subprocess.run([sys.executable, *args], cwd=repo, env=env, capture_output=True,
-                          text=True, timeout=600)
 
 
 def damage(path: Path) -> bytes:
@@ -90,7 +79,7 @@ def test_every_printed_restore_hint_works_as_printed(reproduced, tmp_path, damag
     project = tmp_path / "p"
     shutil.copytree(reproduced, project, symlinks=True)
     original = damage(project / damaged)
-    failed = run_stage(project, *CASES[damaged])
+    failed = python(*CASES[damaged], cwd=project, env=env_for(project))
     lines = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
     assert failed.returncode == 2 and len(lines) == 1, failed.stderr  # (and progress bars)
     assert "damaged" in lines[0] and "Traceback" not in failed.stderr
@@ -109,10 +98,11 @@ def test_every_printed_restore_hint_works_as_printed(reproduced, tmp_path, damag
             assert (trial / damaged).read_bytes() == original, command
             continue
         # Made again by a rerun (its seconds differ): the stage that refused it reads it now.
-        again = run_stage(trial, *CASES[damaged])
+        again = python(*CASES[damaged], cwd=trial, env=env_for(trial))
         assert again.returncode == 0, (command, again.stderr)
 
 
+@pytest.mark.slow  # its project is reproduced by real `dvc repro` (a minute)
 def test_a_checkout_without_force_is_refused_for_a_modified_output(reproduced, tmp_path):
     """Why the hints say --force: DVC will not overwrite a modified output without it."""
     project = tmp_path / "p"

@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from training_helpers import META, one_thread, tiny  # noqa: F401  (one_thread: autouse)
+from training_helpers import META, tiny
 
 from gradattn.analysis.evaluation import mean_attention
 from gradattn.analysis.gradients import analyse_gradients
@@ -21,6 +21,8 @@ from gradattn.core.device import exact_fp32
 from gradattn.models import build_model
 from gradattn.prepared.batches import Batches
 from gradattn.training.trained import predict
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 DEVICES = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import coloured, md5, write_idx  # noqa: F401
+from conftest import ROOT, coloured, md5, one_line_error, write_idx  # noqa: F401
 from PIL import Image
 
 from gradattn.config import DataConfig, dataset_protocol
@@ -25,16 +25,6 @@ from gradattn.prepared import PreparedWriter
 from gradattn.sources import cifar10, medmnist_sets
 from gradattn.sources.bundled import BUNDLED
 from gradattn.sources.registry import get_spec
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-
-
-def one_line(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message and "Traceback" not in message
-    return message
 
 
 def prepare(spec, raw: Path, root: Path, split: str = "official") -> dict:
@@ -70,7 +60,7 @@ def test_a_damaged_jpeg_in_an_image_folder_is_named(tmp_path, damage):
     spec.download(tmp_path / "raw", None)
     with pytest.raises(GradattnError) as err:
         prepare(spec, tmp_path / "raw", tmp_path / "prep")
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(bad) in message and "not a readable image" in message
     assert "remove or replace it" in message
     assert nothing_written(tmp_path / "prep")
@@ -91,7 +81,7 @@ def test_a_damaged_gz_in_data_sources_is_named_at_download(fashion_source, tmp_p
     raw = tmp_path / "raw"
     with pytest.raises(GradattnError) as err:
         get_spec("fashionmnist").download(raw, fashion_source)
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(bad) in message and "does not match the published checksum" in message
     assert "replace it with the original" in message
     assert not (raw / bad.name).exists() and not list(raw.glob(".*"))
@@ -104,7 +94,7 @@ def test_a_raw_file_changed_after_download_is_refused_before_parsing(fashion_sou
     labels.write_bytes(labels.read_bytes()[:20])  # cut after the download verified it
     with pytest.raises(GradattnError) as err:
         prepare(spec, raw, tmp_path / "prep")
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(labels) in message and "changed since download" in message
     assert "dvc repro -f download@fashionmnist" in message
     assert nothing_written(tmp_path / "prep")
@@ -120,7 +110,7 @@ def test_a_changed_cifar_batch_is_refused_before_it_is_unpickled(tmp_path, monke
     (folder / "test_batch").write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
     with pytest.raises(GradattnError) as err:
         prepare(get_spec("cifar10"), tmp_path / "raw", tmp_path / "prep")
-    assert "test_batch" in one_line(err) and "changed since download" in str(err.value)
+    assert "test_batch" in one_line_error(err) and "changed since download" in str(err.value)
     assert not Path("pwned").exists()
 
 
@@ -132,7 +122,7 @@ def test_a_text_file_named_npz_is_refused_without_pickle_advice(tmp_path):
     fake.write_text("x,y\n1,2\n")
     with pytest.raises(GradattnError) as err:
         get_spec("mine", {"mine": {"format": "npz", "path": str(fake)}})
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(fake) in message and "not a valid .npz file" in message
     assert "numpy.savez" in message and "allow_pickle" not in message
 
@@ -143,7 +133,7 @@ def test_an_npz_of_pickled_objects_is_never_unpickled(tmp_path):
     np.savez(path, x=np.zeros((2, 8, 8), np.uint8), y=labels)
     with pytest.raises(GradattnError) as err:
         get_spec("mine", {"mine": {"format": "npz", "path": str(path)}})
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(path) in message and "pickled objects" in message
     assert "allow_pickle" not in message
 
@@ -153,7 +143,7 @@ def test_a_medmnist_npz_that_is_text_is_named(tmp_path):
     fake.write_text("<html>rate limited</html>")
     with pytest.raises(GradattnError) as err:
         medmnist_sets.read_npz(fake, fix="run `dvc repro -f download@bloodmnist`")
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(fake) in message and "not a valid .npz" in message and "dvc repro" in message
 
 
@@ -163,7 +153,7 @@ def test_a_bundled_file_replaced_by_text_is_refused(tmp_path):
     (raw / BUNDLED.name).write_text("not an npz")
     with pytest.raises(GradattnError) as err:
         prepare(get_spec("fashionmnist-mini"), raw, tmp_path / "prep")
-    assert str(raw / BUNDLED.name) in one_line(err) and "checksum" in str(err.value)
+    assert str(raw / BUNDLED.name) in one_line_error(err) and "checksum" in str(err.value)
     assert nothing_written(tmp_path / "prep")
 
 
@@ -178,7 +168,7 @@ def refusal_at_preprocess(tmp_path, name: str, folder) -> str:
     with pytest.raises(GradattnError) as err:
         prepare(spec, tmp_path / "raw", tmp_path / "prep")
     assert nothing_written(tmp_path / "prep")
-    return one_line(err)
+    return one_line_error(err)
 
 
 def test_a_dataset_of_one_class_is_refused_at_preprocess(tmp_path):
@@ -221,7 +211,7 @@ def test_a_full_disk_is_one_line_naming_the_folder(tmp_path):
     with pytest.raises(GradattnError) as err:
         with io.disk_errors(tmp_path), open("/dev/full", "wb") as f:
             f.write(b"x")
-    message = one_line(err)
+    message = one_line_error(err)
     assert str(tmp_path) in message and "disk is full" in message
 
 
@@ -257,7 +247,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def run_stage(stage: str, dataset: str, cwd: Path, uid: int | None = None):
+def run_stage_as(stage: str, dataset: str, cwd: Path, uid: int | None = None):
     script = str(ROOT / "stages" / f"{stage}.py")
     return subprocess.run(
         [sys.executable, "-c", RUN_AS, script, dataset, "" if uid is None else str(uid)],
@@ -273,7 +263,7 @@ def test_an_unwritable_prepared_folder_is_one_line_from_the_real_stage():
     base = Path(tempfile.mkdtemp(prefix="gradattn-ro-"))
     try:
         project = project_for("fashionmnist-mini", base)
-        download = run_stage("download", "fashionmnist-mini", project)
+        download = run_stage_as("download", "fashionmnist-mini", project)
         assert download.returncode == 0, download.stderr
         (project / "data" / "prepared").mkdir(parents=True)
         for folder in (base, *[p for p in base.rglob("*") if p.is_dir()]):
@@ -281,7 +271,7 @@ def test_an_unwritable_prepared_folder_is_one_line_from_the_real_stage():
         for file in base.rglob("*"):
             if file.is_file():
                 file.chmod(0o644)
-        result = run_stage("preprocess", "fashionmnist-mini", project, uid=65534)
+        result = run_stage_as("preprocess", "fashionmnist-mini", project, uid=65534)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, result.stderr
         assert "cannot write to data/prepared" in lines[0] and "chmod" in lines[0]
@@ -295,6 +285,6 @@ def test_the_download_stage_removes_what_a_killed_download_left(tmp_path):
     raw = project / "data" / "raw" / "fashionmnist-mini"
     raw.mkdir(parents=True)
     (raw / f".{BUNDLED.name}.tmp-k1ll3d").write_bytes(b"half a file")
-    result = run_stage("download", "fashionmnist-mini", project)
+    result = run_stage_as("download", "fashionmnist-mini", project)
     assert result.returncode == 0, result.stderr
     assert [p.name for p in raw.iterdir()] == [BUNDLED.name]

@@ -6,17 +6,15 @@ import copy
 import dataclasses
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import committed, copy_committed
+from conftest import ROOT, committed, copy_committed
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
 from gradattn.core.settings import DEFAULT_MODELS, MODEL_OPTIONS, PE_CHOICES, SECTIONS
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = yaml.safe_load(committed("params.yaml"))  # the shipped file, not the workspace's
 
 

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import coloured, md5, write_idx  # noqa: F401
+from conftest import ROOT, coloured, md5, one_line_error, write_idx  # noqa: F401
 from PIL import Image
 
 from gradattn.config import DataConfig, dataset_options
@@ -46,7 +46,6 @@ from gradattn.sources import custom as custom_mod
 from gradattn.sources import fetch as fetch_mod
 from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets
 
-ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GRADATTN_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATASETS = SHARED / "datasets"
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
@@ -64,12 +63,6 @@ def prepare(
 
 def all_labels(name: str, root: Path) -> np.ndarray:
     return np.concatenate([load_split(name, s, root)[1] for s in ("train", "val", "test")])
-
-
-def one_line_error(excinfo) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message
-    return message
 
 
 # ---------------------------------------------------------------- writers of source formats

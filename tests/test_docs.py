@@ -6,12 +6,10 @@ live there, since DVC's -S rewrite would move or drop them). That DVC accepts ev
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import yaml
-from conftest import committed
+from conftest import ROOT, committed
 
-ROOT = Path(__file__).resolve().parents[1]
 INSTALL = "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e ."
 SMOKE = "dvc exp run -S train.max_epochs=1 -S gradients.batches=2"
 

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from test_pipeline import running_stages
+from conftest import running_stages
 
 DATASET = "fashionmnist-mini"
 
@@ -23,9 +23,8 @@ def downstream_of_training(models=("resnet18", "gradattn")) -> set[str]:
 
 
 @pytest.mark.slow
-def test_status_names_the_key_and_dry_run_lists_what_then_runs(dvc_repo):
-    dvc_repo.dvc("repro")
-    dvc_repo.commit("baseline")
+def test_status_names_the_key_and_dry_run_lists_what_then_runs(reproduced_repo):
+    dvc_repo = reproduced_repo  # reproduced and committed (the session's one baseline run)
 
     # A native param: `dvc status` names the leaf key. `dvc repro --dry` lists the stages
     # whose own inputs changed (DVC cannot know before running them whether their outputs
@@ -78,8 +77,8 @@ def _rows(node) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_history_and_epoch_lines_appear_while_training_runs(dvc_repo):
-    dvc_repo.dvc("repro", f"preprocess@{DATASET}")
+def test_history_and_epoch_lines_appear_while_training_runs(reproduced_repo):
+    dvc_repo = reproduced_repo  # its data prepared: only training runs here
     dvc_repo.set_params({"train": {"max_epochs": 5}, "models": ["resnet18"]})
     dvc_repo.commit("five epochs")
     history = dvc_repo.path / "metrics" / DATASET / "resnet18.history.json"

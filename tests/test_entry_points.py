@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import dvc, env_for, tiny_project
+from conftest import ROOT, dvc, env_for, one_line, python
 from PIL import Image
-from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
+from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
 from gradattn.core.errors import GradattnError
@@ -29,24 +29,11 @@ from gradattn.sources.bundled import BUNDLED
 from gradattn.sources.registry import get_spec
 from gradattn.training.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
+
 # What torch 2.x's archive writer raises when fwrite fails (a full disk): a RuntimeError.
 TORCH_FULL = "[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing " \
              "file data/0: file write failed"
-
-
-def one_line(proc: subprocess.CompletedProcess, code: int = 2) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == code and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
-    return lines[0]
-
-
-def python(*args, cwd: Path, env: dict | None = None, timeout: float = 300):
-    full = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
-    full.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def temporaries(root: Path) -> list[Path]:
@@ -129,7 +116,7 @@ def test_too_few_images_per_class_for_a_carved_split_is_refused_at_preprocess(tm
 
 
 @pytest.mark.slow
-def test_the_preprocess_stage_refuses_an_empty_split_in_one_line(tmp_path):
+def test_the_preprocess_stage_refuses_an_empty_split_in_one_line(tiny_project, tmp_path):
     repo = tiny_project(tmp_path / "p")
     arrays = dict(np.load(repo / "tiny.npz"))
     arrays["val_images"], arrays["val_labels"] = arrays["val_images"][:0], arrays["val_labels"][:0]
@@ -278,7 +265,8 @@ def processes_in(folder: Path) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(tmp_path, sig):
+def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(
+        tiny_project, tmp_path, sig):
     repo = tiny_project(tmp_path / "p", {"models": ["resnet18", "gradattn"],
                                          "grid": {"seeds": [42], "pe": ["learnable"]}})
     proc = subprocess.Popen(

@@ -8,16 +8,14 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
+from conftest import ROOT
 from test_table import params, record_run, runs
 
 from gradattn.core import paths
 from gradattn.core.records import RESULT_ENVIRONMENT, run_environment, write_run_record
 from gradattn.reporting import table
 from gradattn.reporting.experiments import Run, runs_of_revision, workspace_reader
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def env(**changes) -> dict:

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
+from training_helpers import (
     META,
     Scripted,
     Snapshots,
     data,
-    one_thread,
     quiet,
     rows,
     same_weights,
@@ -34,6 +33,8 @@ from gradattn.prepared.batches import Batches
 from gradattn.training.loop import fit
 from gradattn.training.optim import TensorLR, make_optimizer, settle_loaded_optimizer
 from gradattn.training.steps import Plan, StepEngine, _Snapshot, resolve_plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 EAGER = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import pathlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import copy_committed
-from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
+from conftest import copy_committed, one_line, run_stage
+from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
 from gradattn.core import paths
@@ -25,7 +22,8 @@ from gradattn.core.stage import DEBUG_ENV, run
 from gradattn.training.loop import fit
 from gradattn.training.trained import load_trained, save_trained
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
+
 CFG = TrainConfig(max_epochs=2, batch_size=8, device="cpu", fast="off").resolve("corrected", "test")
 DATASET, MODEL = "fashionmnist-mini", "resnet18"
 
@@ -49,20 +47,6 @@ def truncate(path: Path) -> bytes:
     whole = path.read_bytes()
     path.write_bytes(whole[: len(whole) // 2])
     return whole[: len(whole) // 2]
-
-
-def run_stage(script: str, *args: str, cwd: Path, env: dict | None = None):
-    full_env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
-    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd,
-                          env=full_env, capture_output=True, text=True)
-
-
-def one_line(proc, code: int = 2) -> str:
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == code and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def hidden_temporaries(root: Path) -> list[Path]:

@@ -35,12 +35,9 @@ import io
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
-from conftest import committed
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, committed
 
 ANNOTATED = ["docs/findings.md", "results/README.md", "results/cifar10-dead-layers/README.md",
              "results/h200-2026-12-04/README.md"]

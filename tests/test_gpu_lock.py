@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import ROOT
 
 from gradattn.core import device as gpu
 from gradattn.core.device import resolve_device
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Claims one of COUNT devices, prints its index, then holds it until stdin closes.
 HOLDER = """

@@ -11,7 +11,7 @@ import subprocess
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
+from conftest import ROOT, dvc, env_for, gradattn, sh
 
 from gradattn.cli import main
 from gradattn.core.errors import ConfigError
@@ -96,7 +96,7 @@ def test_pushing_without_remotes_says_what_to_set_up_before_any_training(tmp_pat
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_grid_through_git_and_a_dvc_remote(tmp_path):
+def test_two_workers_share_a_grid_through_git_and_a_dvc_remote(tiny_project, tmp_path):
     """Two worker clones each run two cells and push; an analyst pulls and pools them."""
     origin, store = tmp_path / "origin.git", tmp_path / "dvc-store"
     sh("git", "init", "-q", "--bare", origin, cwd=tmp_path)

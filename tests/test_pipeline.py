@@ -10,6 +10,7 @@ import sys
 import time
 
 import pytest
+from conftest import running_stages
 
 DATASET = "fashionmnist-mini"
 METRIC_KEYS = {
@@ -30,14 +31,11 @@ METRIC_KEYS = {
 }
 
 
-def running_stages(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-
-
 @pytest.mark.slow
-def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
-    out = dvc_repo.dvc("repro").stdout
-    assert running_stages(out) >= {
+def test_repro_then_rope_experiment_reruns_only_gradattn(reproduced_repo):
+    # The session's one `dvc repro` of the baseline (conftest): what it ran, its results.
+    dvc_repo = reproduced_repo
+    assert running_stages(dvc_repo.baseline) >= {
         "configure",
         f"download@{DATASET}",
         f"preprocess@{DATASET}",
@@ -54,10 +52,10 @@ def test_repro_then_rope_experiment_reruns_only_gradattn(dvc_repo):
             (dvc_repo.path / f"metrics/{DATASET}/{model}.history.json").read_text()
         )
         assert [row["epoch"] for row in history] == [1]
-    dvc_repo.commit("baseline run")
+    assert not dvc_repo.run("git", "status", "--porcelain").stdout  # committed, as it ran
 
-    # Nothing changed: nothing runs but the check of the source files (always; it changed
-    # nothing, so download and all after it stay cached).
+    # Nothing changed (in this copy of the project): nothing runs but the check of the source
+    # files (always; it changed nothing, so download and all after it stay cached).
     assert running_stages(dvc_repo.dvc("repro").stdout) == {f"sources@{DATASET}"}
 
     out = dvc_repo.dvc("exp", "run", "-S", "model.pe=rope").stdout

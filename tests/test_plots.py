@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import committed, copy_committed
+from conftest import ROOT, committed, copy_committed
 
 from gradattn.analysis.evaluation import mean_attention, overview_sample, returns_attention
 from gradattn.config import TrainConfig
@@ -33,7 +33,6 @@ from gradattn.reporting.report import results_markdown, summary_entries
 from gradattn.reporting.table import Study, markdown
 from gradattn.training.trained import save_trained
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["cat", "dog", "bird"]
 

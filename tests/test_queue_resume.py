@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import dvc, env_for, gradattn, tiny_project
+from conftest import dvc, env_for, gradattn
 
 DATASET = "fashionmnist-mini"
 METRICS = f"metrics/{DATASET}/gradattn.json"
@@ -84,7 +84,7 @@ def exp_metrics(project: Path, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_killed_queued_experiment_resumes_when_queued_again(tmp_path):
+def test_a_killed_queued_experiment_resumes_when_queued_again(tiny_project, tmp_path):
     project = tiny_project(tmp_path / "project", {
         "data": {"datasets": [DATASET]}, "models": ["gradattn"], "train": {"max_epochs": 2},
         "grid": {"seeds": [42], "pe": ["none"]}})

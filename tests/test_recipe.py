@@ -11,12 +11,10 @@ import json
 import pytest
 import torch
 import yaml
-from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
+from training_helpers import (
     Scripted,
     Snapshots,
-    one_thread,
     quiet,
-    rows,
     same_weights,
     scripted_data,
 )
@@ -34,6 +32,8 @@ from gradattn.core.settings import (
 from gradattn.training.loop import fit
 from gradattn.training.optim import NotebooksPlateau
 from gradattn.training.run_config import load_run_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="fp32").resolve(
     "corrected", "test")

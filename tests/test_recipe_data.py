@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import copy_committed
+from conftest import ROOT, copy_committed, stage_here
 from PIL import Image
 from torchvision import transforms as T
 
@@ -34,7 +31,6 @@ from gradattn.prepared.batches import Batches, legacy_wrap
 from gradattn.sources.preparation import prepare_dataset
 from gradattn.sources.registry import get_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
@@ -176,15 +172,11 @@ def test_real_fashionmnist_pooled_split_is_the_notebooks_images(tmp_path):
 
 def test_bundled_data_under_both_recipes_through_the_real_stages(tmp_path):
     """`dvc exp run -S recipe=notebooks` runs configure, download, preprocess first: the same
-    scripts here, on a copy of the project."""
+    scripts here (in this process: no start-up each), in a project of their own."""
     copy_committed("params.yaml", tmp_path)
-    for name in ("gradattn", "stages"):
-        shutil.copytree(ROOT / name, tmp_path / name)
-    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
 
-    def stage(*args: str) -> None:
-        proc = subprocess.run([sys.executable, *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+    def stage(script: str, *args: str) -> None:
+        proc = stage_here(script.removeprefix("stages/"), *args, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
 
     metas = {}

@@ -4,11 +4,10 @@ stays well under 2 s. Asserted through the imports (`python -X importtime`), not
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "torchvision", "matplotlib", "pandas", "sklearn", "scipy", "seaborn",
          "medmnist", "dvc", "torchmetrics")
 STAGES = {"configure": 0, "download": 1, "preprocess": 1, "train": 2, "evaluate": 2,

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dvc, env_for, gradattn, sh, tiny_project
+from conftest import ROOT, dvc, env_for, gradattn, sh
 
 from gradattn.core.durations import human_duration
 from gradattn.studies.study import Job, schedule
@@ -45,7 +45,7 @@ def test_cells_are_packed_onto_slots_and_a_failure_is_retried_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_dry_study_runs_every_cell_as_an_experiment_and_publishes(tmp_path):
+def test_dry_study_runs_every_cell_as_an_experiment_and_publishes(tiny_project, tmp_path):
     repo = tiny_project(tmp_path / "p", {"models": ["resnet18", "gradattn"],
                                          "grid": {"seeds": [42], "pe": ["learnable"]}})
     done = gradattn("study", "run", "--dry", cwd=repo)

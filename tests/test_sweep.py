@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import pipeline_env, tiny_project
+from conftest import pipeline_env
 
 from gradattn.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (42, 43)  # two give a std and a paired difference; each seed costs ~50 s of CI
 ENCODINGS = ("none", "rope")
 # The code and data hash columns of `dvc exp show` (docs/reproduce.md).
@@ -83,7 +82,7 @@ def recorded_top1(repo: Path, rev: str, model: str) -> tuple[int, float]:
 
 
 @pytest.mark.slow
-def test_seed_sweep_on_a_stale_baseline(tmp_path, capsys):
+def test_seed_sweep_on_a_stale_baseline(tiny_project, tmp_path, capsys):
     repo = tmp_path / "sweep"
     tiny_project(repo, {"models": ["resnet18", "gradattn"], "model": {"pe": "learnable"}})
     _dvc(repo, "repro")

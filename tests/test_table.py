@@ -23,7 +23,6 @@ from gradattn.core.errors import GradattnError
 from gradattn.reporting import stats, table
 from gradattn.reporting.experiments import identify, runs_of, runs_of_revision, workspace_reader
 
-ROOT = Path(__file__).resolve().parents[1]
 T_975_2 = 4.302652729911275  # Student t, 97.5 % quantile, 2 degrees of freedom (tables)
 
 

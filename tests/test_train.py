@@ -9,15 +9,12 @@ import dataclasses
 
 import pytest
 import torch
-from training_helpers import (  # noqa: F401  (one_thread: an autouse fixture)
-    META,
+from training_helpers import (
     Scripted,
     Snapshots,
     data,
-    one_thread,
     quiet,
     rows,
-    same_weights,
     scripted_data,
     tiny,
 )
@@ -28,6 +25,8 @@ from gradattn.core.settings import OPTIMIZERS
 from gradattn.training.loop import EarlyStopping, epoch_seed, fit
 from gradattn.training.optim import make_optimizer
 from gradattn.training.steps import resolve_plan
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 CFG = TrainConfig(max_epochs=3, batch_size=8, device="cpu", fast="off", precision="auto").resolve(
     "corrected", "test")

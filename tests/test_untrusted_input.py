@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import committed
-from training_helpers import data, one_thread, quiet, tiny  # noqa: F401  (autouse fixture)
+from conftest import ROOT, committed, one_line, run_stage, running_stages, stage_here
+from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
 from gradattn.core import io, paths
@@ -23,25 +23,9 @@ from gradattn.core.errors import GradattnError
 from gradattn.core.stage import DEBUG_ENV
 from gradattn.training.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
+
 DATASET, MODEL = "fashionmnist-mini", "resnet18"
-
-
-def run_stage(script: str, *args: str, cwd: Path, env: dict | None = None):
-    full_env = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
-    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / "stages" / script), *args], cwd=cwd,
-                          env=full_env, capture_output=True, text=True)
-
-
-def one_line(proc, code: int = 2) -> str:
-    # Progress bars (tqdm) may come first; the message is one line, the last.
-    lines = [line for line in proc.stderr.strip().splitlines() if "Traceback" in line
-             or line.startswith("error")]
-    assert proc.returncode == code and len(lines) == 1, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == lines[0]
-    assert lines[0].startswith("error: ") and "likely a bug" not in lines[0], lines[0]
-    return lines[0]
 
 
 def project(tmp_path: Path, changes: str = "") -> Path:
@@ -118,11 +102,12 @@ def test_debug_still_prints_the_traceback_of_a_damaged_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def prepared_project(tmp_path_factory) -> Path:
-    """configure, download and preprocess of the bundled set, run for real (once)."""
+    """configure, download and preprocess of the bundled set, run for real (once; in this
+    process: the set-up, not what is tested)."""
     cwd = project(tmp_path_factory.mktemp("prepared"))
     for script, *args in (("configure.py",), ("download.py", DATASET),
                           ("preprocess.py", DATASET)):
-        proc = run_stage(script, *args, cwd=cwd)
+        proc = stage_here(script, *args, cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     return cwd
 
@@ -329,7 +314,7 @@ def image_folder_project(tmp_path: Path, folder: Path) -> Path:
     params["data"]["datasets"] = ["mine"]
     params["data"]["custom"] = {"mine": {"format": "imagefolder", "path": str(folder)}}
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    proc = run_stage("configure.py", cwd=cwd)
+    proc = stage_here("configure.py", cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return cwd
 
@@ -351,7 +336,7 @@ def test_16_bit_png_keeps_its_grey_levels_scaled_not_clipped(tmp_path):
     folder = grey_folder(tmp_path / "src", bits=16)
     cwd = image_folder_project(tmp_path, folder)
     for script in ("download.py", "preprocess.py"):
-        proc = run_stage(script, "mine", cwd=cwd)
+        proc = stage_here(script, "mine", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     prepared = cwd / paths.PREPARED / "mine"
     levels = np.concatenate([np.load(prepared / f"{s}_images.npy").reshape(-1, 64)[:, 0]
@@ -398,7 +383,7 @@ def test_no_image_lands_in_two_splits(tmp_path):
     assert "already listed" in one_line(run_stage("download.py", "mine", cwd=cwd))
     (folder / "a/sub/deeper").unlink()  # without the link: 60 distinct images, each once
     for script in ("download.py", "preprocess.py"):
-        proc = run_stage(script, "mine", cwd=cwd)
+        proc = stage_here(script, "mine", cwd=cwd)
         assert proc.returncode == 0, proc.stderr
     prepared = cwd / paths.PREPARED / "mine"
     seen = [np.load(prepared / f"{s}_images.npy")[:, 0, 0, 0].tolist()
@@ -409,13 +394,9 @@ def test_no_image_lands_in_two_splits(tmp_path):
 # ---------------------------------------------------------------- source data DVC sees
 
 
-def running(out: str) -> set[str]:
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-
-
 @pytest.mark.slow
-def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_path):
-    from conftest import dvc, tiny_project
+def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny_project, tmp_path):
+    from conftest import dvc
 
     project = tiny_project(tmp_path / "p")
     dvc("repro", "preprocess@tiny", cwd=project)
@@ -427,17 +408,17 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_
 
     # Touched, same bytes: the list of files is the same, nothing downstream runs.
     os.utime(source, (1e9, 1e9))
-    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
 
     # Edited: 50 training images fewer. DVC sees it, and the next repro prepares it again.
     np.savez(source, **{k: v[:150] if k.startswith("train") else v for k, v in arrays.items()})
     assert "sources@tiny" in dvc("status", cwd=project).stdout
-    ran = running(dvc("repro", "preprocess@tiny", cwd=project).stdout)
+    ran = running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout)
     assert ran == {"sources@tiny", "download@tiny", "preprocess@tiny"}, ran
     assert meta()["counts"]["train"] == 150
     listed = json.loads((project / "data/sources/tiny.json").read_text())["files"]
     assert list(listed) == ["tiny.npz"] and listed["tiny.npz"]["size"] == source.stat().st_size
-    assert running(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
 
     # An output edited in place (root ignores the read-only bit) leaves the cache intact
     # under the project's cache type: `dvc checkout` brings back what preprocess wrote.
@@ -454,10 +435,10 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tmp_
 
 
 @pytest.mark.slow
-def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tmp_path):
+def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tiny_project, tmp_path):
     # `../data/x.npz` pointed into DVC's tmp folder inside a --temp experiment's copy: the
     # experiment noted the file "is not on this machine" and ran on the old data, exit 0.
-    from conftest import dvc, md5, sh, tiny_project
+    from conftest import dvc, md5, sh
 
     project = tiny_project(tmp_path / "p", {"data": {"custom": {
         "tiny": {"format": "npz", "path": "../data/tiny.npz"}}}})

@@ -20,7 +20,6 @@ from conftest import (
     dvc,
     env_for,
     sh,
-    tiny_project,
 )
 
 # `ROOT / "params.yaml"` and the like: the user's workspace, which an experiment rewrites.
@@ -53,7 +52,7 @@ def test_no_test_reads_the_study_state_from_the_workspace():
         offenders)
 
 
-def test_test_projects_start_from_the_committed_params(dvc_repo, tmp_path):
+def test_test_projects_start_from_the_committed_params(tiny_project, dvc_repo, tmp_path):
     shipped = yaml.safe_load(committed("params.yaml"))
     assert (yaml.safe_load((dvc_repo.path / "params.yaml").read_text())
             == deep_update(copy.deepcopy(shipped), TINY_PARAMS))

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
 from gradattn.prepared.batches import Batches
 
 META = {"mean": [0.5], "std": [0.25]}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def data(n_train: int = 20, n_val: int = 10, *, batch_size: int = 8, val_batch: int = 16,
