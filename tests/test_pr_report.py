@@ -31,7 +31,7 @@ IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
-def _run(args, cwd: Path, env: dict | None = None, timeout: float = 1800,
+def _run(args, cwd: Path, env: dict | None = None, timeout: float = 3600,
          input: str | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout, input=input)
@@ -213,3 +213,39 @@ def test_a_report_for_another_head_or_a_bad_number_is_not_posted(tmp_path):
                            str(tmp_path / "pr-report")], capture_output=True, text=True,
                           env={**os.environ, "REPO": "o/r", "HEAD_SHA": "abc"})
     assert done.returncode == 1 and "not a pull-request number" in done.stdout
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+def _pr_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pr_report", ROOT / "scripts/pr_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_differences_within_the_measured_seed_noise_are_labelled_as_such():
+    pr = _pr_report()
+    noise = pr.read_noise(ROOT / pr.NOISE)  # the blood-cell seed study's own numbers
+    assert noise["datasets"] == ["pbc"]
+    std = noise["std"]
+    assert 0 < std[("resnet18", "top1")] < 0.01 and 0 < std[("gradattn", "top1")] < 0.01
+    run = {"top1": 0.75, "ece": 0.05, "f1_macro": 0.74, "ghs": 1.0, "epochs": 10}
+    base = {"d/resnet18": run, "d/gradattn": run, "d/gone": run}
+    head = {"d/resnet18": {**run, "top1": 0.75 + 1.5 * std[("resnet18", "top1")]},
+            "d/gradattn": {**run, "top1": 0.75 - 3 * std[("gradattn", "top1")]},
+            "d/new": run}
+    verdicts = {line.split(" | ")[1]: line.split(" | ")[2]
+                for line in pr.verdict_table(base, head, noise)[2:]}
+    assert verdicts == {"resnet18": "**within seed noise**", "gradattn": "**changed**",
+                        "gone": "**removed**", "new": "**added**"}
+    # A metric without a measured noise (epochs) that moved is a change.
+    assert pr.verdict(run, {**run, "epochs": 9}, "resnet18", noise) == "changed"
+    assert pr.verdict(run, dict(run), "resnet18", noise) == "no change"
+    note = pr.noise_note(noise, {"d"})
+    assert "`pbc`" in note and "measured on another dataset" in note and "`d`" in note
+    assert "another dataset" not in pr.noise_note(noise, {"pbc"})
+    assert "any difference counts as a change" in pr.noise_note({}, {"d"})
