@@ -129,6 +129,7 @@ def test_a_stopped_study_stops_and_does_not_count_its_job_failed(tmp_path):
     assert driver.returncode != 0
     assert "long FAILED" not in out and "next started" not in out, out
     assert not (study / "state" / "long.failed").exists()
-    assert (study / "state" / "long.claim").is_dir() and not (study / "state" / "next.claim").exists()
+    assert (study / "state" / "long.claim").is_dir()
+    assert not (study / "state" / "next.claim").exists()
     status = _lanes(repo, "status", jobs, study).stdout.splitlines()
     assert status == ["long: claimed by lane 0", "next: waiting"]
