@@ -107,7 +107,7 @@ def study(tmp_path_factory) -> Study:
         # The SLURM scripts travel with the project (submit.sh runs grid.sbatch from it).
         shutil.copytree(ROOT / "scripts/slurm", owner / "scripts/slurm")
         env = {**env_for(owner), "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET}
-        dvc("repro", cwd=owner, env=env)
+        dvc("repro", cwd=owner, env=env, timeout=1800)  # ~1 min; more on a busy machine
         sh("git", "add", "-A", cwd=owner)
         sh("git", "commit", "-qm", "the study's results", cwd=owner)
         origin = root / "origin.git"

@@ -35,7 +35,6 @@ if [ "$mode" = stop ]; then
     exit 0
 fi
 
-project=$(git -C "$(dirname "$0")/../.." rev-parse --show-toplevel)
 dir=${1:-$(mktemp -d /tmp/gradattn-slurm.XXXXXX)}
 dir=$(realpath -m "$dir")
 # Its project/, work/ and analyst/ are removed below: reuse only a folder this script made.
@@ -108,6 +107,7 @@ if [ "$mode" = start ]; then
 fi
 
 echo "== the project, a bare git origin and a folder DVC remote"
+project=$(git -C "$(dirname "$0")/../.." rev-parse --show-toplevel)
 git init -q --bare "$dir/origin.git"
 rm -rf "$dir/project" "$dir/work" "$dir/analyst"
 mkdir "$dir/project"
