@@ -43,6 +43,12 @@ def _table(args: argparse.Namespace) -> str:
         print(f"published {len(table.Study(runs).runs)} runs: {written}", file=sys.stderr)
         return ""
     study = table.Study(runs)
+    if not study.runs:  # one line saying how to get some, and a failing exit code
+        raise GradattnError(
+            "no runs found (no metrics/<dataset>/<model>.json in the workspace, the experiments "
+            "or the revisions asked for): `dvc pull` fetches a pushed study's results "
+            "(docs/reproduce.md, \"Share the results\"), `dvc exp pull origin` its experiments, "
+            "`dvc repro` runs it")
     tables = args.table or list(table.TABLES)
     return table.csv(study, tables) if args.format == "csv" else table.markdown(study, tables)
 

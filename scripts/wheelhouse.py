@@ -1,8 +1,9 @@
 """Fill a folder with wheels of every dependency of gradattn, for an offline install:
 
     scripts/wheelhouse.sh DIR [--python 3.12] [--platform manylinux_2_28_x86_64 ...] [--with-torch]
+                          [--extra s3] [--extra ssh]
     # on the offline node:
-    pip install --no-index --find-links DIR -e .
+    pip install --no-index --find-links DIR -e .          # with extras: -e '.[s3,ssh]'
 
 Without --python/--platform the wheels are for this machine's interpreter and platform;
 with them, for the target's (pip resolves for it with --only-binary). torch and torchvision
@@ -70,10 +71,17 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def requirements(with_torch: bool) -> list[str]:
-    """The project's dependencies and its build backend (pip builds `-e .` in isolation)."""
+def requirements(with_torch: bool, extras: list[str] = ()) -> list[str]:
+    """The project's dependencies, those of `extras` (pyproject's optional-dependencies:
+    s3, ssh) and its build backend (pip builds `-e .` in isolation)."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    reqs = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"]]
+    optional = pyproject["project"].get("optional-dependencies", {})
+    unknown = [e for e in extras if e not in optional]
+    if unknown:
+        fail(f"--extra {unknown[0]} is not an extra of gradattn: choose from "
+             f"{', '.join(sorted(optional))}")
+    reqs = [*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"],
+            *[r for e in extras for r in optional[e]]]
     if not with_torch:
         reqs = [r for r in reqs if canonicalize_name(Requirement(r).name) not in TORCH]
     return reqs
@@ -132,7 +140,10 @@ def main() -> None:
                    f"{DEFAULT_PLATFORM} with --python")
     p.add_argument("--with-torch", action="store_true",
                    help="also torch and torchvision (and their CUDA libraries)")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME",
+                   help="also an extra's dependencies: s3 (dvc-s3), ssh (dvc-ssh); repeatable")
     args = p.parse_args()
+    extras = list(dict.fromkeys(args.extra))
 
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     python = args.python or here
@@ -148,13 +159,13 @@ def main() -> None:
     env = default_environment()
     env.update(python_version=python, python_full_version=f"{python}.0")
 
-    reqs = requirements(args.with_torch)
+    reqs = requirements(args.with_torch, extras)
     out = args.dir
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         # 1. Source-only packages: found by resolving here (sources allowed), built to wheels.
-        native = resolve(requirements(True), [], out, tmp)
+        native = resolve(requirements(True, extras), [], out, tmp)
         sources = [item for item in native
                    if not item["download_info"]["url"].endswith(".whl")
                    and canonicalize_name(item["metadata"]["name"]) != "gradattn"]
@@ -174,7 +185,7 @@ def main() -> None:
             target_only = [*target, "--target", str(tmp / "target")]
         else:
             target_only = []
-        resolved = resolve(requirements(True), target_only, out, tmp)
+        resolved = resolve(requirements(True, extras), target_only, out, tmp)
         wanted = closure(reqs, resolved, env, args.with_torch)
         pins = [f"{item['metadata']['name']}=={item['metadata']['version']}" for item in wanted]
         pip("download", "--no-deps", "--find-links", str(out), "-d", str(out), *target, *pins)
@@ -182,8 +193,12 @@ def main() -> None:
     size = sum(w.stat().st_size for w in wheels)
     what = f"Python {python}" + (f" {', '.join(platforms)}" if cross else " (this machine)")
     torch_note = "with torch" if args.with_torch else "without torch/torchvision"
-    print(f"{out}: {len(wheels)} wheels, {size / 1e6:.1f} MB, for {what}, {torch_note}\n"
-          f"offline: pip install --no-index --find-links {out} -e .")
+    extras_note = f", extras {','.join(extras)}" if extras else ""
+    target_spec = f"'.[{','.join(extras)}]'" if extras else "."
+    print(f"{out}: {len(wheels)} wheels, {size / 1e6:.1f} MB, for {what}, {torch_note}"
+          f"{extras_note}\noffline: scripts/install_offline.sh {out}"
+          f"{' ' + ','.join(extras) if extras else ''} "
+          f"(pip install --no-index --find-links {out} -e {target_spec})")
 
 
 if __name__ == "__main__":

@@ -353,3 +353,15 @@ def test_table6_is_left_out_below_three_paired_seeds():
                    {"d1/resnet18": {"top1": 0.5}, "d1/gradattn": {"top1": 0.6}})
     md = table.markdown(table.Study(rs))
     assert "Table 5" in md and "Table 6" not in md
+
+
+def test_no_runs_is_one_line_saying_how_to_get_some_and_fails(tmp_path, capsys):
+    """A fresh clone that has not pulled: not an empty table and exit 0, but one line naming
+    `dvc pull` (a pushed study), `dvc exp pull` and `dvc repro`, and exit code 2."""
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    for fmt in ("markdown", "csv"):
+        assert main(["table", "--repo", str(tmp_path), "--format", fmt]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1 and err.startswith("error: no runs found")
+        assert "`dvc pull`" in err and "`dvc repro`" in err and "docs/reproduce.md" in err

@@ -1,5 +1,7 @@
 """scripts/wheelhouse.sh: a folder of wheels from which a fresh venv installs the project with
 `pip install --no-index` (an offline node), then runs `dvc version` and `gradattn --help`.
+The wheelhouse is made with the s3 and ssh extras (DVC remotes on S3 and over ssh), and the
+offline install takes them: `dvc version` lists both.
 
 torch and torchvision are what GPU images ship and the wheelhouse leaves out by default;
 here two empty stand-in wheels of those names take their place (a real torch is a gigabyte
@@ -54,16 +56,44 @@ def test_offline_install_without_torch_says_so_in_one_line(tmp_path):
     assert missing.returncode == 2 and "not found" in missing.stderr
 
 
+def _wheelhouse_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "scripts/wheelhouse.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_s3_and_ssh_extras_are_wheelhouse_requirements(capsys):
+    """`--extra s3 --extra ssh` adds dvc-s3 and dvc-ssh (pyproject's extras); an extra that
+    does not exist is one line naming those that do."""
+    from packaging.requirements import Requirement
+
+    wheelhouse = _wheelhouse_module()
+    plain = {Requirement(r).name for r in wheelhouse.requirements(False)}
+    both = {Requirement(r).name for r in wheelhouse.requirements(False, ["s3", "ssh"])}
+    assert both - plain == {"dvc-s3", "dvc-ssh"} and "torch" not in both
+    with pytest.raises(SystemExit) as exit_:
+        wheelhouse.requirements(False, ["gcs"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: --extra gcs is not an extra of gradattn: choose "
+                                       "from s3, ssh, test\n")
+
+
 @pytest.mark.slow
 def test_a_wheelhouse_installs_the_project_offline_in_a_fresh_venv(tmp_path):
     house = tmp_path / "wheelhouse"
-    built = subprocess.run(["bash", str(ROOT / "scripts/wheelhouse.sh"), str(house)],
+    built = subprocess.run(["bash", str(ROOT / "scripts/wheelhouse.sh"), str(house),
+                            "--extra", "s3", "--extra", "ssh"],
                            capture_output=True, text=True,
                            env={**os.environ, "PYTHON": sys.executable})
     assert built.returncode == 0, built.stderr[-3000:]
-    assert "without torch/torchvision" in built.stdout
+    assert "without torch/torchvision, extras s3,ssh" in built.stdout
+    assert "scripts/install_offline.sh" in built.stdout and "-e '.[s3,ssh]'" in built.stdout
     wheels = {w.name.split("-")[0].lower() for w in house.glob("*.whl")}
-    assert {"dvc", "numpy", "setuptools"} <= wheels and not wheels & {"torch", "torchvision"}
+    assert {"dvc", "numpy", "setuptools", "dvc_s3", "dvc_ssh"} <= wheels
+    assert not wheels & {"torch", "torchvision"}
     assert not list(house.glob("*.tar.gz"))  # source-only packages were built into wheels
 
     stand_ins = tmp_path / "image"  # what a GPU image ships
@@ -82,7 +112,7 @@ def test_a_wheelhouse_installs_the_project_offline_in_a_fresh_venv(tmp_path):
     bin_dir = env_dir / "bin"
     install = subprocess.run(
         [str(bin_dir / "pip"), "install", "-q", "--no-index", "--find-links", str(house),
-         "--find-links", str(stand_ins), "-e", str(project)],
+         "--find-links", str(stand_ins), "-e", f"{project}[s3,ssh]"],
         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
              "PIP_CONFIG_FILE": os.devnull})  # no machine-wide find-links or index
     assert install.returncode == 0, install.stderr[-3000:]
@@ -90,6 +120,8 @@ def test_a_wheelhouse_installs_the_project_offline_in_a_fresh_venv(tmp_path):
     dvc = subprocess.run([str(bin_dir / "dvc"), "version"], capture_output=True, text=True,
                          cwd=tmp_path)
     assert dvc.returncode == 0 and "DVC version: 3." in dvc.stdout, dvc.stderr[-2000:]
+    supports = dvc.stdout.split("Supports:")[1].split("Config:")[0]
+    assert "s3 (s3fs" in supports and "ssh (sshfs" in supports, dvc.stdout
     cli = subprocess.run([str(bin_dir / "gradattn"), "--help"], capture_output=True, text=True)
     assert cli.returncode == 0 and cli.stdout.startswith("usage: gradattn"), cli.stderr
     assert str(env_dir) in subprocess.run(
