@@ -153,7 +153,7 @@ def test_a_damaged_predictions_file_is_one_line_without_pickle_advice(prepared_p
     params = yaml.safe_load((cwd / "params.yaml").read_text())
     params["models"] = [MODEL]
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    line = one_line(run_stage("plot.py", DATASET, cwd=cwd))
+    line = one_line(run_stage("plot.py", DATASET, cwd=cwd), progress=True)
     assert str(paths.predictions_file(DATASET, MODEL)) in line
     assert f"`dvc repro -f evaluate@{DATASET}-{MODEL}`" in line
     assert "allow_pickle" not in line
