@@ -97,7 +97,8 @@ def python(*args, cwd: Path, env: dict | None = None, code: Path = ROOT,
     """`python *args` in `cwd`, as a user runs it: this interpreter, importing `code`'s
     gradattn (the checkout under test), GRADATTN_DEBUG unset unless `env` sets it."""
     full = {k: v for k, v in os.environ.items() if k != DEBUG_ENV}
-    full.update(PYTHONPATH=str(code), **(env or {}))
+    full["PYTHONPATH"] = str(code)
+    full.update(env or {})  # a project's env (env_for) names its own code
     return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=full,
                           capture_output=True, text=True, timeout=timeout)
 
