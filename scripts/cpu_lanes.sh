@@ -85,7 +85,9 @@ run_lane() {
     if [ $rc -eq 0 ]; then
       touch "$study/state/$name.done"
       echo "$(date -u +%FT%TZ) lane $lane: $name done"
-    elif [ $rc -gt 128 ]; then  # stopped by a signal (Ctrl-C, kill): not a failure
+    elif [[ $rc =~ ^(130|137|143|252)$ ]]; then
+      # stopped (INT, KILL, TERM; 252: DVC's own exit on Ctrl-C), not a failure; DVC's
+      # failures exit 255, so "above 128" would not do
       echo "$(date -u +%FT%TZ) lane $lane: $name stopped; the same lane resumes it on the next run"
       return
     else
