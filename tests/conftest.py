@@ -180,6 +180,16 @@ TINY_PARAMS = {
 }
 
 
+def load_script(name: str):
+    """scripts/NAME.py imported as a module (scripts/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def deep_update(base: dict, changes: dict) -> dict:
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, deep_update, load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / ".github/workflows"
 # What the clone takes from the working tree (a developer's edits are what is tested); the
 # study's state (params.yaml, dvc.lock, metrics, ...) stays as committed.
@@ -41,15 +41,6 @@ def _run(args, cwd: Path, env: dict | None = None, timeout: float = 3600,
     return done
 
 
-def _update(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 @pytest.fixture
 def docs_only_pr(tmp_path):
     """A git clone of the project: a base commit (the committed study, cut to SMALL) and a
@@ -65,7 +56,7 @@ def docs_only_pr(tmp_path):
         elif src.exists():
             shutil.copy2(src, dst)
     params = clone / "params.yaml"
-    params.write_text(yaml.safe_dump(_update(yaml.safe_load(params.read_text()), SMALL),
+    params.write_text(yaml.safe_dump(deep_update(yaml.safe_load(params.read_text()), SMALL),
                                      sort_keys=False))
     _run(["git", "add", "-A"], cwd=clone, env=env)
     _run(["git", "commit", "-qm", "base", "--allow-empty"], cwd=clone, env=env)
@@ -220,12 +211,7 @@ def test_a_report_for_another_head_or_a_bad_number_is_not_posted(tmp_path):
 
 
 def _pr_report():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("pr_report", ROOT / "scripts/pr_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pr_report")
 
 
 def test_differences_within_the_measured_seed_noise_are_labelled_as_such():

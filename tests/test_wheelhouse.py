@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, load_script
 
 
 def stand_in_wheel(folder: Path, name: str, version: str) -> Path:
@@ -57,12 +57,7 @@ def test_offline_install_without_torch_says_so_in_one_line(tmp_path):
 
 
 def _wheelhouse_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("wheelhouse", ROOT / "scripts/wheelhouse.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("wheelhouse")
 
 
 def test_the_s3_and_ssh_extras_are_wheelhouse_requirements(capsys):
