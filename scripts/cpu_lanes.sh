@@ -8,7 +8,7 @@
 # JOBS: one experiment a line, `NAME -S key=value ...` (shell words; `$VAR`s are expanded;
 # `#` starts a comment); a line `common -S ...` gives -S words that every job gets first. Each lane is a clone of this project's HEAD (STUDY_DIR/lane-K) that
 # runs its own code (PYTHONPATH), with one DVC cache shared by all lanes (STUDY_DIR/cache).
-# A lane takes the next job nobody has claimed, resets params.yaml to HEAD's and runs
+# A lane takes the next job nobody has claimed, resets params.yaml (and machine.yaml) to HEAD's and runs
 # `dvc exp run -n NAME <its -S>` in its workspace, so a killed job, run again by the same
 # lane, resumes from its last checkpoint. Every run gets OMP_NUM_THREADS=1 (so all runs
 # record one thread and pool) and `nice`. Logs: STUDY_DIR/logs/NAME.log.
@@ -78,7 +78,9 @@ run_lane() {
   while name=$(next_job "$lane"); do
     args_of "$name"
     echo "$(date -u +%FT%TZ) lane $lane: $name started"
-    git -C "$dir" checkout -q HEAD -- params.yaml
+    # Both settings files as committed (an earlier job's -S rewrote them); machine.yaml only
+    # where the lane's code has one (older clones keep data.sources in params.yaml).
+    git -C "$dir" checkout -q HEAD -- params.yaml $(git -C "$dir" ls-files machine.yaml)
     local rc=0
     (cd "$dir" && PYTHONPATH="$dir" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
        nice -n 10 dvc exp run -n "$name" "${job_args[@]}") >>"$study/logs/$name.log" 2>&1 || rc=$?

@@ -28,7 +28,6 @@ def main() -> None:
             paths.source_config(dataset),
             {
                 "dataset": dataset,
-                "source": data.sources.get(dataset),
                 "custom": data.custom.get(dataset),
                 "options": dataset_options(data, dataset, protocol, download=True),
             },

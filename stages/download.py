@@ -1,9 +1,12 @@
-"""Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from data.sources)."""
+"""Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from the folder that
+machine.yaml's data.sources.<dataset> names: its files are what data/sources/<dataset>.json,
+a dependency of this stage, lists)."""
 
 import time
 
 from gradattn.core import paths
 from gradattn.core.io import read_json, remove_stale
+from gradattn.core.settings import machine_sources
 from gradattn.core.stage import run, stage_args
 
 
@@ -17,7 +20,8 @@ def main() -> None:
         dataset, {dataset: cfg["custom"]} if cfg["custom"] else None, cfg.get("options")
     )
     raw = paths.RAW / dataset
-    source = paths.user_path(cfg["source"]) if cfg["source"] else None
+    source = machine_sources().get(dataset)
+    source = paths.user_path(source) if source else None
     t0 = time.perf_counter()
     remove_stale(raw, recursive=True)  # temporaries a killed download left
     # Files land under their final names only once verified, so a failed run keeps the

@@ -1,6 +1,7 @@
-"""The source files behind data.sources.<dataset> or data.custom.<dataset>, as DVC should see
-them: data/sources/<dataset>.json lists each file's relative path, size and md5. A manifest
-only: the gradattn.sources package (run by download) is what reads them.
+"""The source files behind data.sources.<dataset> (machine.yaml) or data.custom.<dataset>, as
+DVC should see them: data/sources/<dataset>.json lists each file's relative path, size and
+md5, not the folder's path, so the same files in another folder (or on another machine) are
+the same source. A manifest only: the gradattn.sources package (run by download) reads them.
 
 The files lie outside the project, where DVC cannot look, so this stage always runs
 (`always_changed` in dvc.yaml) and rewrites the list; the list changes only when the files
@@ -16,22 +17,30 @@ from pathlib import Path
 
 from gradattn.core import paths
 from gradattn.core.io import file_digest, read_json, walk_once, write_json
+from gradattn.core.settings import check_choice, machine_sources
 from gradattn.core.stage import run, stage_args
 
 
-def source_path(cfg: dict) -> tuple[str, Path] | None:
+def source_path(cfg: dict, sources: dict[str, str]) -> tuple[str, Path] | None:
     """(the setting naming it, the folder or file) of a local source, else None."""
     if cfg.get("custom"):
         return f"data.custom.{cfg['dataset']}.path", paths.user_path(cfg["custom"]["path"])
-    if cfg.get("source"):
-        return f"data.sources.{cfg['dataset']}", paths.user_path(cfg["source"])
+    source = sources.get(cfg["dataset"])
+    if source:
+        return f"data.sources.{cfg['dataset']}", paths.user_path(source)
     return None
 
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
     out = paths.sources_manifest(dataset)
-    local = source_path(read_json(paths.source_config(dataset)))
+    # machine.yaml is no stage's dependency: this stage always runs, so it reads it here.
+    sources = machine_sources()
+    from gradattn.sources.registry import known_datasets
+
+    for name in sources:  # a misspelt name would silently mean "download it"
+        check_choice(f"data.sources.{name}", name, tuple(known_datasets()))
+    local = source_path(read_json(paths.source_config(dataset)), sources)
     if local is None:
         write_json(out, {"dataset": dataset, "files": {}})
         print(f"sources {dataset}: downloaded or bundled (verified by checksum at download)")

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # suite gives the same result in a workspace with an experiment applied. Code (gradattn/,
 # stages/, dvc.yaml, tests/) is read from the working tree: a developer's edits are what is
 # tested. tests/test_used_workspace.py holds both to this.
-STUDY_STATE = ("params.yaml", "dvc.lock", "metrics", "plots", "plotdata", "configs",
+STUDY_STATE = ("params.yaml", "machine.yaml", "dvc.lock", "metrics", "plots", "plotdata", "configs",
                "data/sources", ".dvc/config")
 # The pipeline's code, copied from the working tree into a test project (params.yaml: HEAD's).
 PIPELINE_FILES = ("dvc.yaml", "stages", "gradattn", ".dvcignore")
@@ -190,6 +190,24 @@ def load_script(name: str):
     return module
 
 
+def write_settings(repo: Path, settings: dict) -> None:
+    """params.yaml and machine.yaml of `repo` from one dict holding both: the keys
+    MACHINE_KEYS names (data.sources, grid) go to machine.yaml (HEAD's, updated), as a user
+    keeps them; the rest is params.yaml."""
+    from gradattn.core.settings import MACHINE_FILE, MACHINE_KEYS
+
+    study = {k: dict(v) if isinstance(v, dict) else v for k, v in settings.items()}
+    machine = yaml.safe_load(committed(MACHINE_FILE)) or {}
+    for section, keys in MACHINE_KEYS.items():
+        if keys is None and section in study:
+            machine[section] = study.pop(section)
+        for key in keys or ():
+            if key in (study.get(section) or {}):
+                machine.setdefault(section, {})[key] = study[section].pop(key)
+    (repo / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    (repo / MACHINE_FILE).write_text(yaml.safe_dump(machine, sort_keys=False))
+
+
 def deep_update(base: dict, changes: dict) -> dict:
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
@@ -231,9 +249,10 @@ class DvcRepo:
         return self.run(sys.executable, "-m", "dvc", *args, **kw)
 
     def set_params(self, changes: dict) -> None:
-        path = self.path / "params.yaml"
-        params = deep_update(yaml.safe_load(path.read_text()), changes)
-        path.write_text(yaml.safe_dump(params, sort_keys=False))
+        """`changes` to params.yaml, or to machine.yaml for its keys (write_settings)."""
+        from gradattn.core.settings import read_params
+
+        write_settings(self.path, deep_update(read_params(self.path / "params.yaml"), changes))
 
     def commit(self, message: str) -> None:
         self.run("git", "add", "-A")
@@ -338,8 +357,7 @@ def make_project(tmp_path_factory):
         if kind not in templates:
             templates[kind] = _template(kind, tmp_path_factory.mktemp("template") / kind)
         shutil.copytree(templates[kind], repo, symlinks=True)
-        params = deep_update(KINDS[kind][0](), changes or {})
-        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_settings(repo, deep_update(KINDS[kind][0](), changes or {}))
         sh("git", "add", "-A", cwd=repo)
         sh("git", "commit", "-qm", "pipeline", cwd=repo)
         return repo

@@ -9,13 +9,22 @@ import sys
 
 import pytest
 import yaml
-from conftest import ROOT, committed, copy_committed
+from conftest import ROOT, committed, copy_committed, write_settings
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
-from gradattn.core.settings import DEFAULT_MODELS, MODEL_OPTIONS, PE_CHOICES, SECTIONS
+from gradattn.core.settings import (
+    DEFAULT_MODELS,
+    MACHINE_FILE,
+    MODEL_OPTIONS,
+    PE_CHOICES,
+    SECTIONS,
+    with_machine,
+)
 
-DEFAULTS = yaml.safe_load(committed("params.yaml"))  # the shipped file, not the workspace's
+# The shipped files, not the workspace's: params.yaml with machine.yaml merged in, as read.
+DEFAULTS = with_machine(yaml.safe_load(committed("params.yaml")),
+                        yaml.safe_load(committed(MACHINE_FILE)))
 
 
 def with_change(section: str, key: str | None, value) -> dict:
@@ -102,8 +111,7 @@ def test_each_model_gets_only_its_own_options():
 
 
 def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
-    params = with_change("train", "lr", -1)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_settings(tmp_path, with_change("train", "lr", -1))
     proc = subprocess.run(
         [sys.executable, str(ROOT / "stages/configure.py")],
         cwd=tmp_path,
@@ -117,7 +125,7 @@ def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
 
 
 def test_train_stage_without_prepared_data_fails_cleanly(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(DEFAULTS))
+    write_settings(tmp_path, DEFAULTS)
     subprocess.run(
         [sys.executable, str(ROOT / "stages/configure.py")],
         cwd=tmp_path,
@@ -179,3 +187,29 @@ def test_configure_refuses_a_top_level_typo_with_one_line(tmp_path):
 def test_an_unknown_recipe_is_refused_with_one_line_naming_the_allowed_ones(tmp_path):
     line = configure_error(tmp_path, "recipe: corrected", "recipe: paper")
     assert "recipe = 'paper'" in line and "corrected, notebooks" in line
+
+
+def test_machine_settings_have_one_home(tmp_path):
+    """data.sources and grid live in machine.yaml only: found in params.yaml, or anything else
+    found in machine.yaml, is one line naming the key and where it belongs."""
+    params = tmp_path / "params.yaml"
+    write_settings(tmp_path, DEFAULTS)
+    assert load_params(params).data.sources == {}  # machine.yaml's empty entries
+    study = yaml.safe_load(params.read_text())
+    assert "grid" not in study and "sources" not in study["data"]
+
+    params.write_text(yaml.safe_dump({**study, "grid": {"seeds": [1]}}))
+    with pytest.raises(ConfigError, match=r"params.yaml holds grid, a setting of this machine: "
+                                          r"it lives in machine.yaml"):
+        load_params(params)
+    params.write_text(yaml.safe_dump(study))
+    (tmp_path / MACHINE_FILE).write_text("train:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"'train' is not a setting of this machine: it holds "
+                                          r"data.sources, grid only"):
+        load_params(params)
+    (tmp_path / MACHINE_FILE).write_text("data:\n  sources:\n    cifar1: /x\n")
+    with pytest.raises(ConfigError, match=r"data.sources.cifar1 = 'cifar1' is not allowed: .*"
+                                          r"\(fix it in machine.yaml or with -S machine.yaml:"):
+        load_params(params)
+    (tmp_path / MACHINE_FILE).write_text("data:\n  sources:\n    cifar10: /data/c10\n")
+    assert load_params(params).data.sources == {"cifar10": "/data/c10"}

@@ -10,8 +10,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import ROOT, dvc, env_for, gradattn, sh
+from conftest import ROOT, dvc, env_for, gradattn, sh, write_settings
 
 from gradattn.cli import main
 from gradattn.core.errors import ConfigError
@@ -59,7 +58,7 @@ def test_a_bad_grid_section_is_one_line_naming_the_key(grid, words):
 
 
 def test_list_count_and_an_index_out_of_range(tmp_path, monkeypatch, capsys):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    write_settings(tmp_path, PARAMS)
     monkeypatch.chdir(tmp_path)
     assert main(["grid", "--count"]) == 0
     assert capsys.readouterr().out == "24\n"
@@ -76,7 +75,7 @@ def test_list_count_and_an_index_out_of_range(tmp_path, monkeypatch, capsys):
 def test_pushing_without_remotes_says_what_to_set_up_before_any_training(tmp_path):
     repo = tmp_path / "p"
     repo.mkdir()
-    (repo / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    write_settings(repo, PARAMS)
     sh("git", "init", "-q", cwd=repo)
     dvc("init", "-q", cwd=repo)
     env = {**env_for(repo), "PYTHONPATH": str(ROOT)}  # the code under test, not in `repo`

@@ -46,11 +46,23 @@ def changed_keys(before: str, after: str) -> set[str]:
     return changed
 
 
-def overridden(tmp_path: Path, *overrides: str) -> str:
-    copy = tmp_path / "params.yaml"
-    copy.write_text(committed("params.yaml"))
-    apply_overrides(copy, list(overrides))
+def overridden(tmp_path: Path, *overrides: str, file: str = "params.yaml") -> str:
+    """`file` as committed, after DVC applied the overrides meant for it: `-S FILE:key=value`
+    goes to FILE (machine.yaml), a plain `-S key=value` to params.yaml."""
+    copy = tmp_path / file
+    copy.write_text(committed(file))
+    prefix = "" if file == "params.yaml" else f"{file}:"
+    mine = [o.removeprefix(prefix) for o in overrides
+            if (o.startswith(prefix) if prefix else ":" not in o.split("=", 1)[0])]
+    if mine:
+        apply_overrides(copy, mine)
     return copy.read_text()
+
+
+def diff_lines(before: str, after: str) -> list[str]:
+    return [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(),
+                                                  lineterm="", n=0)
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
 
 
 def test_dvc_rewrites_params_yaml_byte_for_byte(tmp_path):
@@ -62,30 +74,37 @@ def test_dvc_rewrites_params_yaml_byte_for_byte(tmp_path):
     (["train.max_epochs=1", "gradients.batches=2"],
      ["-  max_epochs: 10", "+  max_epochs: 1", "-  batches: 20", "+  batches: 2"]),
     (["data.datasets=[cifar10,svhn]"], ["-  - fashionmnist-mini", "+  - cifar10", "+  - svhn"]),
-    (["data.sources.fashionmnist=/usr/share/datasets/fashion-mnist"],
-     ["-    fashionmnist:", "+    fashionmnist: /usr/share/datasets/fashion-mnist"]),
     (["train.min_lr=1e-6"], ["-  min_lr: 1.0e-7", "+  min_lr: 1e-06"]),
 ])
 def test_an_override_changes_only_its_own_lines(tmp_path, overrides, diff):
-    before = committed("params.yaml")
-    after = overridden(tmp_path, *overrides)
-    got = [line for line in difflib.unified_diff(before.splitlines(), after.splitlines(),
-                                                 lineterm="", n=0)
-           if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    assert got == diff
+    assert diff_lines(committed("params.yaml"), overridden(tmp_path, *overrides)) == diff
+
+
+def test_a_machine_setting_changes_only_its_line_in_machine_yaml(tmp_path):
+    sets = ["machine.yaml:data.sources.fashionmnist=/usr/share/datasets/fashion-mnist",
+            "machine.yaml:grid.seeds=[1,2]"]
+    assert overridden(tmp_path, *sets) == committed("params.yaml")
+    after = overridden(tmp_path, *sets, file="machine.yaml")
+    assert diff_lines(committed("machine.yaml"), after) == [
+        "-    fashionmnist:", "+    fashionmnist: /usr/share/datasets/fashion-mnist",
+        "-  - 42", "-  - 43", "-  - 44", "+  - 1", "+  - 2"]
+    (tmp_path / "params.yaml").write_text(committed("params.yaml"))
+    merged = read_params(tmp_path / "params.yaml")  # machine.yaml beside it is read too
+    assert merged["data"]["sources"]["fashionmnist"] == "/usr/share/datasets/fashion-mnist"
+    assert merged["grid"]["seeds"] == [1, 2]
 
 
 def test_every_documented_override_changes_only_its_keys(tmp_path):
-    before = committed("params.yaml")
     checked = 0
     for doc, sets in documented_overrides():
         if any("," in s.split("=", 1)[1] and "[" not in s for s in sets):
             continue  # a sweep: DVC applies each of its values the same way
-        after = overridden(tmp_path, *sets)
-        keys = {s.split("=", 1)[0].lstrip("+") for s in sets}
-        stray = {k for k in changed_keys(before, after)
-                 if not any(k == o or k.startswith(o + ".") for o in keys)}
-        assert not stray, f"{doc}: -S {' -S '.join(sets)} also rewrote {sorted(stray)}"
+        for file in ("params.yaml", "machine.yaml"):
+            after = overridden(tmp_path, *sets, file=file)
+            keys = {s.split("=", 1)[0].lstrip("+").removeprefix(f"{file}:") for s in sets}
+            stray = {k for k in changed_keys(committed(file), after)
+                     if not any(k == o or k.startswith(o + ".") for o in keys)}
+            assert not stray, f"{doc}: -S {' -S '.join(sets)} also rewrote {file}'s {stray}"
         checked += 1
     assert checked >= 5
 

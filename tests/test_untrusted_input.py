@@ -435,6 +435,41 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny
 
 
 @pytest.mark.slow
+def test_a_source_folder_is_a_machine_setting_and_its_files_are_what_dvc_sees(make_project,
+                                                                                tmp_path):
+    """machine.yaml's data.sources: the same files in another folder re-run nothing but the
+    listing and show in neither `dvc params diff` nor `dvc exp show`; a file more re-runs the
+    download (which copies the same bytes, so preprocess stays)."""
+    import shutil
+
+    from conftest import dvc, sh
+
+    from gradattn.sources.bundled import BUNDLED
+
+    folders = tmp_path / "a", tmp_path / "b"
+    for folder in folders:
+        folder.mkdir()
+        shutil.copy(BUNDLED, folder / BUNDLED.name)
+    dataset = "fashionmnist-mini"
+    project = make_project(tmp_path / "p", "fashion",
+                           {"data": {"sources": {dataset: str(folders[0])}}})
+    ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
+    assert ran == {f"{s}@{dataset}" for s in ("sources", "download", "preprocess")} | {
+        "configure"}, ran
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "prepared", cwd=project)
+    machine = project / "machine.yaml"
+    machine.write_text(machine.read_text().replace(str(folders[0]), str(folders[1])))
+    assert dvc("params", "diff", cwd=project).stdout.strip() == ""
+    assert "data.sources" not in dvc("exp", "show", "--md", cwd=project).stdout
+    ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
+    assert ran == {f"sources@{dataset}"}, ran
+    (folders[1] / "README").write_text("a file more")
+    ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
+    assert ran == {f"sources@{dataset}", f"download@{dataset}"}, ran
+
+
+@pytest.mark.slow
 def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tiny_project, tmp_path):
     # `../data/x.npz` pointed into DVC's tmp folder inside a --temp experiment's copy: the
     # experiment noted the file "is not on this machine" and ran on the old data, exit 0.

@@ -49,7 +49,7 @@ def parent_root() -> Path:
 
 
 def user_path(given: str | os.PathLike) -> Path:
-    """A path the user gave in params.yaml (data.sources.<name>, data.custom.<name>.path), as
+    """A path the user gave (machine.yaml's data.sources.<name>, data.custom.<name>.path), as
     a stage opens it. Relative paths are relative to the project the user works in. A queued
     or `--temp` experiment runs in a copy under .dvc/tmp/exps/, where a path that leaves the
     project (`../data/x.npz`) would point into DVC's tmp folder, and a git-ignored file inside

@@ -19,6 +19,13 @@ from gradattn.core.errors import ConfigError
 from gradattn.core.recipes import AUTO, RECIPES, recipe_batch_size, recipe_value  # their home
 
 DEFAULT_PARAMS = Path("params.yaml")
+# Settings of this machine, not of the study: where a source's files lie here
+# (data.sources.<dataset>) and which experiments `gradattn grid` runs (grid). They live in
+# machine.yaml beside params.yaml, a file no stage lists, so they stay out of `dvc exp show`,
+# `dvc params diff` and dvc.lock; `dvc exp run -S machine.yaml:data.sources.cifar10=<folder>`
+# sets one for an experiment. What a source's files hold is what DVC sees (the sources stage).
+MACHINE_FILE = "machine.yaml"
+MACHINE_KEYS = {"data": ("sources",), "grid": None}  # None: the whole section
 SPLITS = ("official", "pooled")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -61,9 +68,10 @@ SILENT_LAYERS = ("skip", "count")
 
 
 def not_allowed(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(
-        f"{key} = {value!r} is not allowed: {allowed} (fix it in params.yaml or with -S {key}=...)"
-    )
+    file = MACHINE_FILE if key.startswith(("data.sources", "grid")) else "params.yaml"
+    where = f"{MACHINE_FILE}:" if file == MACHINE_FILE else ""
+    return ConfigError(f"{key} = {value!r} is not allowed: {allowed} "
+                       f"(fix it in {file} or with -S {where}{key}=...)")
 
 
 def _number(
@@ -175,12 +183,9 @@ class DataConfig:
     def parse(cls, raw: dict) -> DataConfig:
         """Shapes and values; which names exist is checked by gradattn.config (the registry)."""
         custom = raw.get("custom") or {}
-        sources = raw.get("sources") or {}
         if not isinstance(custom, dict):
             raise not_allowed("data.custom", custom,
                               "must map a dataset name to {format, path, size}")
-        if not isinstance(sources, dict):
-            raise not_allowed("data.sources", sources, "must map a dataset name to a folder path")
         datasets = parse_datasets(raw)
 
         def get(key):
@@ -199,12 +204,20 @@ class DataConfig:
             normalise=check_choice("data.normalise", get("normalise"), (AUTO, *NORMALISATIONS)),
             augment=check_choice("data.augment", get("augment"), (AUTO, *AUGMENT_NAMES)),
             svhn_extra=_auto_or(get("svhn_extra"), lambda v: _bool("data.svhn_extra", v)),
-            sources={k: str(v) for k, v in sources.items() if v is not None},
+            sources=parse_sources(raw.get("sources")),
             custom=custom,
             medmnist_size=_choice_int(
                 "data.medmnist_size", get("medmnist_size"), MEDMNIST_SIZES
             ),
         )
+
+
+def parse_sources(sources: Any) -> dict[str, str]:
+    """data.sources: dataset name -> folder, the empty entries left out."""
+    sources = sources or {}
+    if not isinstance(sources, dict):
+        raise not_allowed("data.sources", sources, "must map a dataset name to a folder path")
+    return {k: str(v) for k, v in sources.items() if v is not None}
 
 
 def parse_datasets(raw_data: dict) -> tuple[str, ...]:
@@ -356,17 +369,17 @@ ParamsLoader.add_implicit_resolver(
 
 
 def load_yaml(text: str):
-    """params.yaml's text as DVC reads it (ParamsLoader)."""
+    """params.yaml's (or machine.yaml's) text as DVC reads it (ParamsLoader)."""
     return yaml.load(text, Loader=ParamsLoader)  # noqa: S506 (a SafeLoader)
 
 
-def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
-    """params.yaml as a dict, or a one-line ConfigError."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path} not found: run from the project root, where params.yaml is")
+def read_mapping(path: Path, text: str | None = None) -> dict:
+    """A YAML file of sections as a dict (`text`: its content, when read from git), or a
+    one-line ConfigError."""
     try:
-        params = load_yaml(path.read_text(encoding="utf-8")) or {}
+        if text is None:
+            text = path.read_text(encoding="utf-8")
+        params = load_yaml(text) or {}
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
                           f"offset {err.start}): save it as UTF-8 and rerun") from None
@@ -374,9 +387,69 @@ def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
         raise ConfigError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(params, dict):
         raise ConfigError(f"{path} must be a mapping of sections, not {type(params).__name__}: "
-                          "fix params.yaml")
+                          f"fix {path.name}")
     _check_finite(params)
     return params
+
+
+def _machine_keys(params: dict) -> list[str]:
+    """The machine settings `params` holds, as dotted keys (data.sources, grid)."""
+    found = []
+    for section, keys in MACHINE_KEYS.items():
+        value = params.get(section)
+        if keys is None:
+            found += [section] if section in params else []
+        elif isinstance(value, dict):
+            found += [f"{section}.{key}" for key in keys if key in value]
+    return found
+
+
+def with_machine(params: dict, machine: dict, where: Path = Path(MACHINE_FILE)) -> dict:
+    """params.yaml's sections with machine.yaml's settings merged in: the one view every
+    reader validates. Each setting has one home, so params.yaml holding one is an error."""
+    misplaced = _machine_keys(params)
+    if misplaced:
+        key = misplaced[0]
+        raise ConfigError(
+            f"params.yaml holds {key}, a setting of this machine: it lives in {MACHINE_FILE} "
+            f"(read by no stage, so it stays out of dvc exp show and dvc.lock); move it there, "
+            f"or set it with -S {MACHINE_FILE}:{key}...")
+    for key in machine:
+        if key not in MACHINE_KEYS:
+            raise ConfigError(
+                f"{where}: {key!r} is not a setting of this machine: it holds "
+                f"{', '.join(k if v is None else f'{k}.{v[0]}' for k, v in MACHINE_KEYS.items())}"
+                " only (the study's settings are in params.yaml)")
+    data = machine.get("data") or {}
+    if not isinstance(data, dict) or set(data) - set(MACHINE_KEYS["data"]):
+        raise ConfigError(f"{where}: data = {data!r} is not allowed: it takes data.sources only "
+                          "(the study's data settings are in params.yaml)")
+    merged = dict(params)
+    if "sources" in data:
+        merged["data"] = {**(params.get("data") or {}), "sources": data["sources"]}
+    if "grid" in machine:
+        merged["grid"] = machine["grid"]
+    return merged
+
+
+def read_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    """params.yaml as a dict, with machine.yaml beside it merged in (with_machine), or a
+    one-line ConfigError."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path} not found: run from the project root, where params.yaml is")
+    machine_path = path.with_name(MACHINE_FILE)
+    machine = read_mapping(machine_path) if machine_path.exists() else {}
+    return with_machine(read_mapping(path), machine, machine_path)
+
+
+def machine_sources(path: str | Path = DEFAULT_PARAMS) -> dict[str, str]:
+    """machine.yaml's data.sources (beside params.yaml at `path`; none without the file): the
+    folders this machine reads datasets' source files from instead of downloading them."""
+    machine_path = Path(path).with_name(MACHINE_FILE)
+    machine = read_mapping(machine_path) if machine_path.exists() else {}
+    data = with_machine({}, machine, machine_path).get("data") or {}
+    return parse_sources(data.get("sources"))
 
 
 def _check_finite(node: Any, key: str = "") -> None:
@@ -426,14 +499,15 @@ def load_resolved(name: str, dataset: str | None = None, path: str | Path = DEFA
     return section.resolve(recipe, dataset) if name == "train" else section.resolve(recipe)
 
 
-# Read by no stage: which experiments `gradattn grid` runs, not how one runs.
+# In machine.yaml, read by no stage: which experiments `gradattn grid` runs, not how one runs.
 GRID_SECTION = "grid"
 GRID_KEYS = ("seeds", "pe")
 
 
 def _grid_list(key: str, value: Any, kind: type, allowed: str) -> list:
     if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
-        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed} (fix it in params.yaml)")
+        raise ConfigError(f"{key} = {value!r} is not allowed: {allowed} "
+                          f"(fix it in {MACHINE_FILE})")
     return value
 
 
@@ -455,11 +529,11 @@ class GridConfig:
         grid = params.get(GRID_SECTION) or {}
         if not isinstance(grid, dict):
             raise ConfigError(f"grid = {grid!r} is not allowed: a mapping with seeds and pe "
-                              "(fix it in params.yaml)")
+                              f"(fix it in {MACHINE_FILE})")
         unknown = set(grid) - set(GRID_KEYS)
         if unknown:
             raise ConfigError(f"grid.{sorted(unknown)[0]} is not a grid key: the grid section "
-                              "takes seeds and pe (fix it in params.yaml)")
+                              f"takes seeds and pe (fix it in {MACHINE_FILE})")
         datasets = parse_datasets(raw_section(params, "data", DataConfig))
         models = parse_models(params)
         seed = _given(raw_section(params, "train", TrainConfig), TrainConfig, "seed")
@@ -471,6 +545,6 @@ class GridConfig:
         bad = [pe for pe in pes if pe not in PE_CHOICES]
         if bad:
             raise ConfigError(f"grid.pe holds {bad[0]!r}, which is not allowed: choose from "
-                              f"{', '.join(PE_CHOICES)} (fix it in params.yaml)")
+                              f"{', '.join(PE_CHOICES)} (fix it in {MACHINE_FILE})")
         return cls(recipe=recipe, datasets=datasets, models=models, seeds=tuple(seeds),
                    pe=tuple(pes))

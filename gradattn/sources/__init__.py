@@ -7,7 +7,7 @@ The registry imports a source's module the first time its dataset is asked for
 (registry.BUILTIN names them), so a stage pays only for the source it uses.
 
 "Sources" names three things; this package is the code. The other two are user-facing and
-keep their names (params.yaml, dvc.yaml, dvc.lock): the key `data.sources.<dataset>`, a
+keep their names (machine.yaml, dvc.yaml, dvc.lock): the key `data.sources.<dataset>`, a
 local folder a source reads instead of downloading, and the `sources` stage
 (stages/sources.py), which lists that folder's files (size, md5) so DVC sees them change.
 """

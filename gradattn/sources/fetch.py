@@ -66,7 +66,8 @@ def manual_hint(dataset: str, files: str) -> str:
     """What a user without network does instead (the second half of every download error)."""
     return (
         f"without network, fetch {files} by hand into a folder and set "
-        f"data.sources.{dataset}: <that folder> (in params.yaml or with -S)"
+        f"data.sources.{dataset}: <that folder> in machine.yaml (or run with "
+        f"-S machine.yaml:data.sources.{dataset}=<that folder>)"
     )
 
 

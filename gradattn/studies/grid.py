@@ -7,9 +7,9 @@ git plus a DVC remote gather it (`dvc exp push` / `dvc exp pull`; docs/scale.md)
 ResNet-18 and the other non-GradAttn models are one cell per (dataset, seed): no cell waits
 on or repeats another's training.
 
-What to run comes from params.yaml: data.datasets, models, `recipe`, and the `grid` section
-(seeds, and GradAttn's encodings). `grid` is no stage's param: it names which experiments
-to run, not how one runs.
+What to run comes from params.yaml (data.datasets, models, `recipe`) and machine.yaml's `grid`
+section (seeds, and GradAttn's encodings). `grid` is no stage's param: it names which
+experiments to run, not how one runs.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from gradattn.core.errors import ConfigError, GradattnError
-from gradattn.core.settings import GridConfig, load_yaml, read_params
+from gradattn.core.errors import GradattnError
+from gradattn.core.settings import MACHINE_FILE, GridConfig, read_mapping, read_params, with_machine
 
 TRUE = {"1", "true", "yes", "y", "on"}
 
@@ -66,19 +64,23 @@ def cells(params: dict) -> list[Cell]:
 
 
 def load_cells(params_file: Path = Path("params.yaml")) -> list[Cell]:
-    """The cells of the committed study (HEAD's params.yaml). Not the working tree's: each
-    `dvc exp run -S` leaves its overrides there, and every worker and array task must agree
-    on what index I means. Outside git (nothing committed yet), the working tree's."""
-    proc = subprocess.run(["git", "show", f"HEAD:./{params_file.as_posix()}"],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
+    """The cells of the committed study (HEAD's params.yaml and machine.yaml). Not the working
+    tree's: each `dvc exp run -S` leaves its overrides there, and every worker and array task
+    must agree on what index I means. Outside git (nothing committed yet), the working tree's."""
+    machine_file = params_file.with_name(MACHINE_FILE)
+    params_text, machine_text = _at_head(params_file), _at_head(machine_file)
+    if params_text is None:
         return cells(read_params(params_file))
-    try:
-        params = load_yaml(proc.stdout) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"params.yaml at HEAD is not valid YAML: "
-                          f"{str(err).splitlines()[0]}") from None
-    return cells(params)
+    params = read_mapping(Path(f"{params_file.name} at HEAD"), params_text)
+    machine_at_head = Path(f"{MACHINE_FILE} at HEAD")
+    machine = read_mapping(machine_at_head, machine_text or "")
+    return cells(with_machine(params, machine, machine_at_head))
+
+
+def _at_head(path: Path) -> str | None:
+    proc = subprocess.run(["git", "show", f"HEAD:./{path.as_posix()}"],
+                          capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
 
 
 def pick(all_cells: list[Cell], index: int) -> Cell:

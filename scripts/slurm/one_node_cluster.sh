@@ -122,8 +122,10 @@ p["models"] = ["resnet18", "gradattn"]
 p["model"].update(dim=16, heads=2, ff_dim=32, depth=1)
 p["train"]["max_epochs"] = 1
 p["gradients"]["batches"] = 1
-p["grid"] = {"seeds": [1, 2], "pe": ["none"]}
 yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
+m = yaml.safe_load(open("machine.yaml"))
+m["grid"] = {"seeds": [1, 2], "pe": ["none"]}
+yaml.safe_dump(m, open("machine.yaml", "w"), sort_keys=False)
 PY
 # A fresh study: without the committed results of the default one, whose params differ.
 rm -rf dvc.lock metrics plotdata plots
