@@ -72,6 +72,16 @@ def repo(tmp_path: Path) -> Path:
     return repo
 
 
+def test_a_committed_change_is_not_called_uncommitted(repo, tmp_path):
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "the change")
+    out = tmp_path / "report.md"
+    assert main(["compare", "--rev", "base", "--repo", str(repo), "--out", str(out)]) == 0
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, text=True,
+                          capture_output=True).stdout.strip()
+    assert f"The workspace (HEAD {head}) against `base`." in out.read_text()
+
+
 def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, capsys):
     images = tmp_path / "images"
     out = tmp_path / "report.md"
@@ -80,6 +90,7 @@ def test_compare_reports_params_metric_deltas_and_changed_plots(repo, tmp_path, 
     report = out.read_text()
 
     assert report.startswith("# Changes against `base`")
+    assert "plus uncommitted changes) against `base`" in report  # the change is not committed
     assert "Warning" not in report  # a param and the metrics changed together
     lines = [line.replace(" ", "") for line in report.splitlines()]
     # The headline: top-1 (%) and ECE per dataset × model, base → workspace, Δ.

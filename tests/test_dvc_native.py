@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import threading
 import time
 
 import pytest
-from conftest import running_stages
+from conftest import ROOT, running_stages
 
 DATASET = "fashionmnist-mini"
 
@@ -25,6 +26,14 @@ def downstream_of_training(models=("resnet18", "gradattn")) -> set[str]:
 @pytest.mark.slow
 def test_status_names_the_key_and_dry_run_lists_what_then_runs(reproduced_repo):
     dvc_repo = reproduced_repo  # reproduced and committed (the session's one baseline run)
+
+    # `dvc exp show` as docs/reproduce.md counts it (the same keys, stages and metrics as the
+    # default study), and without the settings of the machine (machine.yaml).
+    header = dvc_repo.dvc("exp", "show", "--md", "--no-pager").stdout.splitlines()[0]
+    documented = re.search(r"the default study \(`dvc exp show --md` after `dvc repro`\) \| "
+                           r"(\d+) \|", (ROOT / "docs/reproduce.md").read_text())
+    assert documented and header.count("|") - 1 == int(documented.group(1)), header
+    assert "data.sources" not in header and "grid." not in header
 
     # A native param: `dvc status` names the leaf key. `dvc repro --dry` lists the stages
     # whose own inputs changed (DVC cannot know before running them whether their outputs

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torchmetrics.functional.classification as tmc
 
 
 def classification_metrics(
@@ -14,6 +13,10 @@ def classification_metrics(
     Fractions in [0, 1]. Top-k with k ≥ the number of classes is always 1, so it is
     reported as None (not applicable) rather than as a meaningless perfect score.
     """
+    # Imported here: torchmetrics takes seconds to import, and the other functions of this
+    # module (ECE, gap: the report and plot stages, most tests) do not need it.
+    import torchmetrics.functional.classification as tmc
+
     k = logits.shape[1]
     probs = logits.float().softmax(1)
     out: dict[str, float | None] = {}

@@ -232,6 +232,13 @@ def _short(root: Path, rev: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else "?"
 
 
+def _workspace(root: Path) -> str:
+    """What `root`'s workspace is: HEAD, and whether its tracked files differ from it."""
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root,
+                           capture_output=True).returncode != 0
+    return f"HEAD {_short(root, 'HEAD')}{' plus uncommitted changes' if dirty else ''}"
+
+
 HEADLINE_FILE = "metrics/summary.json"  # gradattn.reporting.report: {"<dataset>/<model>": {...}}
 HEADLINE = ("top1", "ece")
 
@@ -349,8 +356,7 @@ def compare_markdown(base: str, root: str | Path = ".", images: Path | None = No
     note = warning(bool(param_rows), any_metric)
     parts = [
         f"# Changes against `{base}` ({_short(root, base)})", "",
-        f"The workspace (HEAD {_short(root, 'HEAD')} plus uncommitted changes) against "
-        f"`{base}`.", "",
+        f"The workspace ({_workspace(root)}) against `{base}`.", "",
         *([note, ""] if note else []),
         "## Headline", "", headline(metrics, base), "",
         "## Params", "",
