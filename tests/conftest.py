@@ -31,6 +31,7 @@ import io
 import os
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -44,6 +45,12 @@ import yaml
 from gradattn.core.stage import DEBUG_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# A test run started with `cmd &` from a script (or `nohup`) inherits SIGINT ignored, and so
+# would every process the tests start; with a handler here they start with it at its default,
+# so the Ctrl-C tests send what a terminal would, to processes that can receive it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
 # workspace. Tests read it as committed (git HEAD, via `committed` / `copy_committed`), so the
 # suite gives the same result in a workspace with an experiment applied. Code (gradattn/,

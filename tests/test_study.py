@@ -153,3 +153,23 @@ def test_force_never_replaces_a_folder_a_study_did_not_write(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "results/mine is not an earlier publication (it holds notes.md)" in done.stderr
     assert _on_disk(tmp_path) == before  # refused before any cell ran
+
+
+def test_a_cell_can_be_stopped_even_when_the_study_was_started_ignoring_ctrl_c():
+    # `cmd &` in a script or `nohup` starts the study with SIGINT ignored, which children
+    # inherit; `stop` stops a cell with SIGINT, so each cell must start with it at its default.
+    import signal
+    import subprocess
+
+    from gradattn.studies.study import start
+
+    ignores = [sys.executable, "-c",
+               "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        plain = subprocess.run(ignores, capture_output=True, text=True).stdout
+        cell = start(ignores, stdout=subprocess.PIPE, text=True).communicate()[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert plain.split() == ["True"]  # what a plain child inherits
+    assert cell.split() == ["False"]  # a cell: Python's own Ctrl-C handler, so SIGINT stops it

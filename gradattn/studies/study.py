@@ -137,8 +137,16 @@ STOP_GRACE_S = 60.0
 
 def start(argv: list[str], **kwargs) -> subprocess.Popen:
     """A child in its own process group: a Ctrl-C at the terminal reaches the study only, which
-    stops its children itself (`stop`), whichever signal it got (SIGINT or SIGTERM)."""
-    return subprocess.Popen(argv, start_new_session=True, **kwargs)
+    stops its children itself (`stop`), whichever signal it got (SIGINT or SIGTERM).
+
+    The child starts with SIGINT at its default even when the study inherited it ignored (a
+    study launched with `cmd &` or `nohup` from a script): `stop` relies on that SIGINT."""
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_default_sigint, **kwargs)
+
+
+def _default_sigint() -> None:
+    # Runs in the child between fork and exec; the study starts no threads, so this is safe.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop(procs: list[subprocess.Popen], grace: float = STOP_GRACE_S) -> None:
