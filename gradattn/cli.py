@@ -179,7 +179,8 @@ def parser() -> argparse.ArgumentParser:
         "from the project root.")
     what = g.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true",
-                      help="print index, name and -S overrides of every cell (the default)")
+                      help="print index, name and -S overrides of every cell (the default; "
+                      "`cut -f2-` of it is a jobs file for scripts/cpu_lanes.sh)")
     what.add_argument("--count", action="store_true", help="print the number of cells")
     what.add_argument("--index", type=int, metavar="I", help="run cell I (0-based)")
     g.add_argument("--queue", action="store_true",

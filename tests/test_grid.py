@@ -148,17 +148,40 @@ def test_the_slurm_array_script_runs_gradattn_grid():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_every_gradattn_command_printed_in_docs_scale_is_accepted():
-    """Each `gradattn ...` line of docs/scale.md's code blocks parses as printed (shell
-    variables stand for a number)."""
+@pytest.mark.parametrize("doc, least", [("docs/scale.md", 6), ("docs/running.md", 5),
+                                        ("docs/reproduce.md", 6), ("docs/gpu.md", 5),
+                                        ("README.md", 2)])
+def test_every_gradattn_command_printed_in_the_docs_is_accepted(doc, least):
+    """Each `gradattn ...` line of a page's code blocks parses as printed (shell variables
+    stand for a number; `|` or `>` ends a command)."""
     from gradattn.cli import parser
 
-    text = (ROOT / "docs/scale.md").read_text()
-    commands = re.findall(r"^[ ]*(gradattn [^#\n]+)", text, re.M)
-    assert len(commands) >= 6, commands
+    text = (ROOT / doc).read_text()
+    commands = re.findall(r"^[ ]*(gradattn [^#|>\n]+)", text, re.M)
+    assert len(commands) >= least, commands
     for command in commands:
         words = shlex.split(re.sub(r'"?\$\w+"?', "0", command))
         try:
             parser().parse_args(words[1:])
         except SystemExit:
-            pytest.fail(f"docs/scale.md prints a command gradattn refuses: {command}")
+            pytest.fail(f"{doc} prints a command gradattn refuses: {command}")
+
+
+def test_the_listing_is_a_jobs_file_for_cpu_lanes(tmp_path, monkeypatch, capsys):
+    """docs/running.md: `gradattn grid --list | cut -f2- > study.jobs` gives scripts/cpu_lanes.sh
+    one job per cell, named as the cell, its -S words as a shell reads them."""
+    write_settings(tmp_path, PARAMS)
+    monkeypatch.chdir(tmp_path)
+    assert main(["grid", "--list"]) == 0
+    listing = capsys.readouterr().out
+    (tmp_path / "listing").write_text(listing)
+    sh("bash", "-c", "cut -f2- listing > study.jobs", cwd=tmp_path)
+    jobs = tmp_path / "study.jobs"
+    status = sh("bash", ROOT / "scripts/cpu_lanes.sh", "status", jobs, tmp_path / "lanes",
+                cwd=tmp_path).stdout.splitlines()
+    all_cells = cells(PARAMS)
+    assert status == [f"{c.name}: waiting" for c in all_cells]
+    for line, cell in zip(jobs.read_text().splitlines(), all_cells):
+        words = shlex.split(line)[1:]
+        assert words[::2] == ["-S"] * len(cell.overrides) and words[1::2] == cell.overrides
+    assert any("[" in s for c in all_cells for s in c.overrides)  # quoted: no glob for a shell

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -93,7 +94,9 @@ def pick(all_cells: list[Cell], index: int) -> Cell:
 
 
 def listing(all_cells: list[Cell]) -> str:
-    return "".join(f"{i}\t{c.name}\t{' '.join('-S ' + s for s in c.overrides)}\n"
+    """Index, name and -S words of each cell, tab-separated, the words quoted for a shell:
+    `cut -f2-` of it is a jobs file for scripts/cpu_lanes.sh (docs/running.md)."""
+    return "".join(f"{i}\t{c.name}\t{' '.join('-S ' + shlex.quote(s) for s in c.overrides)}\n"
                    for i, c in enumerate(all_cells))
 
 
