@@ -4,8 +4,8 @@ and take fixtures by name; nothing else defines these.
 - `ROOT`: this checkout. The study's committed state: `committed`, `copy_committed`.
 - Running what a user runs, in a subprocess: `python` (this interpreter, importing ROOT's
   gradattn, GRADATTN_DEBUG unset), `run_stage` (`python stages/<script>`), `sh`, `dvc`,
-  `gradattn`; `stage_here` runs a stage script in this process (for set-up steps: no
-  start-up); `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
+  `gradattn`; `stage_here` and `gradattn_here` give the same answer from this process (no
+  start-up: for set-up steps and refusals); `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
   a raised error's message.
 - `one_thread`: a fixture for modules of tiny torch models
   (`pytestmark = pytest.mark.usefixtures("one_thread")`).
@@ -120,28 +120,44 @@ def stage_here(script: str, *args, cwd: Path, env: dict | None = None
                ) -> subprocess.CompletedProcess:
     """`run_stage`'s answer without a new process: the same script, run as `__main__` in this
     interpreter (torch and gradattn already imported: milliseconds, not a start-up), in `cwd`
-    with GRADATTN_DEBUG unset and `env` set, its stdout and stderr captured. For steps whose
-    outputs a test reads (a project's configure, download, preprocess); what a stage prints
-    and exits with in a process of its own is `run_stage`'s to check."""
+    with GRADATTN_DEBUG unset and `env` set, its stdout and stderr captured, its exit status
+    what it raised SystemExit with. For set-up steps and for a stage's refusals (what it
+    checks is the script's own code); that the process itself exits with the status and
+    prints only the line is tests/test_entry_points.py's to check, with `run_stage`."""
+    argv = [str(ROOT / "stages" / script), *map(str, args)]
+    return _here(argv, lambda: runpy.run_path(argv[0], run_name="__main__"), cwd, env)
+
+
+def gradattn_here(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`gradattn *args` (the `gradattn` function's answer) in this interpreter: the command's
+    own `main`, in `cwd`, as `stage_here` runs a stage."""
+    from gradattn.cli import main
+
+    argv = ["gradattn", *map(str, args)]
+    return _here(argv, lambda: main(argv[1:]), cwd, env)
+
+
+def _here(argv: list[str], run, cwd: Path, env: dict | None) -> subprocess.CompletedProcess:
     out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8") for _ in range(2))
     saved = (os.getcwd(), sys.argv, dict(os.environ))
     os.environ.pop(DEBUG_ENV, None)
     os.environ.update(env or {})
     os.chdir(cwd)
-    sys.argv = [str(ROOT / "stages" / script), *map(str, args)]
+    sys.argv = argv
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(sys.argv[0], run_name="__main__")
+            code = run()
+            code = code if isinstance(code, int) else 0
     except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:
         os.chdir(saved[0])
         sys.argv = saved[1]
         os.environ.clear()
         os.environ.update(saved[2])
     text = [(f.flush(), f.buffer.getvalue().decode())[1] for f in (out, err)]
-    return subprocess.CompletedProcess(sys.argv, code, *text)
+    return subprocess.CompletedProcess(argv, code, *text)
 
 
 def one_line(proc: subprocess.CompletedProcess, code: int = 2, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,9 +57,10 @@ def _git(repo: Path, *args: str) -> None:
                    check=True, capture_output=True)
 
 
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory) -> Path:
+    """The repository below, made once a module: `dvc init` is seconds of start-up."""
+    repo = tmp_path_factory.mktemp("compare") / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=repo, check=True)
@@ -70,6 +72,12 @@ def repo(tmp_path: Path) -> Path:
     # The change under review: a param, one metric, one plot's data and one image.
     _write(repo, lr=0.01, top1=0.55, val=0.45, seconds=12.5, png=b"\x89PNG new")
     return repo
+
+
+@pytest.fixture
+def repo(_template: Path, tmp_path: Path) -> Path:
+    """A git + DVC repository: branch `base`, then a change under review left uncommitted."""
+    return Path(shutil.copytree(_template, tmp_path / "repo", symlinks=True))
 
 
 def test_a_committed_change_is_not_called_uncommitted(repo, tmp_path):

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import yaml
-from conftest import ROOT, committed, copy_committed, write_settings
+from conftest import committed, copy_committed, stage_here, write_settings
 
 from gradattn.config import load_params, parse_params
 from gradattn.core.errors import ConfigError
@@ -112,12 +110,7 @@ def test_each_model_gets_only_its_own_options():
 
 def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
     write_settings(tmp_path, with_change("train", "lr", -1))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages/configure.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    proc = stage_here("configure.py", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: train.lr = -1"), proc.stderr
@@ -126,18 +119,8 @@ def test_configure_stage_fails_with_one_line_and_writes_nothing(tmp_path):
 
 def test_train_stage_without_prepared_data_fails_cleanly(tmp_path):
     write_settings(tmp_path, DEFAULTS)
-    subprocess.run(
-        [sys.executable, str(ROOT / "stages/configure.py")],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "stages/train.py"), "fashionmnist-mini", "resnet18"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    assert stage_here("configure.py", cwd=tmp_path).returncode == 0
+    proc = stage_here("train.py", "fashionmnist-mini", "resnet18", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "preprocess@fashionmnist-mini" in lines[0], proc.stderr
@@ -171,8 +154,7 @@ def configure_error(tmp_path, old: str, new: str) -> str:
     """The one line configure prints for params.yaml with `old` replaced by `new`; it must exit 2
     and write no configs/."""
     (tmp_path / "params.yaml").write_text(committed("params.yaml").replace(old, new))
-    proc = subprocess.run([sys.executable, str(ROOT / "stages/configure.py")], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = stage_here("configure.py", cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert not (tmp_path / "configs").exists()

@@ -834,6 +834,7 @@ def cifar_jpeg(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow  # 60,000 real JPEGs: half a minute
 def test_real_cifar10_jpeg_through_custom_imagefolder(cifar_jpeg, tmp_path):
     spec = get_spec(
         "cifar10-jpeg", {"cifar10-jpeg": {"format": "imagefolder", "path": str(cifar_jpeg)}}

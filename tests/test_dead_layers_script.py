@@ -171,6 +171,7 @@ def test_a_run_killed_part_way_resumes_to_what_an_uninterrupted_one_writes(cifar
     assert len(earlier) == 1 and earlier[0]["environment"]["threads"] == 1
 
 
+@pytest.mark.slow  # the shell runner end to end: a real training
 def test_the_ablation_runner_skips_finished_runs_and_runs_the_rest(cifar, tmp_path):
     jobs = tmp_path / "tiny.jobs"
     jobs.write_text("# two runs on the tiny folder\n"

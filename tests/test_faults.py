@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import copy_committed, one_line, run_stage
+from conftest import copy_committed, one_line, run_stage, stage_here
 from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
@@ -132,7 +132,7 @@ def test_a_bad_model_file_stops_evaluate_with_one_line(tmp_path, damage):
         truncate(model_file)
     else:
         write_evil(model_file, marker, model=MODEL)
-    line = one_line(run_stage("evaluate.py", DATASET, MODEL, cwd=cwd))
+    line = one_line(stage_here("evaluate.py", DATASET, MODEL, cwd=cwd))
     assert str(paths.model_file(DATASET, MODEL)) in line
     assert (f"restore it with `dvc checkout --force {paths.model_file(DATASET, MODEL)}` or "
             f"re-create it with `dvc repro -f train@{DATASET}-{MODEL}`") in line
@@ -156,7 +156,7 @@ def test_load_trained_refuses_a_malicious_model_in_process(tmp_path, monkeypatch
     ("gradients.py", "<dataset> <model>"), ("plot.py", "<dataset>"),
     ("preprocess.py", "<dataset>"), ("download.py", "<dataset>")])
 def test_a_stage_without_arguments_prints_its_usage(tmp_path, script, usage):
-    line = one_line(run_stage(script, cwd=project(tmp_path)))
+    line = one_line(stage_here(script, cwd=project(tmp_path)))
     stage = script.removesuffix(".py") + "@" + usage.replace("> <", ">-<")
     assert f"usage: python stages/{script} {usage}" in line and f"dvc repro {stage}" in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
@@ -171,7 +171,7 @@ def test_debug_env_adds_the_traceback(tmp_path):
 def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
     cwd = project(tmp_path)
     (cwd / "configs").write_text("not a folder")
-    line = one_line(run_stage("configure.py", cwd=cwd))
+    line = one_line(stage_here("configure.py", cwd=cwd))
     assert "configs/fashionmnist-mini" in line and "Not a directory" in line
     assert "rerun" in line
 
@@ -199,6 +199,6 @@ def test_an_unexpected_error_is_one_line_pointing_at_the_debug_switch(capsys):
 def test_bad_yaml_types_at_top_level_are_one_line(tmp_path):
     cwd = project(tmp_path)
     (cwd / "params.yaml").write_text(yaml.safe_dump([1, 2]))
-    line = one_line(run_stage("configure.py", cwd=cwd))
+    line = one_line(stage_here("configure.py", cwd=cwd))
     assert "params.yaml must be a mapping of sections" in line
     assert not (cwd / "configs").exists()

@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dvc, env_for, gradattn, sh
+from conftest import ROOT, dvc, env_for, gradattn, gradattn_here, sh
 
 from gradattn.core.durations import human_duration
 from gradattn.studies.study import Job, schedule
@@ -135,8 +135,7 @@ def test_a_study_name_that_is_not_one_folder_is_refused(tmp_path, name):
     repo = _project_with_a_study(tmp_path)
     before = _on_disk(tmp_path)
     for extra in ([], ["--dry"]):
-        done = gradattn("study", "run", "--name", name, "--force", *extra, cwd=repo,
-                        check=False, env=_this_code(repo))
+        done = gradattn_here("study", "run", "--name", name, "--force", *extra, cwd=repo)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith(f"error: --name {name!r} is not allowed")
         assert _on_disk(tmp_path) == before  # nothing deleted, nothing written
@@ -148,8 +147,7 @@ def test_force_never_replaces_a_folder_a_study_did_not_write(tmp_path):
     mine.mkdir()
     (mine / "notes.md").write_text("my notes\n")
     before = _on_disk(tmp_path)
-    done = gradattn("study", "run", "--name", "mine", "--force", cwd=repo, check=False,
-                    env=_this_code(repo))
+    done = gradattn_here("study", "run", "--name", "mine", "--force", cwd=repo)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "results/mine is not an earlier publication (it holds notes.md)" in done.stderr
     assert _on_disk(tmp_path) == before  # refused before any cell ran

@@ -41,7 +41,7 @@ def test_a_non_finite_setting_stops_configure_with_one_line(tmp_path, value):
     params = yaml.safe_load(committed("params.yaml"))
     params["train"]["lr"] = float(value.replace(".", ""))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    line = one_line(run_stage("configure.py", cwd=tmp_path))
+    line = one_line(stage_here("configure.py", cwd=tmp_path))
     shown = float(value.replace(".", ""))
     assert f"train.lr = {shown} is not allowed: must be a finite number" in line
     assert not (tmp_path / "configs").exists()
@@ -52,7 +52,7 @@ def test_a_non_finite_model_option_is_named_by_key(tmp_path):
     params = yaml.safe_load(committed("params.yaml"))
     params["model"]["dropout"] = float("nan")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    line = one_line(run_stage("configure.py", cwd=tmp_path))
+    line = one_line(stage_here("configure.py", cwd=tmp_path))
     assert "model.dropout = nan is not allowed: must be a finite number" in line
 
 
@@ -88,7 +88,7 @@ def non_utf8(tmp_path: Path) -> Path:
 
 
 def test_a_non_utf8_params_yaml_is_one_line(tmp_path):
-    line = one_line(run_stage("evaluate.py", DATASET, MODEL, cwd=non_utf8(tmp_path)))
+    line = one_line(stage_here("evaluate.py", DATASET, MODEL, cwd=non_utf8(tmp_path)))
     assert "params.yaml is not UTF-8 text (byte 0xe9" in line and "save it as UTF-8" in line
 
 
@@ -128,7 +128,7 @@ def test_a_damaged_prepared_dataset_is_one_line_naming_the_file(prepared_project
             "meta.json": "meta.json"}[damage]
     whole = (folder / name).read_bytes()
     (folder / name).write_bytes(whole[: len(whole) // 2])
-    line = one_line(run_stage("train.py", DATASET, MODEL, cwd=cwd))
+    line = one_line(stage_here("train.py", DATASET, MODEL, cwd=cwd))
     shown = "data/prepared/fashionmnist-mini" + ("/meta.json" if name == "meta.json" else "")
     assert f"{shown}" in line and "is damaged or not the file it should be" in line, line
     assert f"`dvc repro -f preprocess@{DATASET}`" in line and "dvc checkout" in line
@@ -153,7 +153,7 @@ def test_a_damaged_predictions_file_is_one_line_without_pickle_advice(prepared_p
     params = yaml.safe_load((cwd / "params.yaml").read_text())
     params["models"] = [MODEL]
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
-    line = one_line(run_stage("plot.py", DATASET, cwd=cwd), progress=True)
+    line = one_line(stage_here("plot.py", DATASET, cwd=cwd), progress=True)
     assert str(paths.predictions_file(DATASET, MODEL)) in line
     assert f"`dvc repro -f evaluate@{DATASET}-{MODEL}`" in line
     assert "allow_pickle" not in line
@@ -363,7 +363,7 @@ def test_an_image_reachable_twice_is_refused_at_download(tmp_path, link):
                       "dangling": (folder / "a/gone.png", "a/link.png")}[link]
         (folder / at).symlink_to(target)
     cwd = image_folder_project(tmp_path, folder)
-    line = one_line(run_stage("download.py", "mine", cwd=cwd))
+    line = one_line(stage_here("download.py", "mine", cwd=cwd))
     assert line.startswith("error: data.custom.mine: ") and "remove" in line
     if link == "file twice":
         assert "b/copy.png" in line and "a/3.png" in line and "are the same file" in line
@@ -380,7 +380,7 @@ def test_no_image_lands_in_two_splits(tmp_path):
     (folder / "a/sub").mkdir()
     (folder / "a/sub/deeper").symlink_to(folder / "b", target_is_directory=True)
     cwd = image_folder_project(tmp_path, folder)
-    assert "already listed" in one_line(run_stage("download.py", "mine", cwd=cwd))
+    assert "already listed" in one_line(stage_here("download.py", "mine", cwd=cwd))
     (folder / "a/sub/deeper").unlink()  # without the link: 60 distinct images, each once
     for script in ("download.py", "preprocess.py"):
         proc = stage_here(script, "mine", cwd=cwd)
