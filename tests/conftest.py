@@ -5,8 +5,8 @@ and take fixtures by name; nothing else defines these.
 - Running what a user runs, in a subprocess: `python` (this interpreter, importing ROOT's
   gradattn, GRADATTN_DEBUG unset), `run_stage` (`python stages/<script>`), `sh`, `dvc`,
   `gradattn`; `stage_here` and `gradattn_here` give the same answer from this process (no
-  start-up: for set-up steps and refusals); `one_line` checks a refusal is one `error: ` line, `one_line_error` the same of
-  a raised error's message.
+  start-up: for set-up steps and refusals); `one_line` checks a refusal is one `error: `
+  line, `one_line_error` the same of a raised error's message.
 - `one_thread`: a fixture for modules of tiny torch models
   (`pytestmark = pytest.mark.usefixtures("one_thread")`).
 - Projects, for the slow end-to-end tests (real `dvc` in a temporary git repo). One builder,

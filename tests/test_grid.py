@@ -181,7 +181,7 @@ def test_the_listing_is_a_jobs_file_for_cpu_lanes(tmp_path, monkeypatch, capsys)
                 cwd=tmp_path).stdout.splitlines()
     all_cells = cells(PARAMS)
     assert status == [f"{c.name}: waiting" for c in all_cells]
-    for line, cell in zip(jobs.read_text().splitlines(), all_cells):
+    for line, cell in zip(jobs.read_text().splitlines(), all_cells, strict=True):
         words = shlex.split(line)[1:]
         assert words[::2] == ["-S"] * len(cell.overrides) and words[1::2] == cell.overrides
     assert any("[" in s for c in all_cells for s in c.overrides)  # quoted: no glob for a shell
