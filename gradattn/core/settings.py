@@ -26,6 +26,9 @@ DEFAULT_PARAMS = Path("params.yaml")
 # sets one for an experiment. What a source's files hold is what DVC sees (the sources stage).
 MACHINE_FILE = "machine.yaml"
 MACHINE_KEYS = {"data": ("sources",), "grid": None}  # None: the whole section
+# The same as dotted keys: what a key of machine.yaml starts with.
+MACHINE_DOTTED = tuple(section if keys is None else f"{section}.{key}"
+                       for section, keys in MACHINE_KEYS.items() for key in keys or (None,))
 SPLITS = ("official", "pooled")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -68,7 +71,8 @@ SILENT_LAYERS = ("skip", "count")
 
 
 def not_allowed(key: str, value: Any, allowed: str) -> ConfigError:
-    file = MACHINE_FILE if key.startswith(("data.sources", "grid")) else "params.yaml"
+    mine = any(key == top or key.startswith(f"{top}.") for top in MACHINE_DOTTED)
+    file = MACHINE_FILE if mine else "params.yaml"
     where = f"{MACHINE_FILE}:" if file == MACHINE_FILE else ""
     return ConfigError(f"{key} = {value!r} is not allowed: {allowed} "
                        f"(fix it in {file} or with -S {where}{key}=...)")
@@ -418,8 +422,7 @@ def with_machine(params: dict, machine: dict, where: Path = Path(MACHINE_FILE)) 
         if key not in MACHINE_KEYS:
             raise ConfigError(
                 f"{where}: {key!r} is not a setting of this machine: it holds "
-                f"{', '.join(k if v is None else f'{k}.{v[0]}' for k, v in MACHINE_KEYS.items())}"
-                " only (the study's settings are in params.yaml)")
+                f"{', '.join(MACHINE_DOTTED)} only (the study's settings are in params.yaml)")
     data = machine.get("data") or {}
     if not isinstance(data, dict) or set(data) - set(MACHINE_KEYS["data"]):
         raise ConfigError(f"{where}: data = {data!r} is not allowed: it takes data.sources only "
