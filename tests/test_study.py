@@ -9,7 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
-from conftest import ROOT, dvc, env_for, gradattn, gradattn_here, sh
+from conftest import dvc, gradattn, gradattn_here, sh
 
 from gradattn.core.durations import human_duration
 from gradattn.studies.study import Job, schedule
@@ -110,10 +110,6 @@ def test_durations_read_as_people_write_them(seconds, text):
 def _on_disk(top):
     return {str(p.relative_to(top)): p.read_bytes() if p.is_file() else None
             for p in sorted(top.rglob("*"))}
-
-
-def _this_code(repo):
-    return {**env_for(repo), "PYTHONPATH": str(ROOT)}  # the project holds no code of its own
 
 
 def _project_with_a_study(tmp_path):
