@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # so the Ctrl-C tests send what a terminal would, to processes that can receive it.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
 # workspace. Tests read it as committed (git HEAD, via `committed` / `copy_committed`), so the
 # suite gives the same result in a workspace with an experiment applied. Code (gradattn/,
@@ -147,8 +148,8 @@ def _here(argv: list[str], run, cwd: Path, env: dict | None) -> subprocess.Compl
     code = 0
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = run()
-            code = code if isinstance(code, int) else 0
+            returned = run()  # a command's exit status; a script's namespace
+            code = returned if isinstance(returned, int) else 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     finally:

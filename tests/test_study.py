@@ -5,6 +5,8 @@ GPU per worker), a failed cell retried once and reported, and `--dry` end to end
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
 
 import pandas as pd
@@ -12,7 +14,7 @@ import pytest
 from conftest import dvc, gradattn, gradattn_here, sh
 
 from gradattn.core.durations import human_duration
-from gradattn.studies.study import Job, schedule
+from gradattn.studies.study import Job, schedule, start
 
 
 def test_cells_are_packed_onto_slots_and_a_failure_is_retried_once(tmp_path):
@@ -152,11 +154,6 @@ def test_force_never_replaces_a_folder_a_study_did_not_write(tmp_path):
 def test_a_cell_can_be_stopped_even_when_the_study_was_started_ignoring_ctrl_c():
     # `cmd &` in a script or `nohup` starts the study with SIGINT ignored, which children
     # inherit; `stop` stops a cell with SIGINT, so each cell must start with it at its default.
-    import signal
-    import subprocess
-
-    from gradattn.studies.study import start
-
     ignores = [sys.executable, "-c",
                "import signal; print(signal.getsignal(signal.SIGINT) is signal.SIG_IGN)"]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
