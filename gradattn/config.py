@@ -18,11 +18,13 @@ from gradattn.core.settings import (
     AUTO,
     DEFAULT_PARAMS,
     GRID_SECTION,
+    MODELS,
     DataConfig,
     EvaluateConfig,
     GradientsConfig,
     TrainConfig,
     check_choice,
+    default_options,
     not_allowed,
     parse_models,
     raw_section,
@@ -89,13 +91,11 @@ class Params:
 
     def model_options(self, name: str) -> dict[str, Any]:
         """The options `name` accepts, with the values params.yaml gives them."""
-        from gradattn.models import default_options
-
         return {key: self.model.get(key, default) for key, default in default_options(name).items()}
 
 
 def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
-    from gradattn.models import MODELS, build_model, default_options
+    from gradattn.models import build_model
 
     names = parse_models(params)
     options = params.get("model") or {}

@@ -52,6 +52,23 @@ ROOT = Path(__file__).resolve().parents[1]
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+# Under pytest-xdist the workers share the cores: each process the tests start (a stage, DVC)
+# gets its share of intra-op threads, or two workers' torch threads spin against each other.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+# Under pytest-xdist (`pytest -n auto`) each test file runs on one worker (`--dist loadfile`,
+# pyproject.toml), so a module-scoped fixture is built once; the session's reproduced project
+# (`reproduced_repo`) is used by one file, tests/test_dvc_native.py, for the same reason.
+# (`--dist loadgroup` would group by mark, but with pytest 9.2 it silently stops grouping:
+# pytest-dev/pytest-xdist#1386.) The end-to-end tests go first: minutes each, they start
+# at once, and the quick ones fill the gaps at the end.
+def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # an xdist worker; a plain run keeps the file order
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 # The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
 # workspace. Tests read it as committed (git HEAD, via `committed` / `copy_committed`), so the
 # suite gives the same result in a workspace with an experiment applied. Code (gradattn/,
@@ -318,7 +335,7 @@ def _fashion_params() -> dict:
     return deep_update(yaml.safe_load(committed("params.yaml")), TINY_PARAMS)
 
 
-def _tiny_params() -> dict:
+def tiny_params() -> dict:
     """350 bundled images as a custom npz dataset, a narrow one-layer GradAttn, one epoch, one
     gradient batch."""
     return deep_update(yaml.safe_load(committed("params.yaml")), {
@@ -329,7 +346,7 @@ def _tiny_params() -> dict:
     })
 
 
-def _tiny_npz(repo: Path) -> None:
+def tiny_npz(repo: Path) -> None:
     bundled = np.load(ROOT / "gradattn/sources/bundled/fashionmnist-mini.npz")
     np.savez(repo / "tiny.npz", **{f"{s}_{k}": bundled[f"{s}_{k}"][:n]
                                    for s, n in (("train", 200), ("val", 50), ("test", 100))
@@ -339,7 +356,7 @@ def _tiny_npz(repo: Path) -> None:
 # kind: (params, .gitignore, DVC config, extra files). "tiny": the link cache type a user's
 # clone has (.dvc/config) and this repo's .gitignore.
 KINDS = {
-    "tiny": (_tiny_params, None, ("cache.type", "reflink,copy"), _tiny_npz),
+    "tiny": (tiny_params, None, ("cache.type", "reflink,copy"), tiny_npz),
     "fashion": (_fashion_params, "/checkpoints/\n__pycache__/\n", ("core.analytics", "false"),
                 None),
 }

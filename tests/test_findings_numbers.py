@@ -177,6 +177,20 @@ def cell(folder: str, variant: str, metric: str, field: str = "mean") -> float:
     return float(rows[0][field])
 
 
+def paired(folder: str, variant: str, baseline: str, metric: str, field: str = "mean") -> float:
+    """A published study's provenance.json: FIELD (n, mean, low, high) of VARIANT − BASELINE
+    in METRIC, paired by seed with a 95 % t-interval (gradattn.reporting.stats, as
+    `gradattn table` pairs against ResNet-18), for two variants neither of which is
+    ResNet-18."""
+    from gradattn.reporting.stats import paired_difference
+
+    rows = _load(f"{folder}/provenance.json")
+    values = {name: {r["seed"]: r[metric] for r in rows if r["variant"] == name}
+              for name in (variant, baseline)}
+    assert values[variant] and values[baseline], (folder, variant, baseline)
+    return getattr(paired_difference(values[variant], values[baseline]), field)
+
+
 def params(model: str, **options) -> int:
     """Parameters of a model of gradattn.models, built for 10 classes, 3 channels."""
     from gradattn.models import build_model, count_parameters
@@ -185,7 +199,7 @@ def params(model: str, **options) -> int:
 
 HELPERS = {f.__name__: f for f in (pct, first_zero, norm_at, dead_convs, epochs_in, zero_both,
                                     zero_param, best_val, at_epoch, ep, unit_grad,
-                                    first_exact_zero, run, cell, params, get)}
+                                    first_exact_zero, run, cell, paired, params, get)}
 HELPERS.update(J=_load, abs=abs, min=min, max=max, round=round, len=len, sum=sum, next=next,
                any=any, all=all, int=int, float=float)
 
@@ -568,3 +582,20 @@ def test_fashion_mnist_split_sizes_stated_are_the_split_rules():
               f"pooled split): {train:,} train / {val:,} val / {test:,} test")
     for folder in ("results/fashionmnist-recipes", "results/fashionmnist-gradattn-recipes"):
         assert stated in (ROOT / folder / "README.md").read_text(), folder
+
+
+def test_the_paired_helper_gives_the_published_paired_columns():
+    """`paired` (findings pairs two variants, neither ResNet-18) is the published tables' own
+    pairing: against ResNet-18 it gives the seed study's every diff_mean, diff_low and
+    diff_high."""
+    folder = "results/bloodcells-seeds"
+    metrics = set(_load(f"{folder}/provenance.json")[0])
+    rows = [r for r in _load(f"{folder}/tables.csv")
+            if r["variant"] != "ResNet-18" and r["metric"] in metrics]
+    assert {r["variant"] for r in rows} >= {"GradAttn (no PE)", "Taps mean"}
+    for row in rows:
+        for field, column in (("mean", "diff_mean"), ("low", "diff_low"), ("high", "diff_high")):
+            want = float(row[column])
+            got = paired(folder, row["variant"], "ResNet-18", row["metric"], field)
+            both_nan = math.isnan(got) and math.isnan(want)
+            assert both_nan or got == pytest.approx(want, abs=1e-12), (row, field)

@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+import yaml
+from conftest import ROOT, committed, stage_here, tiny_npz, tiny_params, write_settings
 
 HEAVY = ("torch", "torchvision", "matplotlib", "pandas", "sklearn", "scipy", "seaborn",
          "medmnist", "dvc", "torchmetrics")
@@ -37,6 +38,39 @@ def test_a_wrong_call_answers_before_any_heavy_import(tmp_path, stage):
     assert "gradattn" in names  # the parser saw the imports
     assert not names & set(HEAVY), sorted(names & set(HEAVY))
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize("custom", [False, True], ids=["bundled", "custom npz"])
+def test_preparing_data_and_the_report_run_without_torch(tmp_path, custom):
+    """Stages that need no model start in a fraction of a second: torch and torchvision's
+    import (seconds) is paid only where a model or a tensor is used. The data stages run for
+    real here, on the bundled set and on a custom npz; the report's code is checked through
+    its imports and the call it makes of each run."""
+    (tmp_path / "machine.yaml").write_text(committed("machine.yaml"))
+    if custom:
+        tiny_npz(tmp_path)
+        write_settings(tmp_path, tiny_params())
+    else:
+        (tmp_path / "params.yaml").write_text(committed("params.yaml"))
+    assert stage_here("configure.py", cwd=tmp_path).returncode == 0
+    dataset = yaml.safe_load((tmp_path / "params.yaml").read_text())["data"]["datasets"][0]
+    for stage in ("download", "preprocess"):
+        proc = subprocess.run([sys.executable, "-X", "importtime",
+                               str(ROOT / "stages" / f"{stage}.py"), dataset],
+                              cwd=tmp_path, capture_output=True, text=True,
+                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "gradattn" in imported(proc.stderr)
+        assert not imported(proc.stderr) & {"torch", "torchvision"}, stage
+    assert (tmp_path / "data/prepared" / dataset).is_dir()
+    # The report's modules, and what it asks of each run (its options, setting and seed).
+    code = ("import yaml, gradattn.reporting.report, gradattn.reporting.plots\n"
+            "from gradattn.reporting.experiments import identify\n"
+            "identify(yaml.safe_load(open('params.yaml')), 'd', 'gradattn')")
+    report = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
+    assert report.returncode == 0 and "gradattn" in imported(report.stderr)
+    assert not imported(report.stderr) & {"torch", "torchvision"}
 
 
 def test_the_import_check_can_fail():

@@ -61,6 +61,19 @@ MODEL_OPTIONS: dict[str, dict] = {
     "noskip18": dict(_COMMON_OPTIONS),
     "taps_mean": {**_COMMON_OPTIONS, "dim": 256},
 }
+
+
+def check_model_name(name: str) -> None:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+
+
+def default_options(name: str) -> dict[str, Any]:
+    """The options model `name` accepts, with their defaults (a fresh dict)."""
+    check_model_name(name)
+    return dict(MODEL_OPTIONS[name])
+
+
 WEIGHTS = ("best", "last")
 PLATEAUS = ("torch", "notebooks")
 # adam: weight decay added to the gradient (L2), the paper's; adamw: decoupled from it.

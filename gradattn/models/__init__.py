@@ -21,7 +21,14 @@ from typing import Any
 from torch import nn
 
 from gradattn.core.errors import ConfigError
-from gradattn.core.settings import MODEL_OPTIONS, MODELS, PE_CHOICES, STEMS
+from gradattn.core.settings import (
+    MODEL_OPTIONS,
+    MODELS,
+    PE_CHOICES,
+    STEMS,
+    check_model_name,
+    default_options,
+)
 from gradattn.models.attention import cbam_resnet18, se_resnet18
 from gradattn.models.gradattn import GradAttn, TapsMean
 from gradattn.models.resnet import NoSkipResNet18, resnet18
@@ -47,17 +54,6 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "taps_mean": TapsMean,
 }
 _POSITIVE_INTS = ("dim", "depth", "heads", "ff_dim")
-
-
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-
-
-def default_options(name: str) -> dict[str, Any]:
-    """The options model `name` accepts, with their defaults (a fresh dict)."""
-    _check_name(name)
-    return dict(MODEL_OPTIONS[name])
 
 
 def _is_int(value: Any) -> bool:
@@ -92,7 +88,7 @@ def build_model(name: str, num_classes: int, in_channels: int, **options: Any) -
     Works for square or rectangular inputs of 28-224 px with `in_channels` channels; use
     stem="small" for 28-32 px images to keep resolution (the paper keeps "imagenet").
     """
-    _check_name(name)
+    check_model_name(name)
     if not _is_int(num_classes) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if in_channels not in IN_CHANNELS or isinstance(in_channels, bool):

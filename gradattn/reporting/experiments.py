@@ -48,6 +48,7 @@ from gradattn.core.settings import (
     DataConfig,
     EvaluateConfig,
     TrainConfig,
+    default_options,
     load_yaml,
     parse_datasets,
     parse_models,
@@ -296,8 +297,6 @@ def identify(params: dict, dataset: str, model: str) -> tuple[dict, dict, int]:
 
     Missing keys take the config's defaults, so an old params.yaml that lacks a key matches a
     new one that spells out the default."""
-    from gradattn.models import default_options
-
     try:
         defaults = default_options(model)
     except ValueError:  # a model this code no longer knows: told apart by its name only

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from gradattn.core.errors import ConfigError, GradattnError
 from gradattn.core.io import walk_once
 from gradattn.core.paths import user_path
-from gradattn.prepared.augment import AUGMENTATIONS
+from gradattn.core.settings import AUGMENT_NAMES
 from gradattn.prepared.format import PreparedWriter
 from gradattn.sources.fetch import install, pack_zip
 from gradattn.sources.spec import DatasetSpec
@@ -90,8 +89,8 @@ def validate(name: str, entry) -> dict:
             "(pixels per side), or left out to keep the images' size",
         )
     augment = entry.get("augment", "none")
-    if augment not in AUGMENTATIONS:
-        raise _bad(name, "augment", augment, "choose one of: " + ", ".join(AUGMENTATIONS))
+    if augment not in AUGMENT_NAMES:
+        raise _bad(name, "augment", augment, "choose one of: " + ", ".join(AUGMENT_NAMES))
     classes = entry.get("classes")
     if classes is not None and (
         fmt != "npz"
@@ -133,7 +132,16 @@ def _trees(path: Path, name: str = "") -> dict[str, Path]:
     return {s: path / s for s in SPLIT_FOLDERS if s in splits}
 
 
+def _image_folder():
+    """torchvision's ImageFolder rules (`find_classes`, `IMG_EXTENSIONS`), imported only for a
+    folder dataset: torchvision's import costs the npz and zip formats seconds a stage."""
+    from torchvision.datasets import folder
+
+    return folder
+
+
 def _folder_classes(name: str, trees: dict[str, Path]) -> list[str]:
+    find_classes = _image_folder().find_classes
     found = {}
     for split, tree in trees.items():
         try:
@@ -156,6 +164,7 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
     """(file, `<split>/<class>/<relative path>`) of every image, each real file once: an image
     met twice (a link, or a folder linked into two classes or splits) is refused, so none can
     land in two splits or two classes."""
+    extensions = _image_folder().IMG_EXTENSIONS
     members, seen_dirs, seen_files = [], {}, {}
     for split, tree in trees.items():
         for cls in classes:
@@ -163,7 +172,7 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
             if not top.is_dir():
                 continue
             for path in walk_once(top, seen_dirs, where=f"data.custom.{name}"):
-                if not path.name.lower().endswith(IMG_EXTENSIONS):
+                if not path.name.lower().endswith(extensions):
                     continue
                 if not path.is_file():  # a dangling link: an image silently missing
                     raise GradattnError(
@@ -185,7 +194,7 @@ def _list_images(name: str, trees: dict[str, Path], classes: list[str]
         folders = [str(tree / empty[0]) for tree in trees.values() if (tree / empty[0]).is_dir()]
         raise GradattnError(
             f"data.custom.{name}: class {empty[0]!r} ({', '.join(folders)}) holds no images "
-            f"({', '.join(IMG_EXTENSIONS)}){f' (nor do {empty[1:]})' if empty[1:] else ''}: "
+            f"({', '.join(extensions)}){f' (nor do {empty[1:]})' if empty[1:] else ''}: "
             "add its images, or remove its folder")
     return members
 
@@ -196,8 +205,8 @@ def _folder_download(raw_dir: Path, source, *, name: str, cfg: dict) -> None:
     members = _list_images(name, trees, classes)
     if not members:
         raise GradattnError(
-            f"data.custom.{name}: no images ({', '.join(IMG_EXTENSIONS)}) under {cfg['path']}"
-        )
+            f"data.custom.{name}: no images "
+            f"({', '.join(_image_folder().IMG_EXTENSIONS)}) under {cfg['path']}")
     (raw_dir / NPZ).unlink(missing_ok=True)
     pack_zip(members, raw_dir / FOLDER_ZIP, total=len(members), desc=f"{name}: pack")
 
