@@ -103,6 +103,19 @@ def digest(*records: dict) -> dict:
     return files
 
 
+def test_seeds_of_one_model_share_its_colour_and_its_one_legend_entry(tmp_path):
+    runs = {f"{model}, seed {seed}": model for model in ("ResNet-18", "GradAttn (no PE)")
+            for seed in (42, 43, 44)}
+    legend, lines = P.curve_colours(list(runs), runs)
+    assert list(legend) == ["ResNet-18", "GradAttn (no PE)"]
+    assert legend["ResNet-18"] != legend["GradAttn (no PE)"]
+    assert all(lines[label] == legend[model] for label, model in runs.items())
+    alone, same = P.curve_colours(["a", "b"])  # no groups: each label its own entry
+    assert list(alone) == ["a", "b"] and same == alone
+    assert_png(P.plot_curves({label: history(0.8) for label in runs}, tmp_path / "seeds.png",
+                             title="toy: seeds", groups=runs))
+
+
 def test_training_curves_and_comparison(tmp_path):
     hist = {"ResNet-18": history(0.8), "GradAttn (learnable PE)": history(0.7, epochs=6)}
     assert_png(P.plot_curves(hist, tmp_path / "curves.png", title="toy: curves"))

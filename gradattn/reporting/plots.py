@@ -62,12 +62,13 @@ def _curve_legend(ax, colours: dict[str, tuple], *, loc: str = "best") -> None:
     ax.legend(handles=handles, loc=loc, frameon=True, fontsize="small")
 
 
-def _draw_accuracy(ax, histories: dict[str, list[dict]], colours: dict[str, tuple]) -> None:
+def _draw_accuracy(ax, histories: dict[str, list[dict]], colours: dict[str, tuple],
+                   lw: float = 2) -> None:
     for label, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
-        ax.plot(epochs, _pct(r["train_accuracy"] for r in rows), ls="--", lw=1.6,
+        ax.plot(epochs, _pct(r["train_accuracy"] for r in rows), ls="--", lw=0.8 * lw,
                 color=colours[label])
-        ax.plot(epochs, _pct(r["val_accuracy"] for r in rows), lw=2, color=colours[label])
+        ax.plot(epochs, _pct(r["val_accuracy"] for r in rows), lw=lw, color=colours[label])
         if rows:
             best = max(rows, key=lambda r: r["val_accuracy"])
             ax.plot(best["epoch"], 100 * best["val_accuracy"], "o", ms=6, color=colours[label],
@@ -83,25 +84,38 @@ def _integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_curves(histories: dict[str, list[dict]], path: str | Path, *, title: str) -> Path:
+def curve_colours(labels: Sequence[str], groups: dict[str, str] | None = None
+                  ) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """(legend: one colour per group, lines: each label its group's colour). Without
+    `groups` every label is its own group."""
+    groups = groups or {label: label for label in labels}
+    legend = model_colours(list(dict.fromkeys(groups[label] for label in labels)))
+    return legend, {label: legend[groups[label]] for label in labels}
+
+
+def plot_curves(histories: dict[str, list[dict]], path: str | Path, *, title: str,
+                groups: dict[str, str] | None = None) -> Path:
     """Loss and accuracy per epoch, train (dashed) and validation (solid), every model; the
-    dot marks each model's best validation epoch (the weights it keeps)."""
-    colours = model_colours(list(histories))
+    dot marks each model's best validation epoch (the weights it keeps). `groups` (label ->
+    model) draws several runs of a model (its seeds) in its one colour, thinner, with one
+    legend entry per model."""
+    legend, colours = curve_colours(list(histories), groups)
+    lw = 2 if len(legend) == len(histories) else 1.1
     with _theme():
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         ax_loss, ax_acc = fig.subplots(1, 2)
         for label, rows in histories.items():
             epochs = [r["epoch"] for r in rows]
-            ax_loss.plot(epochs, [r["train_loss"] for r in rows], ls="--", lw=1.6,
+            ax_loss.plot(epochs, [r["train_loss"] for r in rows], ls="--", lw=0.8 * lw,
                          color=colours[label])
-            ax_loss.plot(epochs, [r["val_loss"] for r in rows], lw=2, color=colours[label])
+            ax_loss.plot(epochs, [r["val_loss"] for r in rows], lw=lw, color=colours[label])
         ax_loss.set_xlabel("epoch")
         ax_loss.set_ylabel("cross-entropy loss")
         ax_loss.set_title("Loss")
         _integer_ticks(ax_loss)
-        _draw_accuracy(ax_acc, histories, colours)
+        _draw_accuracy(ax_acc, histories, colours, lw)
         ax_acc.set_title("Accuracy")
-        _curve_legend(ax_acc, colours, loc="lower right")
+        _curve_legend(ax_acc, legend, loc="lower right")
         fig.suptitle(title, fontweight="bold")
         return save(fig, path)
 

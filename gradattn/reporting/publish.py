@@ -8,7 +8,7 @@ check every number of without running anything.
   prepared data, model file and metrics file (the dvc.lock entries), and the environment its
   train stage recorded;
 - histories.json: per run, its per-epoch history (loss, accuracy, lr) as the train stage wrote it;
-- curves-<setting>-<dataset>.png: validation accuracy per epoch of every run.
+- curves-<setting>-<dataset>.png: loss and accuracy per epoch of every run, one colour per model.
 
 The folder is written whole or not at all, and an existing one is replaced only with force,
 and only if it is an earlier publication (`check_target`): never the project, a folder above
@@ -168,20 +168,22 @@ def _curves(study: table.Study, folder: Path) -> list[tuple[str, str]]:
     figures = []
     for s, setting in enumerate(study.settings):
         for dataset in study.datasets(setting):
-            histories = {}
+            histories, groups = {}, {}
             for run in study.runs:
                 if run.setting == setting and run.dataset == dataset and run.history:
-                    label = f"{study.label(run.model, run.options)}, seed {run.seed}"
-                    histories[label] = run.history
+                    variant = study.label(run.model, run.options)
+                    label = f"{variant}, seed {run.seed}"
+                    histories[label], groups[label] = run.history, variant
             if not histories:
                 continue
             name = f"curves-{s + 1}-{_slug(dataset)}.png"
             recipe = setting.get("recipe", "")
-            plot_curves(histories, folder / name,
+            plot_curves(histories, folder / name, groups=groups,
                         title=f"{dataset} — setting {s + 1} ({recipe} recipe)")
             figures.append((f"{dataset}, setting {s + 1} ({recipe} recipe): loss and accuracy "
-                            "per epoch, train dashed, validation solid; the dot marks the best "
-                            "validation epoch", name))
+                            "per epoch, train dashed, validation solid, one colour per model "
+                            "and one line per seed; the dot marks the best validation epoch",
+                            name))
     return figures
 
 
