@@ -4,6 +4,7 @@ stays well under 2 s. Asserted through the imports (`python -X importtime`), not
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -21,6 +22,15 @@ def imported(stderr: str) -> set[str]:
             for line in stderr.splitlines() if line.startswith("import time:") and "|" in line}
 
 
+def with_importtime(*args, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`python -X importtime *args` in `cwd`, importing this checkout's gradattn: the finished
+    process and the top-level packages it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return proc, imported(proc.stderr)
+
+
 def test_every_stage_script_is_checked():
     assert sorted(STAGES) == sorted(p.stem for p in (ROOT / "stages").glob("*.py"))
 
@@ -28,13 +38,10 @@ def test_every_stage_script_is_checked():
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_a_wrong_call_answers_before_any_heavy_import(tmp_path, stage):
     args = ["x"] * (STAGES[stage] + 1)  # one argument too many
-    proc = subprocess.run([sys.executable, "-X", "importtime", str(ROOT / "stages" / f"{stage}.py"),
-                           *args], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    proc, names = with_importtime(ROOT / "stages" / f"{stage}.py", *args, cwd=tmp_path)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and last.startswith("error: usage: python stages/"), proc.stderr
     assert f"`dvc repro {stage}" in last
-    names = imported(proc.stderr)
     assert "gradattn" in names  # the parser saw the imports
     assert not names & set(HEAVY), sorted(names & set(HEAVY))
     assert list(tmp_path.iterdir()) == []  # nothing written
@@ -55,22 +62,17 @@ def test_preparing_data_and_the_report_run_without_torch(tmp_path, custom):
     assert stage_here("configure.py", cwd=tmp_path).returncode == 0
     dataset = yaml.safe_load((tmp_path / "params.yaml").read_text())["data"]["datasets"][0]
     for stage in ("download", "preprocess"):
-        proc = subprocess.run([sys.executable, "-X", "importtime",
-                               str(ROOT / "stages" / f"{stage}.py"), dataset],
-                              cwd=tmp_path, capture_output=True, text=True,
-                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        proc, names = with_importtime(ROOT / "stages" / f"{stage}.py", dataset, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "gradattn" in imported(proc.stderr)
-        assert not imported(proc.stderr) & {"torch", "torchvision"}, stage
+        assert "gradattn" in names and not names & {"torch", "torchvision"}, stage
     assert (tmp_path / "data/prepared" / dataset).is_dir()
     # The report's modules, and what it asks of each run (its options, setting and seed).
     code = ("import yaml, gradattn.reporting.report, gradattn.reporting.plots\n"
             "from gradattn.reporting.experiments import identify\n"
             "identify(yaml.safe_load(open('params.yaml')), 'd', 'gradattn')")
-    report = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=tmp_path,
-                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT)})
-    assert report.returncode == 0 and "gradattn" in imported(report.stderr)
-    assert not imported(report.stderr) & {"torch", "torchvision"}
+    report, names = with_importtime("-c", code, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert "gradattn" in names and not names & {"torch", "torchvision"}
 
 
 def test_the_import_check_can_fail():
