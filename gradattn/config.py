@@ -3,7 +3,7 @@
 Every bad value fails here, once (the `configure` stage), with a message naming the key, the
 value and what is allowed. The section types and validators live in gradattn.core.settings, which
 the later stages read their own sections through; this module adds what needs the dataset
-registry and the models.
+registry and the models' options (checked without building them: no torch).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gradattn.core.settings import (
     GradientsConfig,
     TrainConfig,
     check_choice,
+    check_model_options,
     default_options,
     not_allowed,
     parse_models,
@@ -95,8 +96,6 @@ class Params:
 
 
 def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
-    from gradattn.models import build_model
-
     names = parse_models(params)
     options = params.get("model") or {}
     if not isinstance(options, dict):
@@ -109,25 +108,12 @@ def _parse_models(params: dict) -> tuple[tuple[str, ...], dict[str, Any]]:
     for name in names:
         opts = {k: options[k] for k in default_options(name) if k in options}
         try:
-            # Building on the meta device checks every option without allocating weights.
-            with _meta_device():
-                build_model(name, num_classes=10, in_channels=3, **opts)
+            check_model_options(name, opts)  # what build_model checks, without torch
         except ValueError as err:
             raise ConfigError(
                 f"model (for {name}): {err} (fix it in params.yaml or with -S)"
             ) from None
     return names, dict(options)
-
-
-class _meta_device:
-    def __enter__(self):
-        import torch
-
-        self._ctx = torch.device("meta")
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc):
-        return self._ctx.__exit__(*exc)
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

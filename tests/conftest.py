@@ -7,6 +7,8 @@ and take fixtures by name; nothing else defines these.
   `gradattn`; `stage_here` and `gradattn_here` give the same answer from this process (no
   start-up: for set-up steps and refusals); `one_line` checks a refusal is one `error: `
   line, `one_line_error` the same of a raised error's message.
+- `with_importtime`: a script or `-c` code run under `python -X importtime`, and the
+  top-level packages it imported (which stages start without torch).
 - `one_thread`: a fixture for modules of tiny torch models
   (`pytestmark = pytest.mark.usefixtures("one_thread")`).
 - Projects, for the slow end-to-end tests (real `dvc` in a temporary git repo). One builder,
@@ -190,6 +192,21 @@ def one_line(proc: subprocess.CompletedProcess, code: int = 2, *,
     assert errors[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
     assert "likely a bug" not in errors[0], errors[0]
     return errors[0]
+
+
+def imported(stderr: str) -> set[str]:
+    """Top-level packages `-X importtime` reports ('import time: self | cumulative | name')."""
+    return {line.rsplit("|", 1)[1].strip().split(".")[0]
+            for line in stderr.splitlines() if line.startswith("import time:") and "|" in line}
+
+
+def with_importtime(*args, cwd: Path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`python -X importtime *args` in `cwd`, importing this checkout's gradattn: the finished
+    process and the top-level packages it imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return proc, imported(proc.stderr)
 
 
 def running_stages(output: str) -> set[str]:

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, committed, copy_committed
+from conftest import ROOT, committed, copy_committed, with_importtime
 
 from gradattn.analysis.evaluation import mean_attention, overview_sample, returns_attention
+from gradattn.analysis.metrics import reliability_bins
 from gradattn.config import TrainConfig
 from gradattn.core import paths
 from gradattn.core.io import write_json
@@ -152,7 +153,7 @@ def test_overview_reliability_confusion(tmp_path):
     assert_png(P.plot_overview(grey, labels, CLASSES, tmp_path / "grey.png", title="toy",
                                per_class=3, max_classes=2))
     logits = rng.normal(size=(30, 3)).astype(np.float32) + 2 * np.eye(3)[labels]
-    bins = P.reliability_rows(logits, labels, 10)
+    bins = reliability_bins(torch.as_tensor(logits), torch.as_tensor(labels), 10)
     assert len(bins) == 10 and sum(b["count"] for b in bins) == 30
     assert_png(P.plot_reliability(bins, tmp_path / "rel.png", ece=0.1, title="toy"))
     preds = logits.argmax(1)
@@ -284,7 +285,8 @@ def _stage(name: str, *args: str) -> None:
 
 def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monkeypatch):
     """stages/evaluate.py on a real (untrained) GradAttn and prepared data; then models/ and
-    data/ are deleted and stages/plot.py still draws every figure, attention included."""
+    data/ are deleted and stages/plot.py (a process of its own, without torch) still draws
+    every figure, attention included."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", sys.argv)
     params = yaml.safe_load(committed("params.yaml"))
@@ -317,12 +319,21 @@ def test_evaluate_saves_what_plot_needs_and_plot_reads_files_only(tmp_path, monk
     assert np.bincount(pred["sample_labels"]).tolist() == [8, 8, 8]
     metrics = json.loads((tmp_path / paths.metrics_file("toy", "gradattn")).read_text())
     assert metrics["test_images"] == 12 and metrics["best_epoch"] == 3
+    # The reliability diagram's bins are the ECE's: the plot stage needs no torch for them.
+    bins = pred["reliability"]
+    assert len(bins) == metrics["ece_bins"] and bins["count"].sum() == 12
+    full = bins[bins["count"] > 0]
+    ece = float(np.sum(np.abs(full["accuracy"] - full["confidence"]) * full["count"]) / 12)
+    assert ece == pytest.approx(metrics["ece"], abs=1e-6)
+    assert np.isnan(bins["accuracy"][bins["count"] == 0]).all()
 
     grads = record("toy", "gradattn", 0.5, 0.75)["gradients"] | {"per_layer": per_layer()}
     write_json(paths.gradients_file("toy", "gradattn"), grads)
     shutil.rmtree(tmp_path / "models")
     shutil.rmtree(tmp_path / "data")
-    _stage("plot", "toy")
+    proc, imports = with_importtime(ROOT / "stages/plot.py", "toy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "matplotlib" in imports and not imports & {"torch", "torchvision"}  # start-up: 2 s less
     for name in ("attention_gradattn", "overview", "curves", "reliability_gradattn",
                  "confusion_gradattn", "gradients_gradattn"):
         assert_png(tmp_path / "plots" / "toy" / f"{name}.png")

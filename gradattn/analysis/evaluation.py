@@ -11,7 +11,10 @@ everything the figures need of the model and the data, so the plot stage reads f
   column = key tap, taps in depth order (stem, layer1 … layer4);
 - `sample_images` uint8 (M, H, W, C) and `sample_labels` int64 (M,): at most 8 random
   training images of each of the first 20 classes (paper Figure 2), and `class_counts`
-  int64 (K,): training images per class.
+  int64 (K,): training images per class;
+- `reliability` (evaluate.ece_bins,): the reliability diagram's bins, the ECE's own
+  (gradattn.analysis.metrics.reliability_bins), a structured array of `bin_low`, `bin_high`,
+  `confidence`, `accuracy` (NaN for an empty bin) and `count`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gradattn.analysis.metrics import classification_metrics, train_val_gap
+from gradattn.analysis.metrics import classification_metrics, reliability_bins, train_val_gap
 from gradattn.core import paths
 from gradattn.core.device import exact_fp32, resolve_device
 from gradattn.core.io import read_json
@@ -76,6 +79,17 @@ def overview_sample(labels: np.ndarray, num_classes: int, *, per_class: int = 8,
     return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)
 
 
+RELIABILITY_FIELDS = [("bin_low", "f8"), ("bin_high", "f8"), ("confidence", "f8"),
+                      ("accuracy", "f8"), ("count", "i8")]
+
+
+def reliability_array(rows: list[dict]) -> np.ndarray:
+    """reliability_bins' rows as one structured array (an npz holds no dicts; NaN: None)."""
+    nan = float("nan")
+    return np.array([tuple(nan if row[k] is None else row[k] for k, _ in RELIABILITY_FIELDS)
+                     for row in rows], dtype=RELIABILITY_FIELDS)
+
+
 def evaluate(dataset: str, model_name: str, *, batch_size: int, ece_bins: int,
              gap: str = "signed") -> tuple[dict, dict[str, np.ndarray]]:
     """(metrics, arrays of the predictions file) of one trained run on its test split.
@@ -110,6 +124,7 @@ def evaluate(dataset: str, model_name: str, *, batch_size: int, ece_bins: int,
         "options": np.asarray(json.dumps(record["options"], sort_keys=True)),
         "sample_images": np.asarray(images[picks]), "sample_labels": train_labels[picks],
         "class_counts": np.bincount(train_labels, minlength=len(meta["classes"])),
+        "reliability": reliability_array(reliability_bins(logits, labels, ece_bins)),
     }
     if returns_attention(model):
         with exact_fp32():

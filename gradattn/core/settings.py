@@ -74,6 +74,54 @@ def default_options(name: str) -> dict[str, Any]:
     return dict(MODEL_OPTIONS[name])
 
 
+_POSITIVE_INTS = ("dim", "depth", "heads", "ff_dim")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_attention_shape(*, dim: int, heads: int, pe: str) -> None:
+    """Heads must split dim evenly, and RoPE rotates pairs, so its head size must be even."""
+    if pe not in PE_CHOICES:
+        raise ConfigError(f"unknown pe {pe!r}; choose one of: {', '.join(PE_CHOICES)}")
+    if dim % heads:
+        raise ConfigError(
+            f"dim {dim} is not divisible by heads {heads}; choose dim as a multiple of heads"
+        )
+    if pe == "rope" and (dim // heads) % 2:
+        raise ConfigError(
+            f"pe 'rope' needs an even head size, but dim {dim} / heads {heads} = {dim // heads}; "
+            "choose dim / heads even, or pe one of: none, learnable"
+        )
+
+
+def check_model_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Model `name`'s options: its defaults updated with `options`, every value checked (what
+    `build_model` builds with; `configure` checks params.yaml with it, without torch)."""
+    merged = {**default_options(name), **options}
+    allowed = MODEL_OPTIONS[name]
+    for key in merged:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown option {key!r} for model {name!r}; choose from: {', '.join(allowed)}"
+            )
+    if merged["stem"] not in STEMS:
+        raise ConfigError(f"unknown stem {merged['stem']!r}; choose one of: {', '.join(STEMS)}")
+    for key in _POSITIVE_INTS:
+        if key in merged and not (_is_int(merged[key]) and merged[key] >= 1):
+            raise ConfigError(f"{key} must be an integer >= 1, got {merged[key]!r}")
+    if "dropout" in merged:
+        p = merged["dropout"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {p!r}")
+    if "norm_first" in merged and not isinstance(merged["norm_first"], bool):
+        raise ConfigError(f"norm_first must be one of: true, false; got {merged['norm_first']!r}")
+    if "heads" in merged:
+        check_attention_shape(dim=merged["dim"], heads=merged["heads"], pe=merged["pe"])
+    return merged
+
+
 WEIGHTS = ("best", "last")
 PLATEAUS = ("torch", "notebooks")
 # adam: weight decay added to the gradient (L2), the paper's; adamw: decoupled from it.

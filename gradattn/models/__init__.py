@@ -22,11 +22,11 @@ from torch import nn
 
 from gradattn.core.errors import ConfigError
 from gradattn.core.settings import (
-    MODEL_OPTIONS,
     MODELS,
     PE_CHOICES,
     STEMS,
     check_model_name,
+    check_model_options,
     default_options,
 )
 from gradattn.models.attention import cbam_resnet18, se_resnet18
@@ -53,33 +53,6 @@ _BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "noskip18": NoSkipResNet18,
     "taps_mean": TapsMean,
 }
-_POSITIVE_INTS = ("dim", "depth", "heads", "ff_dim")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_options(name: str, options: dict[str, Any]) -> None:
-    allowed = MODEL_OPTIONS[name]
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown option {key!r} for model {name!r}; choose from: {', '.join(allowed)}"
-            )
-    if options["stem"] not in STEMS:
-        raise ConfigError(f"unknown stem {options['stem']!r}; choose one of: {', '.join(STEMS)}")
-    for key in _POSITIVE_INTS:
-        if key in options and not (_is_int(options[key]) and options[key] >= 1):
-            raise ConfigError(f"{key} must be an integer >= 1, got {options[key]!r}")
-    if "dropout" in options:
-        p = options["dropout"]
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-            raise ConfigError(f"dropout must be a number in [0, 1), got {p!r}")
-    if "norm_first" in options and not isinstance(options["norm_first"], bool):
-        raise ConfigError(f"norm_first must be one of: true, false; got {options['norm_first']!r}")
-    # dim / heads / pe together: GradAttn checks them itself, first thing in its constructor
-    # (check_attention_shape), so a build checks them once.
 
 
 def build_model(name: str, num_classes: int, in_channels: int, **options: Any) -> nn.Module:
@@ -89,15 +62,14 @@ def build_model(name: str, num_classes: int, in_channels: int, **options: Any) -
     stem="small" for 28-32 px images to keep resolution (the paper keeps "imagenet").
     """
     check_model_name(name)
-    if not _is_int(num_classes) or num_classes < 2:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ConfigError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     if in_channels not in IN_CHANNELS or isinstance(in_channels, bool):
         raise ConfigError(
             f"in_channels {in_channels!r} not supported; choose one of: "
             f"{', '.join(map(str, IN_CHANNELS))}"
         )
-    merged = {**MODEL_OPTIONS[name], **options}
-    _check_options(name, merged)
+    merged = check_model_options(name, options)
     return _BUILDERS[name](num_classes=num_classes, in_channels=in_channels, **merged)
 
 

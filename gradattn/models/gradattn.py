@@ -16,27 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gradattn.core.errors import ConfigError
-from gradattn.core.settings import PE_CHOICES
+from gradattn.core.settings import check_attention_shape
 from gradattn.models.resnet import TAP_CHANNELS, SkipFreeBackbone, pool_taps
 from gradattn.models.rope import RotaryEmbedding
 
 NUM_TAPS = len(TAP_CHANNELS)
-
-
-def check_attention_shape(*, dim: int, heads: int, pe: str) -> None:
-    """Heads must split dim evenly, and RoPE rotates pairs, so its head size must be even."""
-    if pe not in PE_CHOICES:
-        raise ConfigError(f"unknown pe {pe!r}; choose one of: {', '.join(PE_CHOICES)}")
-    if dim % heads:
-        raise ConfigError(
-            f"dim {dim} is not divisible by heads {heads}; choose dim as a multiple of heads"
-        )
-    if pe == "rope" and (dim // heads) % 2:
-        raise ConfigError(
-            f"pe 'rope' needs an even head size, but dim {dim} / heads {heads} = {dim // heads}; "
-            "choose dim / heads even, or pe one of: none, learnable"
-        )
 
 
 class RopeSelfAttention(nn.Module):
@@ -207,8 +191,8 @@ class GradAttn(_TapTokens):
         dropout: float,
         norm_first: bool,
     ) -> None:
-        # No defaults: gradattn.models.default_options is their one home (build_model).
-        check_attention_shape(dim=dim, heads=heads, pe=pe)
+        # No defaults and no checks: build_model checks every option first
+        # (core.settings.check_model_options, their one home).
         super().__init__(dim=dim, in_channels=in_channels, stem=stem)
         self.pe = pe
         # Learnable PE as in the notebooks: one standard-normal vector per tap position.

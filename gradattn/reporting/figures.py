@@ -20,7 +20,7 @@ from gradattn.reporting import plots as P
 from gradattn.reporting.names import model_label
 
 NEEDED = ("logits", "labels", "classes", "options", "sample_images", "sample_labels",
-          "class_counts")
+          "class_counts", "reliability")
 
 
 def read_predictions(dataset: str, model: str) -> dict[str, np.ndarray]:
@@ -65,8 +65,8 @@ def plot_model(dataset: str, model: str, out, data) -> tuple[str, dict]:
     P.write_csv(data / "gradients" / f"{model}.csv", P.gradient_rows(grads["per_layer"]))
 
     logits, labels = pred["logits"], pred["labels"]
-    P.plot_reliability(P.reliability_rows(logits, labels, metrics["ece_bins"]),
-                       out / f"reliability_{model}.png", ece=metrics.get("ece"),
+    reliability = [{k: row[k].item() for k in row.dtype.names} for row in pred["reliability"]]
+    P.plot_reliability(reliability, out / f"reliability_{model}.png", ece=metrics.get("ece"),
                        title=f"{name}: reliability")
     P.plot_confusion(labels, logits.argmax(1), classes, out / f"confusion_{model}.png",
                      title=f"{name}: confusion matrix")

@@ -300,18 +300,12 @@ def plot_overview(images: np.ndarray, labels: np.ndarray, classes: Sequence[str]
         return save(fig, path)
 
 
-def reliability_rows(logits: np.ndarray, labels: np.ndarray, bins: int) -> list[dict]:
-    import torch  # here: the report stage draws with this module but never needs torch
-
-    from gradattn.analysis.metrics import reliability_bins
-
-    return reliability_bins(torch.as_tensor(logits), torch.as_tensor(labels), bins)
-
-
 def plot_reliability(rows: list[dict], path: str | Path, *, ece: float | None,
                      title: str) -> Path:
     """Reliability diagram: accuracy per equal-width confidence bin against the diagonal of
-    perfect calibration, the gap shaded, and how many test images fall in each bin."""
+    perfect calibration, the gap shaded, and how many test images fall in each bin. `rows`:
+    gradattn.analysis.metrics.reliability_bins' (an empty bin's accuracy and confidence are
+    None or NaN)."""
     lows = np.array([r["bin_low"] for r in rows])
     highs = np.array([r["bin_high"] for r in rows])
     width = highs - lows
