@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, dvc, env_for, one_line, python
+from conftest import ROOT, dvc, env_for, one_line, python, sh
 from PIL import Image
 from training_helpers import data, quiet, tiny
 
@@ -269,17 +269,23 @@ def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(
         tiny_project, tmp_path, sig):
     repo = tiny_project(tmp_path / "p", {"models": ["resnet18", "gradattn"],
                                          "grid": {"seeds": [42], "pe": ["learnable"]}})
+    # Each cell pauses after configure, so the interrupt finds both mid-stage on any machine
+    # (left to run, one cell can finish before a busy machine has started the other).
+    dvc_yaml = repo / "dvc.yaml"
+    configure = "cmd: python stages/configure.py"
+    dvc_yaml.write_text(dvc_yaml.read_text().replace(configure, f"{configure} && sleep 300", 1))
+    sh("git", "commit", "-qam", "a pause in every cell", cwd=repo)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gradattn.cli", "study", "run", "--dry"], cwd=repo,
         env={k: v for k, v in env_for(repo).items() if k != DEBUG_ENV},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     logs = repo / ".dvc/tmp/study/study-dry/logs"
     deadline = time.monotonic() + 240
-    # Interrupt once both cells run inside DVC's temporary copies, a stage under way.
+    # Interrupt once both cells run inside DVC's temporary copies, in configure's pause.
     while time.monotonic() < deadline and proc.poll() is None:
         texts = [p.read_text() for p in logs.glob("*.log")] if logs.is_dir() else []
         # (a cell that lost the race for DVC's repository lock is retried in a .try2 log)
-        if sum("Running stage" in t for t in texts) >= 2:
+        if sum("configure: " in t for t in texts) >= 2:
             break
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
