@@ -9,6 +9,8 @@ and take fixtures by name; nothing else defines these.
   line, `one_line_error` the same of a raised error's message.
 - `with_importtime`: a script or `-c` code run under `python -X importtime`, and the
   top-level packages it imported (which stages start without torch).
+- `processes_in(folder)`: the processes at work inside a project (DVC's queue worker, an
+  experiment's temporary copy, a stage): a wait that costs no DVC start-up.
 - `one_thread`: a fixture for modules of tiny torch models
   (`pytestmark = pytest.mark.usefixtures("one_thread")`).
 - Projects, for the slow end-to-end tests (real `dvc` in a temporary git repo). One builder,
@@ -207,6 +209,22 @@ def with_importtime(*args, cwd: Path) -> tuple[subprocess.CompletedProcess, set[
                           capture_output=True, text=True,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     return proc, imported(proc.stderr)
+
+
+def processes_in(folder: Path) -> list[int]:
+    """Pids of processes whose working directory is inside `folder` (DVC's temporary copies
+    of the repository live in .dvc/tmp/exps)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if Path(cwd).is_relative_to(folder):
+            found.append(int(proc.name))
+    return found
 
 
 def running_stages(output: str) -> set[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, dvc, env_for, one_line, python, sh
+from conftest import ROOT, dvc, env_for, one_line, processes_in, python, sh
 from PIL import Image
 from training_helpers import data, quiet, tiny
 
@@ -247,22 +247,6 @@ def test_every_script_and_benchmark_uses_the_stages_wrapper():
 
 
 # --- gradattn study run: Ctrl-C --------------------------------------------------------------
-def processes_in(folder: Path) -> list[int]:
-    """Pids of processes whose working directory is inside `folder` (DVC's temporary copies
-    of the repository live in .dvc/tmp/exps)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue
-        if Path(cwd).is_relative_to(folder):
-            found.append(int(proc.name))
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_in_a_study_stops_its_cells_in_one_line_and_leaves_no_temporary(
