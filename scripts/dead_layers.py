@@ -569,8 +569,10 @@ def plot(paths: list[str], png: str) -> None:
         ax.set_ylim(floor / 3, 1e2)
         ax.axhline(floor, color="red", lw=0.5, ls=":")
         pe = f" pe={a['pe']}" if a["model"] == "gradattn" else ""
-        ax.set_title(f"{a['model']} stem={a['stem']}{pe}"
-                     + f"\n{a['optimizer']} wd={a['weight_decay']} n={a['n_train']}", fontsize=9)
+        norm = "" if a.get("decay_norm", True) else ", not on BN γ/β"
+        ax.set_title(f"{a['model']} stem={a['stem']}{pe} seed={a['seed']}"
+                     + f"\n{a['optimizer']} wd={a['weight_decay']:g}{norm} n={a['n_train']}",
+                     fontsize=9)
         ax.set_ylabel("conv param-grad norm (x = exactly 0)")
         ax.legend(fontsize=7, loc="lower left")
         ax = axes[1][col]
