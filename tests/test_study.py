@@ -88,8 +88,10 @@ def test_starts_are_staggered(tmp_path):
     outcome = schedule(jobs, [{}, {}], tmp_path / "logs", say=lambda _: None,
                        poll_seconds=0.02, stagger_seconds=0.5)
     assert sorted(outcome.done) == ["a", "b"]
-    a, b = (float((tmp_path / n).read_text()) for n in ("a", "b"))
-    assert b - a >= 0.45
+    assert all((tmp_path / n).exists() for n in ("a", "b"))  # both ran
+    # When each was started (the scheduler's clock, just before its Popen): the children's own
+    # timestamps would add their Python start-up, which a busy machine makes jitter by 0.1 s.
+    assert jobs[1].started - jobs[0].started >= 0.5
 
 
 def test_outside_a_dvc_project_is_one_line(tmp_path, monkeypatch, capsys):
