@@ -40,6 +40,7 @@ import pytest
 from conftest import ROOT, committed
 
 ANNOTATED = ["docs/findings.md", "results/README.md", "results/cifar10-dead-layers/README.md",
+             "results/cifar10-dead-layers/ablations/README.md",
              "results/h200-2026-12-04/README.md"]
 PUBLISHED = sorted(p.parent.relative_to(ROOT).as_posix()
                    for p in (ROOT / "results").glob("*/provenance.json"))
