@@ -68,15 +68,9 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.env
 # (`--dist loadgroup` would group by mark, but with pytest 9.2 it silently stops grouping:
 # pytest-dev/pytest-xdist#1386.) The end-to-end tests go first: minutes each, they start
 # at once, and the quick ones fill the gaps at the end.
-# The wheelhouse test mostly waits on pip, not the CPU: it goes first, beside CPU-bound tests,
-# rather than last with one worker idle.
-STARTS_FIRST = ("test_wheelhouse.py",)
-
-
 def pytest_collection_modifyitems(config, items):
     if hasattr(config, "workerinput"):  # an xdist worker; a plain run keeps the file order
-        items.sort(key=lambda item: (item.path.name not in STARTS_FIRST,
-                                     item.get_closest_marker("slow") is None))
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 # The study's state: what `dvc exp run`, `dvc exp apply` and `dvc repro` rewrite in a user's
