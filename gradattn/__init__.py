@@ -4,7 +4,7 @@
 identified by gradattn.training.run_config (what each stage ran with is its run record,
 gradattn.core.records); a finished run read back for the tables
 (gradattn.reporting.experiments.Run); running experiments (gradattn.studies: `dvc exp run`,
-`gradattn study run`); and a stage script's guarded main (gradattn.core.stage.run).
+`gradattn study run`); and a stage script's guarded main (gradattn.core.stage.stage_entry).
 """
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ the top of dvc.yaml).
 from gradattn.config import dataset_options, dataset_protocol, load_params
 from gradattn.core import paths
 from gradattn.core.io import write_json
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -51,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

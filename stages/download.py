@@ -1,5 +1,5 @@
 """Fetch one dataset's source files into data/raw/<dataset>/ (or copy them from the folder that
-machine.yaml's data.sources.<dataset> names: its files are what data/sources/<dataset>.json,
+machine.yaml's data.sources.<dataset> names: its files are what data/manifests/<dataset>.json,
 a dependency of this stage, lists)."""
 
 import time
@@ -7,7 +7,7 @@ import time
 from gradattn.core import paths
 from gradattn.core.io import read_json, remove_stale
 from gradattn.core.settings import machine_sources
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -36,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

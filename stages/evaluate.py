@@ -9,7 +9,7 @@ from gradattn.core import paths
 from gradattn.core.io import write_json, write_with
 from gradattn.core.records import write_run_record
 from gradattn.core.settings import load_resolved, read_recipe
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -38,4 +38,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

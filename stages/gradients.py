@@ -8,7 +8,7 @@ from gradattn.core import paths
 from gradattn.core.io import write_json
 from gradattn.core.records import run_environment, write_run_record
 from gradattn.core.settings import TrainConfig, load_resolved, read_recipe
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

@@ -6,7 +6,7 @@ writes with what the figures need of the models and data; see gradattn.analysis.
 The work is gradattn.reporting.figures'."""
 
 from gradattn.core.settings import parse_models, read_params
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -19,4 +19,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

@@ -5,7 +5,7 @@ digests: gradattn.reporting.report). The work is gradattn.reporting.report's.
 """
 
 from gradattn.core.settings import load_section
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def main() -> None:
@@ -17,4 +17,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

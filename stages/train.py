@@ -8,7 +8,7 @@ from dataclasses import asdict
 from gradattn.core import paths
 from gradattn.core.io import write_json
 from gradattn.core.records import run_environment, write_run_record
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def publish_history(dataset: str, model_name: str, rows: list[dict]) -> None:
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)

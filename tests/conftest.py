@@ -79,7 +79,7 @@ def pytest_collection_modifyitems(config, items):
 # stages/, dvc.yaml, tests/) is read from the working tree: a developer's edits are what is
 # tested. tests/test_used_workspace.py holds both to this.
 STUDY_STATE = ("params.yaml", "machine.yaml", "dvc.lock", "metrics", "plots", "plotdata", "configs",
-               "data/sources", ".dvc/config")
+               "data/manifests", ".dvc/config")
 # The pipeline's code, copied from the working tree into a test project (params.yaml: HEAD's).
 PIPELINE_FILES = ("dvc.yaml", "stages", "gradattn", ".dvcignore")
 

@@ -37,7 +37,7 @@ def test_each_output_gets_a_hint_that_can_restore_it():
         hint = restore_hint(path, "stage@x")
         if cached:
             assert f"`dvc checkout --force {path}`" in hint, path
-        elif path.startswith("configs") or path.startswith("data/sources/"):
+        elif path.startswith("configs") or path.startswith("data/manifests/"):
             # Not cached: committed to git (.gitignore does not list them).
             assert f"`git checkout -- {path}`" in hint, path
         else:  # only a rerun makes it again

@@ -59,7 +59,7 @@ def test_repro_then_rope_experiment_reruns_only_gradattn(reproduced_repo):
 
     # Nothing changed (in this copy of the project): nothing runs but the check of the source
     # files (always; it changed nothing, so download and all after it stay cached).
-    assert running_stages(dvc_repo.dvc("repro").stdout) == {f"sources@{DATASET}"}
+    assert running_stages(dvc_repo.dvc("repro").stdout) == {f"manifest@{DATASET}"}
 
     out = dvc_repo.dvc("exp", "run", "-S", "model.pe=rope").stdout
     ran = running_stages(out)
@@ -98,27 +98,28 @@ def test_status_names_the_key_and_dry_run_lists_what_then_runs(reproduced_repo):
     # A native param: `dvc status` names the leaf key. `dvc repro --dry` lists the stages
     # whose own inputs changed (DVC cannot know before running them whether their outputs
     # change); what then runs is those and the stages downstream of them, nothing else.
-    # (train.seed: it re-trains both models at the baseline's one epoch, not two.)
-    dvc_repo.set_params({"train": {"seed": 43}})
+    # (evaluate.ece_bins: both models' evaluate stages, no training; a train key re-trains,
+    # which the model.pe step below and tests/test_sweep.py show.)
+    dvc_repo.set_params({"evaluate": {"ece_bins": 15}})
     status = dvc_repo.dvc("status").stdout
-    assert "train.seed" in status
+    assert "evaluate.ece_bins" in status
     dry = running_stages(dvc_repo.dvc("repro", "--dry").stdout)
     ran = running_stages(dvc_repo.dvc("repro").stdout)
-    assert {f"train@{DATASET}-resnet18", f"train@{DATASET}-gradattn"} <= dry <= ran
-    assert ran - dry <= downstream_of_training()
-    assert "configure" not in ran and f"preprocess@{DATASET}" not in ran
-    dvc_repo.commit("seed 43")
+    assert {f"evaluate@{DATASET}-resnet18", f"evaluate@{DATASET}-gradattn"} <= dry <= ran
+    assert ran - dry <= {f"plot@{DATASET}", "report"}
+    assert not {s for s in ran if s.startswith(("configure", "preprocess", "train", "gradients"))}
+    dvc_repo.commit("15 bins")
 
     # A GradAttn-only option: status names model.pe (under configure, which resolves each
     # model's own options); only GradAttn's stages re-run, never ResNet-18's.
     dvc_repo.set_params({"model": {"pe": "rope"}})
     assert "model.pe" in dvc_repo.dvc("status").stdout
     dry = running_stages(dvc_repo.dvc("repro", "--dry").stdout)
-    # report names runs by their settings; sources@ always runs (it lists the source files)
-    assert dry == {"configure", "report", f"sources@{DATASET}"}
+    # report names runs by their settings; manifest@ always runs (it lists the source files)
+    assert dry == {"configure", "report", f"manifest@{DATASET}"}
     ran = running_stages(dvc_repo.dvc("repro").stdout)
     assert dry <= ran
-    assert ran - {"configure", f"sources@{DATASET}", f"train@{DATASET}-gradattn"} <= (
+    assert ran - {"configure", f"manifest@{DATASET}", f"train@{DATASET}-gradattn"} <= (
         downstream_of_training(models=("gradattn",)))
     assert {"configure", f"train@{DATASET}-gradattn", f"evaluate@{DATASET}-gradattn",
             f"gradients@{DATASET}-gradattn"} <= ran

@@ -21,7 +21,7 @@ from conftest import DvcRepo
 
 DATASET = "fashionmnist-mini"
 MODEL = "gradattn"
-STAGES = ["configure", f"sources@{DATASET}", f"download@{DATASET}", f"preprocess@{DATASET}",
+STAGES = ["configure", f"manifest@{DATASET}", f"download@{DATASET}", f"preprocess@{DATASET}",
           f"train@{DATASET}-{MODEL}", f"evaluate@{DATASET}-{MODEL}",
           f"gradients@{DATASET}-{MODEL}", f"plot@{DATASET}", "report"]
 # Pipeline order; training (the stage with a checkpoint to resume) is killed three times.
@@ -133,4 +133,4 @@ def test_sigkill_in_every_stage_then_rerun_gives_the_uninterrupted_result(dvc_re
     assert {where for *_, where in kills} >= set(STAGES), report
     status = faulted.dvc("status", "--json").stdout
     # Up to date but for the check of the source files, which always runs.
-    assert json.loads(status) == {f"sources@{DATASET}": ["always changed"]}, status
+    assert json.loads(status) == {f"manifest@{DATASET}": ["always changed"]}, status

@@ -131,7 +131,7 @@ def study(tmp_path_factory, tiny_project) -> Study:
 @pytest.mark.slow
 def test_a_fresh_clone_pulls_the_study_from_s3_and_has_nothing_to_retrain(study):
     """docs/reproduce.md's fresh-clone block, as printed: `dvc pull` from the S3 server, then
-    `dvc repro` re-runs no stage but `sources` (always run: it lists the source files),
+    `dvc repro` re-runs no stage but `manifest` (always run: it lists the source files),
     `gradattn table` shows the owner's run and `dvc metrics diff HEAD~1` reads git."""
     pushed = list((study.store / BUCKET / "gradattn").rglob("*"))
     assert any(p.is_file() for p in pushed)  # the models, predictions, metrics went to S3
@@ -142,7 +142,7 @@ def test_a_fresh_clone_pulls_the_study_from_s3_and_has_nothing_to_retrain(study)
     text = out.stdout + out.stderr
     assert re.search(r"\d+ files? fetched", text), text[-3000:]
     ran = re.findall(r"Running stage '([^']+)'", text)
-    assert ran == ["sources@tiny"], text[-3000:]
+    assert ran == ["manifest@tiny"], text[-3000:]
     for stage in ("train@tiny-resnet18", "evaluate@tiny-resnet18", "report"):
         assert f"Stage '{stage}' didn't change, skipping" in text
     # The owner's run, as the owner's own table has it.

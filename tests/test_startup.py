@@ -18,7 +18,7 @@ from conftest import (
 HEAVY = ("torch", "torchvision", "matplotlib", "pandas", "sklearn", "scipy", "seaborn",
          "medmnist", "dvc", "torchmetrics")
 STAGES = {"configure": 0, "download": 1, "preprocess": 1, "train": 2, "evaluate": 2,
-          "gradients": 2, "plot": 1, "report": 0, "sources": 1}
+          "gradients": 2, "plot": 1, "report": 0, "manifest": 1}
 
 
 def test_every_stage_script_is_checked():

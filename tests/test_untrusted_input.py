@@ -408,17 +408,17 @@ def test_source_data_edited_after_a_run_is_prepared_again_by_the_next_repro(tiny
 
     # Touched, same bytes: the list of files is the same, nothing downstream runs.
     os.utime(source, (1e9, 1e9))
-    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"manifest@tiny"}
 
     # Edited: 50 training images fewer. DVC sees it, and the next repro prepares it again.
     np.savez(source, **{k: v[:150] if k.startswith("train") else v for k, v in arrays.items()})
-    assert "sources@tiny" in dvc("status", cwd=project).stdout
+    assert "manifest@tiny" in dvc("status", cwd=project).stdout
     ran = running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout)
-    assert ran == {"sources@tiny", "download@tiny", "preprocess@tiny"}, ran
+    assert ran == {"manifest@tiny", "download@tiny", "preprocess@tiny"}, ran
     assert meta()["counts"]["train"] == 150
-    listed = json.loads((project / "data/sources/tiny.json").read_text())["files"]
+    listed = json.loads((project / "data/manifests/tiny.json").read_text())["files"]
     assert list(listed) == ["tiny.npz"] and listed["tiny.npz"]["size"] == source.stat().st_size
-    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"sources@tiny"}
+    assert running_stages(dvc("repro", "preprocess@tiny", cwd=project).stdout) == {"manifest@tiny"}
 
     # An output edited in place (root ignores the read-only bit) leaves the cache intact
     # under the project's cache type: `dvc checkout` brings back what preprocess wrote.
@@ -454,7 +454,7 @@ def test_a_source_folder_is_a_machine_setting_and_its_files_are_what_dvc_sees(ma
     project = make_project(tmp_path / "p", "fashion",
                            {"data": {"sources": {dataset: str(folders[0])}}})
     ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
-    assert ran == {f"{s}@{dataset}" for s in ("sources", "download", "preprocess")} | {
+    assert ran == {f"{s}@{dataset}" for s in ("manifest", "download", "preprocess")} | {
         "configure"}, ran
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "prepared", cwd=project)
@@ -463,10 +463,10 @@ def test_a_source_folder_is_a_machine_setting_and_its_files_are_what_dvc_sees(ma
     assert dvc("params", "diff", cwd=project).stdout.strip() == ""
     assert "data.sources" not in dvc("exp", "show", "--md", cwd=project).stdout
     ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
-    assert ran == {f"sources@{dataset}"}, ran
+    assert ran == {f"manifest@{dataset}"}, ran
     (folders[1] / "README").write_text("a file more")
     ran = running_stages(dvc("repro", f"preprocess@{dataset}", cwd=project).stdout)
-    assert ran == {f"sources@{dataset}", f"download@{dataset}"}, ran
+    assert ran == {f"manifest@{dataset}", f"download@{dataset}"}, ran
 
 
 @pytest.mark.slow
@@ -489,7 +489,7 @@ def test_a_source_outside_the_project_is_listed_again_in_a_temp_experiment(tiny_
     done = dvc("exp", "run", "--temp", "-n", "cut", "preprocess@tiny", cwd=project)
     assert "not on this machine" not in done.stdout + done.stderr
     ref = sh("git", "for-each-ref", "--format=%(refname)", "refs/exps", cwd=project).stdout
-    listed = json.loads(sh("git", "show", f"{ref.split()[0]}:data/sources/tiny.json",
+    listed = json.loads(sh("git", "show", f"{ref.split()[0]}:data/manifests/tiny.json",
                            cwd=project).stdout)
     assert listed["files"]["tiny.npz"]["md5"] == md5(source)
     import dvc.api  # the experiment's prepared data, from the DVC cache

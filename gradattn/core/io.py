@@ -325,7 +325,7 @@ def reading(path: str | os.PathLike, fix: str):
 # dvc.yaml's outputs that DVC does not cache (`cache: false`), which `dvc checkout` cannot
 # bring back: those committed to git, and those only a rerun makes again (tests/
 # test_entry_points.py checks these against dvc.yaml).
-IN_GIT = ("configs/", "data/sources/")
+IN_GIT = ("configs/", "data/manifests/")
 NOT_CACHED = ("plots/", "plotdata/", "metrics/summary.json")
 NOT_CACHED_SUFFIXES = (".history.json",)
 

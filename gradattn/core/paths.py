@@ -7,7 +7,7 @@ from pathlib import Path
 
 CONFIGS = Path("configs")
 RAW = Path("data/raw")
-SOURCES = Path("data/sources")
+MANIFESTS = Path("data/manifests")
 PREPARED = Path("data/prepared")
 MODELS_DIR = Path("models")
 METRICS = Path("metrics")
@@ -22,10 +22,10 @@ def source_config(dataset: str) -> Path:
     return CONFIGS / dataset / "source.json"
 
 
-def sources_manifest(dataset: str) -> Path:
+def source_manifest(dataset: str) -> Path:
     """The list of a local source's files (size, md5): what `download@<dataset>` depends on,
-    so DVC sees a change in files outside the project (stages/sources.py)."""
-    return SOURCES / f"{dataset}.json"
+    so DVC sees a change in files outside the project (stages/manifest.py)."""
+    return MANIFESTS / f"{dataset}.json"
 
 
 def prepare_config(dataset: str) -> Path:

@@ -23,7 +23,7 @@ DEFAULT_PARAMS = Path("params.yaml")
 # (data.sources.<dataset>) and which experiments `gradattn grid` runs (grid). They live in
 # machine.yaml beside params.yaml, a file no stage lists, so they stay out of `dvc exp show`,
 # `dvc params diff` and dvc.lock; `dvc exp run -S machine.yaml:data.sources.cifar10=<folder>`
-# sets one for an experiment. What a source's files hold is what DVC sees (the sources stage).
+# sets one for an experiment. What a source's files hold is what DVC sees (the manifest stage).
 MACHINE_FILE = "machine.yaml"
 MACHINE_KEYS = {"data": ("sources",), "grid": None}  # None: the whole section
 # The same as dotted keys: what a key of machine.yaml starts with.

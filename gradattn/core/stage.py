@@ -39,7 +39,7 @@ def stage_args(*names: str) -> list[str]:
     return args
 
 
-def run(main: Callable[[], None]) -> None:
+def stage_entry(main: Callable[[], None]) -> None:
     """Run a stage's main(); every error becomes one line on stderr and a non-zero exit."""
     # Under `dvc exp run` / `dvc queue` stdout is a pipe or a log file: flush every line, so
     # `dvc queue logs -f` shows each epoch as it ends.

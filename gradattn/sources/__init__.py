@@ -6,10 +6,10 @@ share (fetching, streaming into the prepared format, splits).
 The registry imports a source's module the first time its dataset is asked for
 (registry.BUILTIN names them), so a stage pays only for the source it uses.
 
-"Sources" names three things; this package is the code. The other two are user-facing and
-keep their names (machine.yaml, dvc.yaml, dvc.lock): the key `data.sources.<dataset>`, a
-local folder a source reads instead of downloading, and the `sources` stage
-(stages/sources.py), which lists that folder's files (size, md5) so DVC sees them change.
+"Source" means where a dataset's files come from: this package's code, and the key
+`data.sources.<dataset>` of machine.yaml (a local folder a source reads instead of
+downloading). The `manifest` stage (stages/manifest.py) lists that folder's files (size,
+md5) so DVC sees them change.
 """
 
 from gradattn.sources.registry import DatasetSpec, get_spec, known_datasets

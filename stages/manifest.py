@@ -1,5 +1,5 @@
 """The source files behind data.sources.<dataset> (machine.yaml) or data.custom.<dataset>, as
-DVC should see them: data/sources/<dataset>.json lists each file's relative path, size and
+DVC should see them: data/manifests/<dataset>.json lists each file's relative path, size and
 md5, not the folder's path, so the same files in another folder (or on another machine) are
 the same source. A manifest only: the gradattn.sources package (run by download) reads them.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from gradattn.core import paths
 from gradattn.core.io import file_digest, read_json, walk_once, write_json
 from gradattn.core.settings import check_choice, machine_sources
-from gradattn.core.stage import run, stage_args
+from gradattn.core.stage import stage_args, stage_entry
 
 
 def source_path(cfg: dict, sources: dict[str, str]) -> tuple[str, Path] | None:
@@ -33,7 +33,7 @@ def source_path(cfg: dict, sources: dict[str, str]) -> tuple[str, Path] | None:
 
 def main() -> None:
     (dataset,) = stage_args("dataset")
-    out = paths.sources_manifest(dataset)
+    out = paths.source_manifest(dataset)
     # machine.yaml is no stage's dependency: this stage always runs, so it reads it here.
     sources = machine_sources()
     from gradattn.sources.registry import known_datasets
@@ -77,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    stage_entry(main)
