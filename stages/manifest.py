@@ -43,15 +43,15 @@ def main() -> None:
     local = source_path(read_json(paths.source_config(dataset)), sources)
     if local is None:
         write_json(out, {"dataset": dataset, "files": {}})
-        print(f"sources {dataset}: downloaded or bundled (verified by checksum at download)")
+        print(f"manifest {dataset}: downloaded or bundled (verified by checksum at download)")
         return
     key, path = local
     if not path.exists() and out.exists():
         # A clone on another machine: the raw data came from DVC, the files are not here.
-        print(f"sources {dataset}: {path} ({key}) is not on this machine: keeping the list of "
+        print(f"manifest {dataset}: {path} ({key}) is not on this machine: keeping the list of "
               f"its files in {out} (data/raw as last downloaded)")
         return
-    cache_file = paths.parent_root() / ".dvc" / "tmp" / "gradattn-sources" / f"{dataset}.json"
+    cache_file = paths.parent_root() / ".dvc" / "tmp" / "gradattn-manifest" / f"{dataset}.json"
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -73,7 +73,7 @@ def main() -> None:
     if paths.parent_root().joinpath(".dvc").is_dir():
         write_json(cache_file, fresh)
     size = sum(f["size"] for f in files.values())
-    print(f"sources {dataset}: {len(files):,} files, {size / 1e6:.1f} MB in {path} ({key})")
+    print(f"manifest {dataset}: {len(files):,} files, {size / 1e6:.1f} MB in {path} ({key})")
 
 
 if __name__ == "__main__":

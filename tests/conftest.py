@@ -253,6 +253,7 @@ def one_thread():
 TINY_PARAMS = {
     "train": {"max_epochs": 1, "batch_size": 128},
     "model": {"dim": 16, "heads": 2, "ff_dim": 32, "depth": 1},
+    "gradients": {"batches": 2},
 }
 
 

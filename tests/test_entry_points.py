@@ -23,7 +23,7 @@ from training_helpers import data, quiet, tiny
 
 from gradattn.config import TrainConfig
 from gradattn.core.errors import GradattnError
-from gradattn.core.stage import DEBUG_ENV, run
+from gradattn.core.stage import DEBUG_ENV, stage_entry
 from gradattn.prepared import PreparedWriter
 from gradattn.sources.bundled import BUNDLED
 from gradattn.sources.registry import get_spec
@@ -53,7 +53,7 @@ def test_torch_failing_to_write_a_checkpoint_is_one_line_naming_the_folder(
         "corrected", "test")
     train, val = data()
     with pytest.raises(SystemExit) as exit_:
-        run(lambda: fit(tiny(), train, val, cfg, checkpoint=folder / "run.pt", run_id="r",
+        stage_entry(lambda: fit(tiny(), train, val, cfg, checkpoint=folder / "run.pt", run_id="r",
                         log=quiet, progress=False))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1, err

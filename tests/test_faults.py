@@ -18,7 +18,7 @@ from training_helpers import data, quiet, tiny
 from gradattn.config import TrainConfig
 from gradattn.core import paths
 from gradattn.core.errors import GradattnError
-from gradattn.core.stage import DEBUG_ENV, run
+from gradattn.core.stage import DEBUG_ENV, stage_entry
 from gradattn.training.loop import fit
 from gradattn.training.trained import load_trained, save_trained
 
@@ -182,7 +182,7 @@ def test_a_full_disk_is_one_line(capsys):
             fh.write("x")
 
     with pytest.raises(SystemExit) as exit_:
-        run(write_to_full_disk)
+        stage_entry(write_to_full_disk)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1
     assert "No space left on device" in err and "free some disk space" in err
@@ -190,7 +190,7 @@ def test_a_full_disk_is_one_line(capsys):
 
 def test_an_unexpected_error_is_one_line_pointing_at_the_debug_switch(capsys):
     with pytest.raises(SystemExit) as exit_:
-        run(lambda: {}["missing"])
+        stage_entry(lambda: {}["missing"])
     err = capsys.readouterr().err
     assert exit_.value.code == 1 and err.count("\n") == 1
     assert err.startswith("error: unexpected KeyError") and f"{DEBUG_ENV}=1" in err

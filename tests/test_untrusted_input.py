@@ -538,7 +538,7 @@ def test_any_stage_removes_what_dead_processes_left_and_keeps_live_ones(tmp_path
         (cwd / rel).write_bytes(b"half a file")
     io.write_json(cwd / paths.source_config(DATASET), {"dataset": DATASET, "source": None,
                                                        "custom": None})
-    proc = run_stage("sources.py", DATASET, cwd=cwd)
+    proc = run_stage("manifest.py", DATASET, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     assert "removed 4 temporary file(s) that killed runs left" in proc.stdout
     for rel, removed in left.items():
