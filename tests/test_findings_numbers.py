@@ -202,7 +202,7 @@ HELPERS = {f.__name__: f for f in (pct, first_zero, norm_at, dead_convs, epochs_
                                     zero_param, best_val, at_epoch, ep, unit_grad,
                                     first_exact_zero, run, cell, paired, params, get)}
 HELPERS.update(J=_load, abs=abs, min=min, max=max, round=round, len=len, sum=sum, next=next,
-               any=any, all=all, int=int, float=float)
+               any=any, all=all, int=int, float=float, exp=math.exp, log=math.log)
 
 
 # ---------------------------------------------------------------------- numbers in the text
