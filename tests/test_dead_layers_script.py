@@ -25,7 +25,14 @@ from PIL import Image
 from gradattn.core.records import code_commit
 
 SCRIPT = ROOT / "scripts" / "dead_layers.py"
+COMPARE = ROOT / "scripts" / "dead_layers_compare.py"
 CLASSES = [f"class{i}" for i in range(10)]
+
+
+def script_env() -> dict[str, str]:
+    """The environment a script of scripts/ runs in: the repository importable."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def load_script():
@@ -112,6 +119,14 @@ def test_a_stage_killed_on_purpose_is_dated_and_its_convs_end_exactly_zero(cifar
         assert bn["beta_mean"] > -1.0
         assert all(last["bn"][f"layer4.{i}.bn{j}"]["gamma_mean"] < 1.0
                    for i in (0, 1) for j in (1, 2))
+    # The overlay of runs dates the constant output the dead stage feeds layer4's batch norms.
+    png = tmp_path / "compare.png"
+    compared = subprocess.run([sys.executable, str(COMPARE), str(out), "--png", str(png)],
+                              capture_output=True, text=True, env=script_env())
+    assert compared.returncode == 0, compared.stderr
+    assert "killed: layer4.1.bn2 input variance below ε from epoch 1, exactly 0 from epoch 1 " \
+        in compared.stdout
+    assert png.read_bytes().startswith(b"\x89PNG")
 
 
 def test_a_healthy_model_has_no_dead_stage_and_its_json_says_what_ran(cifar, tmp_path):
@@ -205,3 +220,13 @@ def test_asking_for_a_gpu_where_there_is_none_is_a_one_line_error(cifar, tmp_pat
         "error: --device cuda asked for, but torch sees no CUDA GPU here; use --device cpu or "
         "run on a machine with one"]
     assert not out.exists()
+
+
+def test_comparing_a_json_with_no_finished_epoch_is_a_one_line_error(tmp_path):
+    started = tmp_path / "started.json"
+    started.write_text(json.dumps({"args": {}, "epochs": []}))
+    png = tmp_path / "c.png"
+    proc = subprocess.run([sys.executable, str(COMPARE), str(started), "--png", str(png)],
+                          capture_output=True, text=True, env=script_env())
+    assert proc.returncode == 2 and not png.exists()
+    assert proc.stderr.strip().count("\n") == 0 and "no finished epoch yet" in proc.stderr

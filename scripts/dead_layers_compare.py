@@ -1,0 +1,110 @@
+"""Overlay dead-layer runs (JSONs of scripts/dead_layers.py) on shared axes, one line a run, to
+compare ablations where `dead_layers.py --plot` draws each run in a column of its own:
+
+    python scripts/dead_layers_compare.py A.json B.json ... --png out.png [--stage layer4]
+
+Per epoch, for the stage's last block (`<stage>.1.bn2`, `<stage>.1.out`): batch norm's mean γ
+and its median input variance (log scales; batch norm's ε dotted, an exact 0 drawn as x on the
+floor: the stage then outputs a constant), the fraction of the stage's output channels silent on
+the probe set, and the validation accuracy. Each run is labelled by its file name. It prints, per
+run, the first epoch at which the input variance fell below ε and reached exactly 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gradattn.core.errors import GradattnError
+from gradattn.core.io import read_json, write_with
+from gradattn.core.stage import entry
+
+BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which every model here uses
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+FLOOR = 1e-16  # where an exact 0 is drawn on the log axes
+
+
+def series(run: dict, stage: str) -> dict[str, list[float]]:
+    """Per epoch: γ mean and median input variance of `<stage>.1.bn2`, silent fraction of
+    `<stage>.1.out`, validation accuracy."""
+    bn, out = f"{stage}.1.bn2", f"{stage}.1.out"
+    rows = run["epochs"]
+    return {"epoch": [r["epoch"] for r in rows],
+            "gamma": [r["bn"][bn]["gamma_mean"] for r in rows],
+            "var": [r["bn"][bn]["in_var_median"] for r in rows],
+            "silent": [r["dead_frac"][out] for r in rows],
+            "val": [r["val_acc"] for r in rows]}
+
+
+def first_epoch(epochs: list[int], values: list[float], test) -> int | None:
+    return next((e for e, v in zip(epochs, values, strict=True) if test(v)), None)
+
+
+def load(paths: list[Path], stage: str) -> dict[str, dict[str, list[float]]]:
+    runs = {}
+    for path in paths:
+        run = read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)")
+        try:
+            runs[path.stem] = series(run, stage)
+        except (KeyError, TypeError) as err:
+            raise GradattnError(f"{path}: no per-epoch record of {stage} ({err}): name a JSON "
+                                "that scripts/dead_layers.py wrote (--out)") from None
+        if not runs[path.stem]["epoch"]:
+            raise GradattnError(f"{path}: no finished epoch yet: wait for its first epoch")
+    return runs
+
+
+def draw(runs: dict[str, dict[str, list[float]]], stage: str, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), sharex=True)
+    (ax_gamma, ax_var), (ax_silent, ax_val) = axes
+    for i, (name, s) in enumerate(runs.items()):
+        color = plt.get_cmap("tab10")(i % 10)
+        ep = np.array(s["epoch"])
+        for ax, key in ((ax_gamma, "gamma"), (ax_var, "var")):
+            v = np.array(s[key], dtype=float)
+            ax.plot(ep, np.where(v > 0, v, np.nan), color=color, lw=1.4,
+                    label=name if key == "gamma" else None)
+            ax.scatter(ep[v == 0], np.full((v == 0).sum(), FLOOR), marker="x", color=color)
+        ax_silent.plot(ep, s["silent"], color=color, lw=1.4)
+        ax_val.plot(ep, s["val"], color=color, lw=1.4)
+    ax_gamma.set(yscale="log", ylim=(FLOOR / 3, 3), title=f"{stage}.1.bn2: mean γ (x = exactly 0)")
+    ax_var.set(yscale="log", ylim=(FLOOR / 3, 1e2),
+               title=f"{stage}.1.bn2: median input variance (x = exactly 0)")
+    ax_var.axhline(BN_EPS, color="red", lw=0.8, ls=":", label="batch norm's ε")
+    ax_silent.set(ylim=(-0.03, 1.03), xlabel="epoch",
+                  title=f"{stage}.1.out: fraction of channels silent on the probe set")
+    ax_val.set(xlabel="epoch", title="validation accuracy")
+    ax_var.legend(fontsize=7, loc="upper right")
+    ax_gamma.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    write_with(png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"), suffix=".png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="JSONs of scripts/dead_layers.py")
+    parser.add_argument("--png", type=Path, required=True, help="the figure to write")
+    parser.add_argument("--stage", default="layer4", choices=STAGES)
+    args = parser.parse_args(argv)
+    if args.png.suffix != ".png":
+        raise GradattnError(f"--png {args.png}: the figure is a PNG: give a path ending .png")
+    runs = load(args.runs, args.stage)
+    draw(runs, args.stage, args.png)
+    for name, s in runs.items():
+        below = first_epoch(s["epoch"], s["var"], lambda v: v < BN_EPS)
+        zero = first_epoch(s["epoch"], s["var"], lambda v: v == 0)
+        print(f"{name}: {args.stage}.1.bn2 input variance below ε from epoch "
+              f"{below or '-'}, exactly 0 from epoch {zero or '-'} "
+              f"(of {s['epoch'][-1]}; γ {s['gamma'][-1]:.3g} at the last)")
+    print("wrote", args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    entry(main)
