@@ -58,7 +58,7 @@ all of them, two at a time) are options of this script:
   --pe none` (cpu-full/gradattn-none-adam.json came from the earlier loop).
 
 `--plot A.json B.json ... --png out.png` draws JSONs side by side; `--summary A.json ...`
-prints one line each.
+prints one line each; scripts/dead_layers_compare.py overlays them on shared axes.
 
 The data: the CIFAR-10 JPEG copy (`train/<class>/*.jpg`, `test/<class>/*.jpg`), e.g.
 
@@ -464,7 +464,7 @@ def train(args: argparse.Namespace, out: Path, command: str | None = None) -> di
         result = json.loads(out.read_text())
         if result.get("run_id") != identity:
             result = None
-        else:  # what ran the epochs this run resumes from, if not the same code or machine
+        else:  # what ran the epochs before this resume (one entry per resume, same code or not)
             result.setdefault("earlier_parts", []).append(
                 {k: result.get(k) for k in ("command", "environment", "script")})
     if result is None:
