@@ -3,21 +3,32 @@ compare ablations where `dead_layers.py --plot` draws each run in a column of it
 
     python scripts/dead_layers_compare.py A.json B.json ... --png out.png [--stage layer4]
 
+    python scripts/dead_layers_compare.py BASELINE-seed42.json BASELINE-seed43.json \
+        ARM-seed42.json ARM-seed43.json ... --paired-at 10
+
 Per epoch, for the stage's last block (`<stage>.1.bn2`, `<stage>.1.out`): batch norm's mean γ
 and its median input variance (log scales; batch norm's ε dotted, an exact 0 drawn as x on the
 floor: the stage then outputs a constant), the fraction of the stage's output channels silent on
 the probe set, and the validation accuracy. Each run is labelled by its file name. It prints, per
 run, the first epoch at which the input variance fell below ε and reached exactly 0.
+
+`--paired-at EPOCH` also compares, at that epoch, each arm with the baseline seed for seed:
+runs with the same settings but the seed form an arm, the first JSON's arm is the baseline, and
+for every other arm it prints the mean of the per-seed differences in γ and in log10 of the
+input variance, with their 95 % t-intervals (gradattn.reporting.stats, as `gradattn table`
+pairs its runs), over the seeds both ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from gradattn.core.errors import GradattnError
 from gradattn.core.io import read_json, write_with
 from gradattn.core.stage import entry
+from gradattn.reporting.stats import paired_difference
 
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which every model here uses
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -52,6 +63,69 @@ def load(paths: list[Path], stage: str) -> dict[str, dict[str, list[float]]]:
         if not runs[path.stem]["epoch"]:
             raise GradattnError(f"{path}: no finished epoch yet: wait for its first epoch")
     return runs
+
+
+# What makes two runs the same arm: every setting but the seed and where it read and wrote.
+NOT_ARM_KEYS = {"seed", "out", "cifar", "device", "save", "plot", "summary", "png", "decode_only"}
+
+
+def arms(paths: list[Path]) -> list[tuple[str, dict[int, dict]]]:
+    """The runs grouped into arms (same settings but the seed), in the order first named:
+    (the settings that differ from the first arm's, {seed: run})."""
+    groups: list[tuple[dict, dict[int, dict]]] = []
+    for path in paths:
+        run = read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)")
+        if "args" not in run or "seed" not in run["args"]:
+            raise GradattnError(f"{path}: no settings recorded (args): --paired-at needs JSONs "
+                                "that scripts/dead_layers.py wrote through fit")
+        settings = {k: v for k, v in run["args"].items() if k not in NOT_ARM_KEYS}
+        group = next((g for g in groups if g[0] == settings), None)
+        if group is None:
+            group = (settings, {})
+            groups.append(group)
+        if run["args"]["seed"] in group[1]:
+            raise GradattnError(f"{path}: a second run of the same arm and seed: name one")
+        group[1][run["args"]["seed"]] = run
+    base = groups[0][0]
+
+    def label(settings: dict) -> str:
+        changed = [f"{k}={settings.get(k)}" for k in sorted(settings.keys() | base.keys())
+                   if settings.get(k) != base.get(k)]
+        return ", ".join(changed) or "baseline"
+    return [(label(settings), runs) for settings, runs in groups]
+
+
+def at_epoch(run: dict, epoch: int, stage: str) -> dict[str, float] | None:
+    row = next((r for r in run["epochs"] if r["epoch"] == epoch), None)
+    if row is None:
+        return None
+    bn = row["bn"][f"{stage}.1.bn2"]
+    var = bn["in_var_median"]
+    return {"gamma": bn["gamma_mean"], "log10 var": math.log10(var) if var > 0 else -math.inf}
+
+
+def paired_lines(paths: list[Path], epoch: int, stage: str) -> list[str]:
+    """Each arm against the first, seed for seed, at `epoch`."""
+    groups = arms(paths)
+    (_, baseline), lines = groups[0], []
+    for label, runs in groups[1:]:
+        seeds = sorted(s for s in runs.keys() & baseline.keys()
+                       if at_epoch(runs[s], epoch, stage) and at_epoch(baseline[s], epoch, stage))
+        parts = []
+        for key in ("gamma", "log10 var"):
+            arm = {s: at_epoch(runs[s], epoch, stage)[key] for s in seeds}
+            base = {s: at_epoch(baseline[s], epoch, stage)[key] for s in seeds}
+            if any(math.isinf(v) for v in [*arm.values(), *base.values()]):
+                parts.append(f"{key}: a variance exactly 0, not paired")
+                continue
+            d = paired_difference(arm, base)
+            interval = (f"[{d.low:+.3g}, {d.high:+.3g}]" if d.n >= 2
+                        else "(no interval below two seeds)")
+            parts.append(f"{key} {d.mean:+.3g} {interval}")
+        lines.append(f"{label} − baseline, epoch {epoch}, {stage}.1.bn2, n = {len(seeds)} "
+                     f"(seeds {', '.join(map(str, seeds)) or 'none in common'}): "
+                     + "; ".join(parts))
+    return lines
 
 
 def draw(runs: dict[str, dict[str, list[float]]], stage: str, png: Path) -> None:
@@ -91,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="JSONs of scripts/dead_layers.py")
     parser.add_argument("--png", type=Path, required=True, help="the figure to write")
     parser.add_argument("--stage", default="layer4", choices=STAGES)
+    parser.add_argument("--paired-at", type=int, metavar="EPOCH",
+                        help="also compare each arm with the first, seed for seed, at EPOCH")
     args = parser.parse_args(argv)
     if args.png.suffix != ".png":
         raise GradattnError(f"--png {args.png}: the figure is a PNG: give a path ending .png")
@@ -102,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {args.stage}.1.bn2 input variance below ε from epoch "
               f"{below or '-'}, exactly 0 from epoch {zero or '-'} "
               f"(of {s['epoch'][-1]}; γ {s['gamma'][-1]:.3g} at the last)")
+    if args.paired_at is not None:
+        for line in paired_lines(args.runs, args.paired_at, args.stage):
+            print(line)
     print("wrote", args.png)
     return 0
 

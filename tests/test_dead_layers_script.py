@@ -230,3 +230,40 @@ def test_comparing_a_json_with_no_finished_epoch_is_a_one_line_error(tmp_path):
                           capture_output=True, text=True, env=script_env())
     assert proc.returncode == 2 and not png.exists()
     assert proc.stderr.strip().count("\n") == 0 and "no finished epoch yet" in proc.stderr
+
+
+def fake_run(path: Path, seed: int, gamma: float, var: float, **settings) -> Path:
+    """The fields of a dead_layers.py JSON that the overlay reads, for one epoch (10)."""
+    args = {"model": "gradattn", "pe": "none", "weight_decay": 1e-4, "seed": seed,
+            "out": str(path), "cifar": "/somewhere", **settings}
+    row = {"epoch": 10, "val_acc": 0.7, "dead_frac": {"layer4.1.out": 0.5},
+           "bn": {"layer4.1.bn2": {"gamma_mean": gamma, "in_var_median": var}}}
+    path.write_text(json.dumps({"args": args, "epochs": [row]}))
+    return path
+
+
+def test_the_overlay_pairs_each_arm_with_the_baseline_seed_for_seed(tmp_path):
+    runs = [fake_run(tmp_path / "base42.json", 42, 0.02, 1e-6),
+            fake_run(tmp_path / "base43.json", 43, 0.03, 1e-5),
+            fake_run(tmp_path / "wd0-42.json", 42, 0.86, 100.0, weight_decay=0),
+            fake_run(tmp_path / "wd0-43.json", 43, 0.80, 10.0, weight_decay=0),
+            fake_run(tmp_path / "wd0-44.json", 44, 5.0, 1.0, weight_decay=0),  # no baseline 44
+            fake_run(tmp_path / "dead42.json", 42, 0.0, 0.0, pe="rope")]
+    proc = subprocess.run([sys.executable, str(COMPARE), *map(str, runs), "--png",
+                           str(tmp_path / "o.png"), "--paired-at", "10"],
+                          capture_output=True, text=True, env=script_env())
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split(" − ")[0]: ln for ln in proc.stdout.splitlines() if " − baseline" in ln}
+    assert set(lines) == {"weight_decay=0", "pe=rope"}
+    # γ: differences 0.84 and 0.77, mean 0.805 ± t(0.975, 1) · 0.0495 / √2 = ± 0.445;
+    # log10 of the variance: 8 and 6, mean 7 ± 12.7 · √2 / √2.
+    assert "n = 2 (seeds 42, 43)" in lines["weight_decay=0"]
+    assert "gamma +0.805 [+0.36, +1.25]" in lines["weight_decay=0"]
+    assert "log10 var +7 [-5.71, +19.7]" in lines["weight_decay=0"]
+    assert "n = 1 (seeds 42)" in lines["pe=rope"]
+    assert "gamma -0.02 (no interval below two seeds)" in lines["pe=rope"]
+    assert "log10 var: a variance exactly 0, not paired" in lines["pe=rope"]
+    twice = subprocess.run([sys.executable, str(COMPARE), str(runs[0]), str(runs[0]), "--png",
+                            str(tmp_path / "t.png"), "--paired-at", "10"],
+                           capture_output=True, text=True, env=script_env())
+    assert twice.returncode == 2 and "a second run of the same arm and seed" in twice.stderr
