@@ -143,7 +143,9 @@ def draw(runs: dict[str, dict[str, list[float]]], stage: str, png: Path) -> None
             v = np.array(s[key], dtype=float)
             ax.plot(ep, np.where(v > 0, v, np.nan), color=color, lw=1.4,
                     label=name if key == "gamma" else None)
-            ax.scatter(ep[v == 0], np.full((v == 0).sum(), FLOOR), marker="x", color=color)
+            shift = 0.12 * (i - (len(runs) - 1) / 2)  # side by side where several are 0
+            ax.scatter(ep[v == 0] + shift, np.full((v == 0).sum(), FLOOR), marker="x",
+                       color=color, s=18)
         ax_silent.plot(ep, s["silent"], color=color, lw=1.4)
         ax_val.plot(ep, s["val"], color=color, lw=1.4)
     ax_gamma.set(yscale="log", ylim=(FLOOR / 3, 3), title=f"{stage}.1.bn2: mean γ (x = exactly 0)")
