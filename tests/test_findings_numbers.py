@@ -192,6 +192,18 @@ def paired(folder: str, variant: str, baseline: str, metric: str, field: str = "
     return getattr(paired_difference(values[variant], values[baseline]), field)
 
 
+def paired_runs(arm: list[str], baseline: list[str], epoch: int, key: str,
+                field: str = "mean") -> float:
+    """FIELD (n, mean, low, high) of ARM − BASELINE in KEY (a path into an epoch's record) at
+    EPOCH, paired by seed with a 95 % t-interval: dead-layer JSONs of one arm and of the
+    baseline (as scripts/dead_layers_compare.py --paired-at pairs them)."""
+    from gradattn.reporting.stats import paired_difference
+
+    def by_seed(runs):
+        return {_load(r)["args"]["seed"]: ep(r, epoch, key) for r in runs}
+    return getattr(paired_difference(by_seed(arm), by_seed(baseline)), field)
+
+
 def params(model: str, **options) -> int:
     """Parameters of a model of gradattn.models, built for 10 classes, 3 channels."""
     from gradattn.models import build_model, count_parameters
@@ -200,7 +212,7 @@ def params(model: str, **options) -> int:
 
 HELPERS = {f.__name__: f for f in (pct, first_zero, norm_at, dead_convs, epochs_in, zero_both,
                                     zero_param, best_val, at_epoch, ep, unit_grad,
-                                    first_exact_zero, run, cell, paired, params, get)}
+                                    first_exact_zero, run, cell, paired, paired_runs, params, get)}
 HELPERS.update(J=_load, abs=abs, min=min, max=max, round=round, len=len, sum=sum, next=next,
                any=any, all=all, int=int, float=float, exp=math.exp, log=math.log)
 
