@@ -4,7 +4,7 @@ compare ablations where `dead_layers.py --plot` draws each run in a column of it
     python scripts/dead_layers_compare.py A.json B.json ... --png out.png [--stage layer4]
 
     python scripts/dead_layers_compare.py BASELINE-seed42.json BASELINE-seed43.json \
-        ARM-seed42.json ARM-seed43.json ... --paired-at 10
+        ARM-seed42.json ARM-seed43.json ... --png out.png --paired-at 10
 
 Per epoch, for the stage's last block (`<stage>.1.bn2`, `<stage>.1.out`): batch norm's mean γ
 and its median input variance (log scales; batch norm's ε dotted, an exact 0 drawn as x on the
@@ -55,12 +55,14 @@ def load(paths: list[Path], stage: str) -> dict[str, dict[str, list[float]]]:
     runs = {}
     for path in paths:
         run = read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)")
+        # Labelled by file name, or folder and name where two files share a name.
+        label = path.stem if path.stem not in runs else f"{path.parent.name}/{path.stem}"
         try:
-            runs[path.stem] = series(run, stage)
+            runs[label] = series(run, stage)
         except (KeyError, TypeError) as err:
             raise GradattnError(f"{path}: no per-epoch record of {stage} ({err}): name a JSON "
                                 "that scripts/dead_layers.py wrote (--out)") from None
-        if not runs[path.stem]["epoch"]:
+        if not runs[label]["epoch"]:
             raise GradattnError(f"{path}: no finished epoch yet: wait for its first epoch")
     return runs
 
