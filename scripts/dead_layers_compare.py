@@ -51,10 +51,14 @@ def first_epoch(epochs: list[int], values: list[float], test) -> int | None:
     return next((e for e, v in zip(epochs, values, strict=True) if test(v)), None)
 
 
-def load(paths: list[Path], stage: str) -> dict[str, dict[str, list[float]]]:
+def read_runs(paths: list[Path]) -> list[tuple[Path, dict]]:
+    return [(path, read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)"))
+            for path in paths]
+
+
+def load(files: list[tuple[Path, dict]], stage: str) -> dict[str, dict[str, list[float]]]:
     runs = {}
-    for path in paths:
-        run = read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)")
+    for path, run in files:
         # Labelled by file name, or folder and name where two files share a name.
         label = path.stem if path.stem not in runs else f"{path.parent.name}/{path.stem}"
         try:
@@ -71,12 +75,11 @@ def load(paths: list[Path], stage: str) -> dict[str, dict[str, list[float]]]:
 NOT_ARM_KEYS = {"seed", "out", "cifar", "device", "save", "plot", "summary", "png", "decode_only"}
 
 
-def arms(paths: list[Path]) -> list[tuple[str, dict[int, dict]]]:
+def arms(files: list[tuple[Path, dict]]) -> list[tuple[str, dict[int, dict]]]:
     """The runs grouped into arms (same settings but the seed), in the order first named:
     (the settings that differ from the first arm's, {seed: run})."""
     groups: list[tuple[dict, dict[int, dict]]] = []
-    for path in paths:
-        run = read_json(path, "name a JSON that scripts/dead_layers.py wrote (--out)")
+    for path, run in files:
         if "args" not in run or "seed" not in run["args"]:
             raise GradattnError(f"{path}: no settings recorded (args): --paired-at needs JSONs "
                                 "that scripts/dead_layers.py wrote through fit")
@@ -106,17 +109,20 @@ def at_epoch(run: dict, epoch: int, stage: str) -> dict[str, float] | None:
     return {"gamma": bn["gamma_mean"], "log10 var": math.log10(var) if var > 0 else -math.inf}
 
 
-def paired_lines(paths: list[Path], epoch: int, stage: str) -> list[str]:
-    """Each arm against the first, seed for seed, at `epoch`."""
-    groups = arms(paths)
-    (_, baseline), lines = groups[0], []
+def paired_lines(groups: list[tuple[str, dict[int, dict]]], epoch: int, stage: str) -> list[str]:
+    """Each arm of `arms()` against the first, seed for seed, at `epoch`."""
+    def values(runs: dict[int, dict]) -> dict[int, dict[str, float]]:
+        measured = {seed: at_epoch(run, epoch, stage) for seed, run in runs.items()}
+        return {seed: v for seed, v in measured.items() if v is not None}
+
+    baseline, lines = values(groups[0][1]), []
     for label, runs in groups[1:]:
-        seeds = sorted(s for s in runs.keys() & baseline.keys()
-                       if at_epoch(runs[s], epoch, stage) and at_epoch(baseline[s], epoch, stage))
+        arm_values = values(runs)
+        seeds = sorted(arm_values.keys() & baseline.keys())
         parts = []
         for key in ("gamma", "log10 var"):
-            arm = {s: at_epoch(runs[s], epoch, stage)[key] for s in seeds}
-            base = {s: at_epoch(baseline[s], epoch, stage)[key] for s in seeds}
+            arm = {s: arm_values[s][key] for s in seeds}
+            base = {s: baseline[s][key] for s in seeds}
             if any(math.isinf(v) for v in [*arm.values(), *base.values()]):
                 parts.append(f"{key}: a variance exactly 0, not paired")
                 continue
@@ -174,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.png.suffix != ".png":
         raise GradattnError(f"--png {args.png}: the figure is a PNG: give a path ending .png")
-    runs = load(args.runs, args.stage)
+    files = read_runs(args.runs)
+    runs = load(files, args.stage)
+    # Grouped before anything is drawn, so that a run it cannot pair leaves no figure behind.
+    groups = arms(files) if args.paired_at is not None else None
     draw(runs, args.stage, args.png)
     for name, s in runs.items():
         below = first_epoch(s["epoch"], s["var"], lambda v: v < BN_EPS)
@@ -182,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {args.stage}.1.bn2 input variance below ε from epoch "
               f"{below or '-'}, exactly 0 from epoch {zero or '-'} "
               f"(of {s['epoch'][-1]}; γ {s['gamma'][-1]:.3g} at the last)")
-    if args.paired_at is not None:
-        for line in paired_lines(args.runs, args.paired_at, args.stage):
+    if groups is not None:
+        for line in paired_lines(groups, args.paired_at, args.stage):
             print(line)
     print("wrote", args.png)
     return 0

@@ -267,3 +267,4 @@ def test_the_overlay_pairs_each_arm_with_the_baseline_seed_for_seed(tmp_path):
                             str(tmp_path / "t.png"), "--paired-at", "10"],
                            capture_output=True, text=True, env=script_env())
     assert twice.returncode == 2 and "a second run of the same arm and seed" in twice.stderr
+    assert not (tmp_path / "t.png").exists()  # refused before anything was drawn
